@@ -1,0 +1,39 @@
+"""Domain exceptions. Each carries one sentence a user can act on; the CLI and the
+server show `str(exc)` and never a traceback (unless --debug)."""
+
+from __future__ import annotations
+
+
+class KakumeiError(Exception):
+    """Base class: the message is meant for the user."""
+
+
+class InvalidRequest(KakumeiError):
+    """A request field has a value kakumei cannot honour."""
+
+
+class ModelNotFound(KakumeiError):
+    """A model reference points at nothing usable."""
+
+
+class ModelLoadError(KakumeiError):
+    """A model exists but cannot be loaded (corrupt, truncated, wrong layout)."""
+
+
+class MetadataNotFound(KakumeiError):
+    """An image carries no generation metadata."""
+
+
+class GenerationCancelled(KakumeiError):
+    """Generation stopped between steps because it was cancelled.
+
+    `images` holds the images finished before the cancel, so callers keep them.
+    """
+
+    def __init__(self, message: str = "generation cancelled", images: list | None = None) -> None:
+        super().__init__(message)
+        self.images = images or []
+
+
+class ConfigError(KakumeiError):
+    """A setting (environment, kakumei.toml, flag) has an invalid value."""
