@@ -1,0 +1,1 @@
+"""The engine: torch + diffusers only. Never imports server, store or worker."""

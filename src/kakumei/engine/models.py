@@ -1,0 +1,242 @@
+"""Resolve a model reference (hub id, local diffusers folder, `kakumei:tiny`) and load it,
+with a small LRU cache of loaded pipelines and cached file hashes.
+
+A reference is resolved in this order: `kakumei:tiny`; an existing path; something that looks
+like a path but does not exist (an error); a Hugging Face hub id `owner/name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kakumei.engine.tiny import TINY_NAME, TINY_REF, ensure_tiny_model
+from kakumei.errors import ModelLoadError, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points."""
+
+    ref: str  # as the user wrote it
+    kind: str  # "tiny" | "folder" | "hub"
+    location: str  # folder path or hub id
+    name: str  # A1111's "Model:" field
+
+
+@dataclass
+class LoadedModel:
+    source: ModelSource
+    pipe: Any  # a diffusers pipeline
+    sha256: str
+    device: torch.device
+    dtype: torch.dtype
+    base_scheduler_config: dict[str, Any]
+
+    @property
+    def short_hash(self) -> str:
+        """A1111's "Model hash": the first 10 hex digits of the sha256."""
+        return self.sha256[:10]
+
+
+def resolve_model(ref: str, models_dir: Path) -> ModelSource:
+    """Say where `ref` points without loading anything."""
+    ref = ref.strip()
+    if not ref:
+        raise ModelNotFound("no model given; pass --model with a hub id, a diffusers folder or kakumei:tiny")
+    if ref == TINY_REF:
+        return ModelSource(ref, "tiny", str(models_dir / TINY_NAME), TINY_NAME)
+    path = Path(ref).expanduser()
+    if not path.exists() and (models_dir / ref).exists():
+        path = models_dir / ref
+    if path.exists():
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelNotFound(
+                    f"{path} is a folder but not a diffusers model (no model_index.json in it)"
+                )
+            return ModelSource(ref, "folder", str(path.resolve()), path.resolve().name)
+        if path.suffix.lower() in _WEIGHT_SUFFIXES:
+            raise ModelNotFound(
+                f"{path} is a single-file checkpoint; this version of kakumei loads diffusers folders, "
+                "hub ids and kakumei:tiny"
+            )
+        raise ModelNotFound(f"{path} is not a model: expected a diffusers folder or a .safetensors file")
+    looks_like_path = ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).suffix.lower() in _WEIGHT_SUFFIXES
+    if looks_like_path or not _HUB_ID.match(ref):
+        raise ModelNotFound(f"no model at {ref!r}: the path does not exist (and it is not a hub id like owner/name)")
+    return ModelSource(ref, "hub", ref, ref.split("/")[-1])
+
+
+class HashCache:
+    """sha256 of files, cached by (path, size, mtime) in the data dir, as A1111 caches them:
+    hashing a 4 GB checkpoint takes seconds, and it is needed for every image's metadata."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            return json.loads(self._path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def file_sha256(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        with self._lock:
+            cache = self._load()
+            entry = cache.get(key)
+            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+                return str(entry["sha256"])
+            digest = hashlib.sha256()
+            with file.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            cache[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest.hexdigest()}
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=0))
+            tmp.replace(self._path)
+            return digest.hexdigest()
+
+    def folder_sha256(self, folder: Path) -> str:
+        """A diffusers folder has no single checkpoint file: hash the sorted list of
+        (relative path, sha256) of its weight and config files instead."""
+        digest = hashlib.sha256()
+        files = sorted(
+            p for p in folder.rglob("*") if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.suffix == ".json")
+        )
+        for file in files:
+            digest.update(f"{file.relative_to(folder).as_posix()}\0{self.file_sha256(file)}\n".encode())
+        return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool) -> Any:
+    from diffusers import AutoPipelineForText2Image
+
+    return AutoPipelineForText2Image.from_pretrained(
+        location,
+        dtype=dtype,
+        local_files_only=local_only,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_model(
+    source: ModelSource,
+    models_dir: Path,
+    hashes: HashCache,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    low_memory: bool = False,
+) -> LoadedModel:
+    """Load a resolved model onto `device`. Errors are ModelNotFound/ModelLoadError with a
+    sentence saying what to do."""
+    location = source.location
+    if source.kind == "tiny":
+        location = str(ensure_tiny_model(models_dir))
+    try:
+        if source.kind == "hub":
+            pipe = _load_hub(source, dtype, offline)
+            sha = _hub_sha256(source.location, hashes)
+        else:
+            pipe = _load_pipeline(location, dtype, local_only=True)
+            sha = hashes.folder_sha256(Path(location))
+    except (ModelNotFound, ModelLoadError):
+        raise
+    except Exception as exc:  # diffusers/safetensors/torch raise many types for bad files
+        raise ModelLoadError(
+            f"could not load model {source.ref!r}: {_first_line(exc)} "
+            "(the files may be corrupt or truncated; re-download or re-import the model)"
+        ) from exc
+    base_config = dict(pipe.scheduler.config)
+    if low_memory:
+        pipe.enable_attention_slicing()
+        if hasattr(pipe, "enable_vae_tiling"):
+            pipe.enable_vae_tiling()
+        if device.type == "cuda":
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to(device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(source, pipe, sha, device, dtype, base_config)
+
+
+def _load_hub(source: ModelSource, dtype: torch.dtype, offline: bool) -> Any:
+    # The local cache first: works offline and avoids a network round trip when cached.
+    try:
+        return _load_pipeline(source.location, dtype, local_only=True)
+    except (OSError, ValueError) as cached_exc:
+        if offline:
+            raise ModelNotFound(
+                f"model {source.ref!r} is not in the local Hugging Face cache and kakumei is offline; "
+                "download it where there is internet (kakumei models pull), or pass --model with a local "
+                "diffusers folder"
+            ) from cached_exc
+    try:
+        return _load_pipeline(source.location, dtype, local_only=False)
+    except OSError as exc:
+        raise ModelNotFound(
+            f"could not download model {source.ref!r} from the Hugging Face hub ({_first_line(exc)}); "
+            "check the id and your connection, or pass --model with a local diffusers folder"
+        ) from exc
+
+
+def _hub_sha256(repo_id: str, hashes: HashCache) -> str:
+    from huggingface_hub import snapshot_download
+
+    # The model was just loaded, so its snapshot is in the cache.
+    return hashes.folder_sha256(Path(snapshot_download(repo_id, local_files_only=True)))
+
+
+class ModelCache:
+    """An LRU of loaded pipelines, keyed by (reference, device, dtype)."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        self._capacity = max(1, capacity)
+        self._items: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str], load: Callable[[], LoadedModel]) -> LoadedModel:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            while len(self._items) >= self._capacity:
+                _, evicted = self._items.popitem(last=False)
+                del evicted
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            model = load()
+            self._items[key] = model
+            return model
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._items.values())

@@ -1,0 +1,78 @@
+"""AUTOMATIC1111 sampler and schedule names -> configured diffusers schedulers.
+
+The mapping follows diffusers' own table of A1111/k-diffusion equivalents. Names and which
+samplers take a sigma schedule live in kakumei.schemas (pure data, no torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from kakumei.errors import InvalidRequest
+from kakumei.schemas import SAMPLERS, SCHEDULE_NAMES, SIGMA_SCHEDULES
+
+# sampler name -> (scheduler class, extra config)
+_SAMPLER_TABLE: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "Euler": (EulerDiscreteScheduler, {}),
+    "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    "Heun": (HeunDiscreteScheduler, {}),
+    "LMS": (LMSDiscreteScheduler, {}),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "DPM++ 3M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "DPM++ SDE": (DPMSolverSDEScheduler, {}),
+    "DPM++ 2S a": (DPMSolverSinglestepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM2": (KDPM2DiscreteScheduler, {}),
+    "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
+    "DDIM": (DDIMScheduler, {"set_alpha_to_one": False}),
+    "PLMS": (PNDMScheduler, {"skip_prk_steps": True}),
+    "UniPC": (UniPCMultistepScheduler, {}),
+    "LCM": (LCMScheduler, {}),
+}
+assert set(_SAMPLER_TABLE) == set(SAMPLERS), "schemas.SAMPLERS and samplers._SAMPLER_TABLE disagree"
+
+_SCHEDULE_CONFIG: dict[str, dict[str, Any]] = {
+    "Automatic": {},
+    "Uniform": {"timestep_spacing": "linspace"},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "Beta": {"use_beta_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+}
+assert set(_SCHEDULE_CONFIG) == set(SCHEDULE_NAMES)
+
+# Config keys that belong to one scheduler family and confuse another when carried over.
+_DROP_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "algorithm_type", "solver_order")
+
+
+def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]) -> SchedulerMixin:
+    """Build the scheduler for an A1111 sampler + schedule on top of a model's own
+    scheduler config (which carries beta schedule, prediction type, timestep count)."""
+    if sampler_name not in _SAMPLER_TABLE:
+        raise InvalidRequest(f"unknown sampler {sampler_name!r}; known: {', '.join(_SAMPLER_TABLE)}")
+    if schedule not in _SCHEDULE_CONFIG:
+        raise InvalidRequest(f"unknown schedule {schedule!r}; known: {', '.join(_SCHEDULE_CONFIG)}")
+    if schedule in SIGMA_SCHEDULES and not SAMPLERS[sampler_name]:
+        raise InvalidRequest(f"schedule {schedule!r} does not apply to sampler {sampler_name!r}")
+    cls, extra = _SAMPLER_TABLE[sampler_name]
+    config = {k: v for k, v in dict(base_config).items() if k not in _DROP_KEYS and not k.startswith("_")}
+    config.update(extra)
+    config.update(_SCHEDULE_CONFIG[schedule])
+    return cls.from_config(config)
