@@ -60,6 +60,23 @@ class GenerationResult:
     images: list[GeneratedImage]
 
 
+def encode_text(pipe: Any, prompts: list[str], clip_skip: int) -> torch.Tensor:
+    """CLIP embeddings with A1111's clip skip (1 = last layer).
+
+    Done here rather than by diffusers' `clip_skip`, which reaches into a text-encoder layout
+    (`text_model.final_layer_norm`) that transformers 5 no longer has.
+    """
+    encoder = pipe.text_encoder
+    tokens = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(encoder.device)
+    out = encoder(tokens, output_hidden_states=clip_skip > 1)
+    if clip_skip == 1:
+        return out[0]
+    final_norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
+    return final_norm(out.hidden_states[-clip_skip])
+
+
 def library_versions() -> dict[str, str]:
     versions = {"kakumei": kakumei.__version__}
     for dist in ("torch", "diffusers", "transformers"):
@@ -172,6 +189,10 @@ class Engine:
             seeds = image_seeds(request.seed, bs, offset)
             generators = cpu_generators(seeds)
             latents = cpu_noise(generators, latent_shape).to(model.device, model.dtype)
+            if hasattr(pipe.scheduler, "noise_sampler_seed"):
+                # DPM++ SDE draws from a Brownian tree seeded from the global RNG unless told
+                # otherwise; one tree per image seed keeps it reproducible and batch-independent.
+                pipe.scheduler.noise_sampler_seed = seeds
             stopped = False
 
             def step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -188,8 +209,8 @@ class Engine:
             # 3. denoise and decode
             with torch.inference_mode():
                 output = pipe(
-                    prompt=[request.prompt] * bs,
-                    negative_prompt=[request.negative_prompt] * bs,
+                    prompt_embeds=encode_text(pipe, [request.prompt] * bs, request.clip_skip),
+                    negative_prompt_embeds=encode_text(pipe, [request.negative_prompt] * bs, request.clip_skip),
                     num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale,
                     width=request.width,
@@ -197,7 +218,6 @@ class Engine:
                     latents=latents,
                     # CPU generators: ancestral/SDE noise is device-independent too
                     generator=generators,
-                    clip_skip=(request.clip_skip - 1) or None,
                     callback_on_step_end=step_end,
                     output_type="pil",
                 )
