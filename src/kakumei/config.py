@@ -42,6 +42,10 @@ class Settings(BaseModel):
     database: str | None = None
     local_worker: bool = True
     allow_anonymous: bool = True
+    # A worker that sends no heartbeat for this long has lost its job back to the queue.
+    lease_seconds: float = Field(30.0, gt=0)
+    # Lost leases before a job fails instead of going back to the queue.
+    max_attempts: int = Field(3, ge=1)
 
     @property
     def outputs(self) -> Path:
@@ -70,6 +74,8 @@ _ENV_FIELDS = {
     "KAKUMEI_DATABASE": "database",
     "KAKUMEI_LOCAL_WORKER": "local_worker",
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
+    "KAKUMEI_LEASE_SECONDS": "lease_seconds",
+    "KAKUMEI_MAX_ATTEMPTS": "max_attempts",
 }
 
 

@@ -1,0 +1,101 @@
+"""Virtual-counter fair sharing (Sheng et al., "Fairness in Serving Large Language Models",
+2024, applied to images) and what it means for one job's place in the queue.
+
+Each user has a counter. Serving a job adds cost / weight to its owner's counter, and the
+next job comes from the backlogged user with the lowest counter. The store applies these
+rules in SQL; this module holds the arithmetic so that it is tested in one place and the
+ETA the API shows follows the same rules as the claim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def charge(cost: float, weight: float) -> float:
+    """How much serving a job of `cost` units advances its owner's counter."""
+    return cost / weight
+
+
+def lifted_counter(own: float, backlogged_min: float | None, system_max: float | None) -> float:
+    """Counter of a user who comes back with nothing queued.
+
+    Idle time cannot be banked: the user starts at the lowest counter among those still
+    waiting, or, when nobody waits, at the highest counter anyone has reached.
+    """
+    floor = backlogged_min if backlogged_min is not None else system_max
+    return own if floor is None else max(own, floor)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One user's queued work as the scheduler sees it."""
+
+    user_id: int
+    counter: float
+    weight: float
+    queued: int
+    queued_cost: float
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a queued job stands: jobs (and their units) that will start before it."""
+
+    jobs_ahead: int
+    cost_ahead: float
+
+
+def place_in_queue(
+    user_id: int,
+    counter: float,
+    weight: float,
+    own_ahead: int,
+    own_ahead_cost: float,
+    others: Sequence[Backlog],
+) -> Place:
+    """Place of a job whose owner has `own_ahead` queued jobs (of `own_ahead_cost`) before it.
+
+    Assumes no new arrivals and, for other users, jobs of their mean queued cost: the job is
+    picked when its owner's counter reaches `t`; every other user is served while its own
+    counter is below `t` (ties go to the lower user id, as in the claim query).
+    """
+    t = counter + charge(own_ahead_cost, weight)
+    jobs, cost = own_ahead, own_ahead_cost
+    for other in others:
+        if other.user_id == user_id or other.queued <= 0:
+            continue
+        mean = other.queued_cost / other.queued
+        room = t - other.counter
+        if mean <= 0:
+            n = other.queued if room >= 0 else 0
+        elif room < 0:
+            n = 0
+        else:
+            # served jobs k = 0, 1, ... start at counter + k * step while that is below t
+            step = charge(mean, other.weight)
+            exact = room / step
+            n = math.ceil(exact)
+            if n == exact and other.user_id < user_id:
+                n += 1
+        n = min(n, other.queued)
+        jobs += n
+        cost += n * mean
+    return Place(jobs_ahead=jobs, cost_ahead=cost)
+
+
+def eta_seconds(cost_ahead: float, own_cost: float, units_per_second: float, workers: int) -> float:
+    """Seconds until a job with `cost_ahead` units before it is finished."""
+    rate = units_per_second * max(1, workers)
+    return (cost_ahead + own_cost) / rate
+
+
+def jain_index(shares: Sequence[float]) -> float:
+    """Jain's fairness index: 1.0 when all shares are equal, 1/n when one takes all."""
+    if not shares:
+        return 1.0
+    total = sum(shares)
+    squares = sum(s * s for s in shares)
+    return 1.0 if squares == 0 else total * total / (len(shares) * squares)

@@ -1,0 +1,631 @@
+"""The job queue: submit, fair claim, heartbeat, complete exactly once, fail, cancel, leases.
+
+Lifecycle: queued -> leased (worker, lease_expires_at) -> running -> succeeded | failed |
+cancelled. Every change that a worker makes names its lease; once a lease has expired and
+the job went back to the queue, the old lease can change nothing, which is what makes
+"completes exactly once" hold with workers that die, stall or come back late.
+
+Scheduling SQL is kept as named constants below so that tests can read their query plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from kakumei.fairness import shares
+from kakumei.schemas import GenerationRequest
+from kakumei.store.db import Database, Transaction
+from kakumei.store.images import ImageStore, PendingImage
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    user_id: int
+    state: JobState
+    request: GenerationRequest
+    model: str
+    cost: float
+    priority: int
+    attempts: int
+    max_attempts: int
+    worker_id: str | None
+    lease_expires_at: float | None
+    cancel_requested: bool
+    progress_step: int | None
+    progress_total: int | None
+    seed: int | None
+    error: str | None
+    idempotency_key: str | None
+    client_addr: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a worker can run. None means "anything"."""
+
+    models: tuple[str, ...] | None = None
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed job and the token that every report about it must carry."""
+
+    job: Job
+    lease_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A worker's answer from the store: keep going, or stop."""
+
+    ok: bool  # False: the lease is gone (expired and re-queued, or the job finished)
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: int
+    job_id: str
+    kind: str
+    data: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewJob:
+    user_id: int
+    request: GenerationRequest
+    model: str
+    cost: float
+    idempotency_key: str | None = None
+    client_addr: str | None = None
+    priority: int = 0
+
+
+class IdempotencyConflict(ValueError):
+    """The same Idempotency-Key came with a different request."""
+
+
+_JOB_COLUMNS = (
+    "seq, id, user_id, state, request, model, cost, priority, attempts, max_attempts, worker_id, "
+    "lease_expires_at, cancel_requested, progress_step, progress_total, seed, error, "
+    "idempotency_key, client_addr, created_at, started_at, finished_at"
+)
+
+# -- scheduling SQL -------------------------------------------------------------------------
+# `{can_run}` is the worker's capability filter on jobs j (see _can_run).
+
+# The backlogged user with the lowest virtual counter that has a job this worker can run.
+# Walks users_backlogged in counter order and probes jobs_queued_by_user per user, so with
+# many queued jobs it reads a handful of rows. The probe is a scalar subquery ordered like
+# that index rather than EXISTS: with EXISTS, SQLite picks jobs_by_user and reads the
+# user's whole history. On PostgreSQL concurrent claimers skip a user that another claimer
+# is charging right now.
+SELECT_NEXT_USER = """
+SELECT u.id, u.weight FROM users u
+WHERE u.queued_jobs > 0
+  AND (SELECT j.seq FROM jobs j
+       WHERE j.user_id = u.id AND j.state = 'queued' AND {can_run}
+       ORDER BY j.priority DESC, j.seq LIMIT 1) IS NOT NULL
+ORDER BY u.virtual_counter, u.id
+LIMIT 1 {lock_user_skip}
+"""
+
+# That user's next runnable job: their own priority first, then age.
+SELECT_USER_NEXT_JOB = """
+SELECT j.seq, j.id, j.cost FROM jobs j
+WHERE j.user_id = ? AND j.state = 'queued' AND {can_run}
+ORDER BY j.priority DESC, j.seq
+LIMIT 1 {skip_locked}
+"""
+
+LEASE_JOB = """
+UPDATE jobs SET state = 'leased', worker_id = ?, lease_id = ?, lease_expires_at = ?,
+    claimed_at = ?, charged = ?, progress_step = NULL, progress_total = NULL
+WHERE seq = ? AND state = 'queued'
+"""
+
+# Serving a job advances its owner's counter by cost / weight (charged at claim).
+CHARGE_USER = """
+UPDATE users SET virtual_counter = virtual_counter + ?,
+    queued_jobs = queued_jobs - 1,
+    queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END
+WHERE id = ?
+"""
+
+# Where a user coming back with nothing queued starts (no banking of idle time).
+BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE queued_jobs > 0"
+SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM users"
+
+EXPIRED_LEASES = """
+SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost FROM jobs
+WHERE state IN ('leased', 'running') AND lease_expires_at < ?
+ORDER BY lease_expires_at
+LIMIT 100 {skip_locked}
+"""
+
+JOBS_OF_WORKER = """
+SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost FROM jobs
+WHERE state IN ('leased', 'running') AND worker_id = ?
+{skip_locked}
+"""
+
+# Users with queued work, for queue positions under fair sharing.
+BACKLOGS = """
+SELECT id, virtual_counter, weight, queued_jobs, queued_cost FROM users WHERE queued_jobs > 0
+"""
+
+# A user's own queued jobs that will go before the job at (priority, seq).
+OWN_AHEAD = """
+SELECT COUNT(*) AS n, COALESCE(SUM(cost), 0) AS cost FROM jobs
+WHERE user_id = ? AND state = 'queued' AND (priority > ? OR (priority = ? AND seq < ?))
+"""
+
+RECENT_THROUGHPUT = """
+SELECT COALESCE(SUM(cost), 0) AS cost, COALESCE(SUM(run_seconds), 0) AS seconds FROM (
+    SELECT cost, run_seconds FROM jobs
+    WHERE state = 'succeeded' AND run_seconds > 0
+    ORDER BY finished_at DESC LIMIT 50
+) recent
+"""
+
+BUSY_WORKERS = "SELECT COUNT(DISTINCT worker_id) AS n FROM jobs WHERE state IN ('leased', 'running')"
+
+# Before any job has finished, assume one SD 1.5 512x512 20-step image per 10 seconds.
+DEFAULT_UNITS_PER_SECOND = 0.1
+
+
+def _can_run(caps: Capabilities) -> tuple[str, list[Any]]:
+    sql, params = "j.pixels <= ?", [caps.max_pixels if caps.max_pixels is not None else 2**31 - 1]
+    if caps.models is not None:
+        if not caps.models:
+            return "1 = 0", []
+        sql += " AND j.model IN (" + ", ".join("?" for _ in caps.models) + ")"
+        params.extend(caps.models)
+    return sql, params
+
+
+def _with_caps(sql: str, caps: Capabilities) -> tuple[str, list[Any]]:
+    filter_sql, params = _can_run(caps)
+    return sql.replace("{can_run}", filter_sql), params
+
+
+def request_hash(request: GenerationRequest) -> str:
+    return hashlib.sha256(request.model_dump_json().encode("utf-8")).hexdigest()
+
+
+def _job(row: dict) -> Job:
+    return Job(
+        id=row["id"],
+        user_id=int(row["user_id"]),
+        state=JobState(row["state"]),
+        request=GenerationRequest.model_validate_json(row["request"]),
+        model=row["model"],
+        cost=float(row["cost"]),
+        priority=int(row["priority"]),
+        attempts=int(row["attempts"]),
+        max_attempts=int(row["max_attempts"]),
+        worker_id=row["worker_id"],
+        lease_expires_at=row["lease_expires_at"],
+        cancel_requested=bool(row["cancel_requested"]),
+        progress_step=row["progress_step"],
+        progress_total=row["progress_total"],
+        seed=row["seed"],
+        error=row["error"],
+        idempotency_key=row["idempotency_key"],
+        client_addr=row["client_addr"],
+        created_at=float(row["created_at"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def add_event(tx: Transaction, job_id: str, kind: str, data: dict[str, Any], now: float) -> None:
+    tx.execute(
+        "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)",
+        (job_id, kind, json.dumps(data), now),
+    )
+
+
+class JobStore:
+    """The queue. `clock` is injectable so that lease expiry is tested without sleeping."""
+
+    def __init__(
+        self,
+        db: Database,
+        images: ImageStore,
+        *,
+        lease_seconds: float = 30.0,
+        max_attempts: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.images = images
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.clock = clock
+
+    # -- submit -------------------------------------------------------------------------
+
+    def submit(self, new: NewJob) -> tuple[Job, bool]:
+        """Queue a job; return it and whether it was created (False: idempotent replay).
+
+        Committed before returning, so an answered submit survives a crash.
+        """
+        for _ in range(3):
+            try:
+                with self.db.transaction() as tx:
+                    return self._submit(tx, new)
+            except self.db.integrity_errors:
+                # Two submits raced on one idempotency key: the loser reads the winner's job.
+                continue
+        raise RuntimeError("could not submit the job after 3 tries")
+
+    def submit_many(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Queue many jobs in one transaction (seeding benchmarks and simulations)."""
+        with self.db.transaction() as tx:
+            return [self._submit(tx, new)[0] for new in jobs]
+
+    def _submit(self, tx: Transaction, new: NewJob) -> tuple[Job, bool]:
+        now = self.clock()
+        digest = request_hash(new.request)
+        if new.idempotency_key is not None:
+            row = tx.one(
+                f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs WHERE user_id = ? AND idempotency_key = ?",
+                (new.user_id, new.idempotency_key),
+            )
+            if row is not None:
+                if row["request_hash"] != digest:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was already used with a different request; "
+                        "use a new key for a new request"
+                    )
+                return _job(row), False
+        user = tx.one(
+            "SELECT virtual_counter, queued_jobs FROM users WHERE id = ? {for_update}", (new.user_id,)
+        )
+        if user is None:
+            raise ValueError(f"no user with id {new.user_id}")
+        counter = float(user["virtual_counter"])
+        if int(user["queued_jobs"]) == 0:
+            counter = shares.lifted_counter(
+                counter,
+                tx.scalar(BACKLOGGED_MIN_COUNTER),
+                tx.scalar(SYSTEM_MAX_COUNTER),
+            )
+        job_id = uuid.uuid4().hex
+        tx.execute(
+            "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
+            "model, pixels, steps, image_count, cost, priority, max_attempts, created_at) "
+            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
+                new.idempotency_key, new.model, new.request.width * new.request.height,
+                new.request.steps, new.request.image_count, new.cost, new.priority,
+                self.max_attempts, now,
+            ),
+        )
+        tx.execute(
+            "UPDATE users SET queued_jobs = queued_jobs + 1, queued_cost = queued_cost + ?, "
+            "virtual_counter = ? WHERE id = ?",
+            (new.cost, counter, new.user_id),
+        )
+        add_event(tx, job_id, "queued", {"attempts": 0}, now)
+        row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        assert row is not None
+        return _job(row), True
+
+    # -- claim --------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, caps: Capabilities = Capabilities()) -> Lease | None:
+        """Lease the fair next job this worker can run, or None when there is none."""
+        user_sql, user_params = _with_caps(SELECT_NEXT_USER, caps)
+        job_sql, job_params = _with_caps(SELECT_USER_NEXT_JOB, caps)
+        # A retry only happens on PostgreSQL, when a concurrent cancel or claim took the
+        # job between our two reads.
+        for _ in range(5):
+            with self.db.transaction() as tx:
+                user = tx.one(user_sql, user_params)
+                if user is None:
+                    return None
+                job = tx.one(job_sql, [user["id"], *job_params])
+                if job is None:
+                    continue
+                now = self.clock()
+                lease_id = uuid.uuid4().hex
+                expires = now + self.lease_seconds
+                cost = float(job["cost"])
+                charged = shares.charge(cost, float(user["weight"]))
+                if tx.run(LEASE_JOB, (worker_id, lease_id, expires, now, charged, job["seq"])) != 1:
+                    continue
+                tx.run(CHARGE_USER, (charged, cost, user["id"]))
+                add_event(tx, job["id"], "leased", {"worker": worker_id}, now)
+                row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (job["seq"],))
+                assert row is not None
+                return Lease(job=_job(row), lease_id=lease_id, expires_at=expires)
+        return None
+
+    # -- reports from the worker --------------------------------------------------------
+
+    def heartbeat(
+        self,
+        job_id: str,
+        lease_id: str,
+        *,
+        step: int | None = None,
+        total: int | None = None,
+        image_offset: int = 0,
+        preview: str | None = None,
+    ) -> Heartbeat:
+        """Extend the lease; the first heartbeat marks the job running.
+
+        `preview` is a small image as a data URL; it rides on the progress event.
+        """
+        now = self.clock()
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "SELECT state, cancel_requested FROM jobs WHERE id = ? AND lease_id = ? {for_update}",
+                (job_id, lease_id),
+            )
+            if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
+                return Heartbeat(ok=False, cancel_requested=True)
+            if row["state"] == JobState.LEASED:
+                tx.run(
+                    "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job_id)
+                )
+                add_event(tx, job_id, "started", {}, now)
+            tx.run(
+                "UPDATE jobs SET lease_expires_at = ?, progress_step = COALESCE(?, progress_step), "
+                "progress_total = COALESCE(?, progress_total) WHERE id = ?",
+                (now + self.lease_seconds, step, total, job_id),
+            )
+            if step is not None:
+                data: dict[str, Any] = {"step": step, "total": total, "image_offset": image_offset}
+                if preview is not None:
+                    data["preview"] = preview
+                add_event(tx, job_id, "progress", data, now)
+            return Heartbeat(ok=True, cancel_requested=bool(row["cancel_requested"]))
+
+    def complete(
+        self, job_id: str, lease_id: str, images: Sequence[PendingImage], *, seed: int | None = None
+    ) -> bool:
+        """Finish a job with its images. True for the one call that completed it."""
+        return self._finish(job_id, lease_id, JobState.SUCCEEDED, images=images, seed=seed)
+
+    def fail(self, job_id: str, lease_id: str, reason: str) -> bool:
+        return self._finish(job_id, lease_id, JobState.FAILED, error=reason)
+
+    def acknowledge_cancel(
+        self, job_id: str, lease_id: str, images: Sequence[PendingImage] = ()
+    ) -> bool:
+        """The worker stopped a cancelled job; images finished before the stop are kept."""
+        return self._finish(job_id, lease_id, JobState.CANCELLED, images=images)
+
+    def _finish(
+        self,
+        job_id: str,
+        lease_id: str,
+        state: JobState,
+        *,
+        images: Sequence[PendingImage] = (),
+        seed: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        now = self.clock()
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "SELECT user_id, started_at, claimed_at FROM jobs "
+                "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
+                (job_id, lease_id),
+            )
+            if row is None:
+                finished = False
+            else:
+                started = row["started_at"] or row["claimed_at"] or now
+                tx.run(
+                    "UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
+                    "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
+                    (state.value, now, max(0.0, now - started), seed, error, job_id),
+                )
+                self.images.insert_rows(tx, job_id, int(row["user_id"]), images)
+                data: dict[str, Any] = {}
+                if state == JobState.SUCCEEDED:
+                    data = {"image_ids": [i.id for i in images], "seed": seed}
+                elif state == JobState.FAILED:
+                    data = {"reason": error}
+                else:
+                    data = {"image_ids": [i.id for i in images]}
+                add_event(tx, job_id, state.value, data, now)
+                finished = True
+        if not finished:
+            self.images.discard(images)
+        return finished
+
+    def release(self, job_id: str, lease_id: str) -> bool:
+        """Give a job back untouched (worker shutting down): no attempt is counted."""
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost "
+                "FROM jobs WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
+                (job_id, lease_id),
+            )
+            if row is None:
+                return False
+            self._lost(tx, row, count_attempt=False, reason="worker stopped")
+            return True
+
+    # -- leases -------------------------------------------------------------------------
+
+    def expire_leases(self) -> int:
+        """Return jobs whose lease ran out to the queue (or fail them after max_attempts)."""
+        total = 0
+        while True:
+            with self.db.transaction() as tx:
+                rows = tx.all(EXPIRED_LEASES, (self.clock(),))
+                for row in rows:
+                    self._lost(tx, row, count_attempt=True, reason="lease expired")
+            total += len(rows)
+            if len(rows) < 100:
+                return total
+
+    def recover_worker(self, worker_id: str) -> int:
+        """At start: jobs this worker held before a crash are lost now, not at lease expiry."""
+        with self.db.transaction() as tx:
+            rows = tx.all(JOBS_OF_WORKER, (worker_id,))
+            for row in rows:
+                self._lost(tx, row, count_attempt=True, reason="worker restarted")
+        return len(rows)
+
+    def _lost(self, tx: Transaction, row: dict, *, count_attempt: bool, reason: str) -> None:
+        now = self.clock()
+        attempts = int(row["attempts"]) + (1 if count_attempt else 0)
+        if row["cancel_requested"]:
+            state, error = JobState.CANCELLED, None
+        elif attempts >= int(row["max_attempts"]):
+            state = JobState.FAILED
+            error = f"{reason} {attempts} times; giving up (the job may crash its worker)"
+        else:
+            state, error = JobState.QUEUED, None
+        tx.run(
+            "UPDATE jobs SET state = ?, attempts = ?, error = ?, worker_id = NULL, lease_id = NULL, "
+            "lease_expires_at = NULL, progress_step = NULL, progress_total = NULL, started_at = NULL, "
+            "charged = 0, finished_at = ? WHERE seq = ?",
+            (state.value, attempts, error, None if state == JobState.QUEUED else now, row["seq"]),
+        )
+        if state == JobState.QUEUED:
+            # The owner paid for a run that did not happen: give it back.
+            tx.run(
+                "UPDATE users SET virtual_counter = virtual_counter - ?, queued_jobs = queued_jobs + 1, "
+                "queued_cost = queued_cost + ? WHERE id = ?",
+                (float(row["charged"]), float(row["cost"]), row["user_id"]),
+            )
+            add_event(tx, row["id"], "queued", {"attempts": attempts, "reason": reason}, now)
+        elif state == JobState.FAILED:
+            add_event(tx, row["id"], "failed", {"reason": error}, now)
+        else:
+            add_event(tx, row["id"], "cancelled", {"image_ids": []}, now)
+
+    # -- owner actions ------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel in any state: queued stops now, leased/running at the worker's next step,
+        finished jobs stay as they are."""
+        now = self.clock()
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "SELECT seq, user_id, state, cost FROM jobs WHERE id = ? {for_update}", (job_id,)
+            )
+            if row is None:
+                return None
+            if row["state"] == JobState.QUEUED:
+                tx.run(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ? WHERE seq = ?",
+                    (now, row["seq"]),
+                )
+                tx.run(
+                    "UPDATE users SET queued_jobs = queued_jobs - 1, "
+                    "queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END WHERE id = ?",
+                    (float(row["cost"]), row["user_id"]),
+                )
+                add_event(tx, job_id, "cancelled", {"image_ids": []}, now)
+            elif row["state"] in (JobState.LEASED, JobState.RUNNING):
+                tx.run("UPDATE jobs SET cancel_requested = 1 WHERE seq = ?", (row["seq"],))
+            found = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (row["seq"],))
+        assert found is not None
+        return _job(found)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        with self.db.transaction(write=False) as tx:
+            row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else _job(row)
+
+    def for_user(self, user_id: int, *, client_addr: str | None = None, limit: int = 100) -> list[Job]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = ?"
+        params: list[Any] = [user_id]
+        if client_addr is not None:
+            sql += " AND client_addr = ?"
+            params.append(client_addr)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        with self.db.transaction(write=False) as tx:
+            return [_job(r) for r in tx.all(sql, params)]
+
+    def events(self, job_id: str, after: int = 0) -> list[JobEvent]:
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT id, job_id, kind, data, created_at FROM job_events "
+                "WHERE job_id = ? AND id > ? ORDER BY id",
+                (job_id, after),
+            )
+        return [
+            JobEvent(int(r["id"]), r["job_id"], r["kind"], json.loads(r["data"]), float(r["created_at"]))
+            for r in rows
+        ]
+
+    def place(self, job_id: str) -> tuple[shares.Place, float] | None:
+        """Jobs (and units) ahead of a queued job under fair sharing, and its ETA in seconds.
+
+        A leased or running job has nothing ahead; its ETA is its remaining work.
+        """
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT seq, user_id, state, priority, cost, progress_step, progress_total "
+                         "FROM jobs WHERE id = ?", (job_id,))
+            if row is None or row["state"] in TERMINAL_STATES:
+                return None
+            rate = tx.one(RECENT_THROUGHPUT)
+            workers = int(tx.scalar(BUSY_WORKERS) or 0)
+            cost = float(row["cost"])
+            if row["state"] != JobState.QUEUED:
+                place = shares.Place(0, 0.0)
+                done = (row["progress_step"] or 0) / (row["progress_total"] or 1)
+                cost *= max(0.0, 1.0 - done)
+            else:
+                user = tx.one("SELECT virtual_counter, weight FROM users WHERE id = ?", (row["user_id"],))
+                assert user is not None
+                own = tx.one(OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"]))
+                assert own is not None
+                backlogs = [
+                    shares.Backlog(int(b["id"]), float(b["virtual_counter"]), float(b["weight"]),
+                                   int(b["queued_jobs"]), float(b["queued_cost"]))
+                    for b in tx.all(BACKLOGS)
+                ]
+                place = shares.place_in_queue(
+                    int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"]),
+                    int(own["n"]), float(own["cost"]), backlogs,
+                )
+        assert rate is not None
+        units_per_second = (
+            float(rate["cost"]) / float(rate["seconds"]) if rate["seconds"] else DEFAULT_UNITS_PER_SECOND
+        )
+        return place, shares.eta_seconds(place.cost_ahead, cost, units_per_second, workers)
