@@ -1,3 +1,81 @@
-"""Fixtures: databases (both backends) from tests/dbfixtures.py."""
+"""Fixtures: databases (both backends) from tests/dbfixtures.py, and a live server.
+
+`live_server` runs the real app under uvicorn in a thread on a free port, with the
+session's tiny-model Engine as its local worker, and answers with an httpx client.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
 
 from dbfixtures import FakeClock, Stores, database_url, postgres_database, stores  # noqa: F401
+from kakumei.config import Settings
+from kakumei.server.app import create_app
+
+
+class LiveServer:
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.settings = settings
+        self.app = app
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.sock = sock
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        self.sock.close()
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def make_server(database_url: str, tiny_settings: Settings, engine: Any, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers with settings overrides; all are stopped at the end of the test."""
+    started: list[LiveServer] = []
+
+    def start(**overrides: Any) -> LiveServer:
+        local_worker = overrides.pop("local_worker", True)
+        settings = tiny_settings.model_copy(
+            update={"home": tmp_path / "home", "database": database_url, "local_worker": local_worker, **overrides}
+        )
+        server = LiveServer(create_app(settings, engine), settings).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def live_server(make_server: Callable[..., LiveServer]) -> LiveServer:
+    return make_server()

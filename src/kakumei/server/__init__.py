@@ -1,0 +1,1 @@
+"""FastAPI server: translates HTTP <-> schemas and store calls; no scheduling logic here."""

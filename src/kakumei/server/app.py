@@ -1,0 +1,59 @@
+"""create_app(settings): the FastAPI application of `kakumei serve`. No module-level state:
+everything an app needs is opened in its lifespan and kept on app.state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import kakumei
+from kakumei.config import Settings
+from kakumei.server.routes import events, health, images, jobs
+from kakumei.server.services import Services
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable message per field (no pydantic internals, no input echo)."""
+    errors = [
+        {"field": _field(tuple(err.get("loc", ()))), "message": str(err.get("msg", "")).removeprefix("Value error, ")}
+        for err in exc.errors()
+    ]
+    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+
+
+def create_app(settings: Settings, engine: Any | None = None, *, local_worker: bool | None = None) -> FastAPI:
+    """The server for `settings`. `engine` is used by the local worker (one is created on
+    first use when None); `local_worker` defaults to settings.local_worker."""
+    run_worker = settings.local_worker if local_worker is None else local_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = Services.open(settings, engine)
+        app.state.services = svc
+        svc.start(local_worker=run_worker)
+        try:
+            yield
+        finally:
+            svc.close()
+
+    app = FastAPI(
+        title="kakumei",
+        version=kakumei.__version__,
+        description="Stable Diffusion for everyone: a fair, shared job queue.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    for module in (jobs, events, images, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,113 @@
+"""/api/v1/jobs/{id}/events: a job's life as Server-Sent Events.
+
+Events come from the job_events table, so they survive restarts, reach every server that
+shares a PostgreSQL database, and a client can resume with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+
+from kakumei.server.deps import Caller, caller, owned_job, services
+from kakumei.server.services import Services
+from kakumei.store.jobs import JobEvent
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+
+POLL_SECONDS = 0.2
+# A queued job's position is recomputed this often; a new position is sent as `queued`.
+POSITION_SECONDS = 2.0
+KEEPALIVE_SECONDS = 15.0
+PUBLIC_KINDS = {"queued", "started", "progress", "succeeded", "failed", "cancelled"}
+FINAL_KINDS = {"succeeded", "failed", "cancelled"}
+
+
+def _format(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def _queued_data(svc: Services, job_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    placed = svc.jobs.place(job_id)
+    if placed is None:
+        return data
+    place, eta = placed
+    return {**data, "queue_position": place.jobs_ahead, "eta_seconds": eta}
+
+
+def _public(svc: Services, event: JobEvent) -> dict[str, Any]:
+    data = dict(event.data)
+    if event.kind == "queued":
+        return _queued_data(svc, event.job_id, data)
+    if event.kind in ("succeeded", "cancelled"):
+        images = svc.images.for_job(event.job_id)
+        data["images"] = [
+            {"id": i.id, "url": f"/api/v1/images/{i.id}", "seed": i.seed, "index": i.index,
+             "infotext": i.infotext, "metadata": i.metadata}
+            for i in images
+        ]
+        data.pop("image_ids", None)
+    return data
+
+
+async def _stream(svc: Services, request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    last_sent = last_position_check = loop.time()
+    state_kind = None
+    last_position = None
+    while True:
+        events = await to_thread.run_sync(svc.jobs.events, job_id, after)
+        for event in events:
+            after = event.id
+            if event.kind not in PUBLIC_KINDS:
+                continue
+            data = await to_thread.run_sync(_public, svc, event)
+            state_kind = event.kind
+            last_position = data.get("queue_position", last_position)
+            yield _format(event.kind, data, event.id)
+            last_sent = loop.time()
+            if event.kind in FINAL_KINDS:
+                return
+        now = loop.time()
+        if state_kind == "queued" and now - last_position_check >= POSITION_SECONDS:
+            last_position_check = now
+            data = await to_thread.run_sync(_queued_data, svc, job_id, {})
+            if data.get("queue_position") not in (None, last_position):
+                last_position = data["queue_position"]
+                yield _format("queued", data)
+                last_sent = now
+        if now - last_sent >= KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = now
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(POLL_SECONDS)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def job_events(
+    job_id: str,
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    who: Annotated[Caller, Depends(caller)],
+    last_event_id: Annotated[int | None, Header()] = None,
+) -> StreamingResponse:
+    """queued (queue_position, eta_seconds), started, progress (step, total, preview every few
+    steps), then succeeded (images with URLs and metadata), failed (reason) or cancelled."""
+    owned_job(svc, who, job_id)
+    return StreamingResponse(
+        _stream(svc, request, job_id, last_event_id or 0),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,98 @@
+"""What the routes and background threads of one server share, opened once per app."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from kakumei.config import Settings
+from kakumei.store.db import Database
+from kakumei.store.images import ImageStore
+from kakumei.store.jobs import JobStore
+from kakumei.store.migrate import migrate
+from kakumei.store.users import UserStore
+
+log = logging.getLogger(__name__)
+
+
+def local_worker_id(settings: Settings) -> str:
+    """Stable across restarts of the same server, distinct between servers sharing a database,
+    so that at start a server recovers exactly the jobs its own worker held."""
+    home = hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:8]
+    return f"local@{socket.gethostname()}:{home}"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    users: UserStore
+    jobs: JobStore
+    images: ImageStore
+    engine: Any | None
+    threads: list[threading.Thread] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def open(cls, settings: Settings, engine: Any | None) -> Services:
+        db = Database(settings.database_url)
+        migrate(db)
+        images = ImageStore(db, settings.home / "images")
+        jobs = JobStore(db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+        return cls(settings, db, UserStore(db), jobs, images, engine)
+
+    def known_models(self) -> list[str]:
+        """Models a job may name: the configured default plus what the engine has loaded."""
+        if self.engine is not None and hasattr(self.engine, "model_names"):
+            names = list(self.engine.model_names())
+        else:
+            names = []
+        return list(dict.fromkeys([self.settings.model, *names]))
+
+    def start(self, local_worker: bool) -> None:
+        """Recover, then start the lease reaper and (optionally) the local worker."""
+        if local_worker:
+            recovered = self.jobs.recover_worker(local_worker_id(self.settings))
+            if recovered:
+                log.info("requeued %d job(s) the local worker held before a restart", recovered)
+        self.jobs.expire_leases()
+        self._spawn("lease-reaper", self._reap)
+        if local_worker:
+            self._spawn("local-worker", self._work)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _reap(self) -> None:
+        while not self.stop.wait(self.settings.lease_seconds / 3):
+            try:
+                self.jobs.expire_leases()
+            except Exception:
+                log.exception("expiring leases failed; retrying")
+
+    def _work(self) -> None:
+        from kakumei.worker import StoreJobSource, Worker
+
+        if self.engine is None:
+            from kakumei.engine.pipeline import Engine
+
+            self.engine = Engine(self.settings)
+        worker = Worker(
+            StoreJobSource(self.jobs, self.images),
+            self.engine,
+            local_worker_id(self.settings),
+            lease_seconds=self.settings.lease_seconds,
+        )
+        worker.run(self.stop)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        self.db.close()

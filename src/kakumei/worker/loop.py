@@ -1,0 +1,169 @@
+"""The worker loop: claim -> engine -> report, with lease heartbeats while a job runs.
+
+The engine is anything with `generate(request, on_step=, cancelled=)` as in
+kakumei.engine.pipeline.Engine; this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from kakumei.errors import GenerationCancelled, KakumeiError
+from kakumei.store.images import ImageResult
+from kakumei.store.jobs import Capabilities, Lease
+from kakumei.worker.source import JobSource
+
+log = logging.getLogger(__name__)
+
+
+class GenerationEngine(Protocol):
+    def generate(self, request: Any, on_step: Any = None, cancelled: Any = None) -> Any: ...
+
+
+def preview_data_url(image: Any, max_side: int = 128) -> str:
+    """A PIL image as a small PNG data URL, for progress events."""
+    image = image.copy()
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class _JobRun:
+    """State of one running job, shared by the engine callbacks and the keep-alive thread."""
+
+    def __init__(self, source: JobSource, lease: Lease, stop: threading.Event) -> None:
+        self.source = source
+        self.lease = lease
+        self.stop = stop
+        self.cancel_requested = False
+        self.lease_lost = False
+        self.last_report = 0.0
+        self._lock = threading.Lock()
+
+    def beat(self, **progress: Any) -> None:
+        with self._lock:
+            reply = self.source.heartbeat(self.lease.job.id, self.lease.lease_id, **progress)
+            self.last_report = time.monotonic()
+        if not reply.ok:
+            self.lease_lost = True
+        if reply.cancel_requested:
+            self.cancel_requested = True
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested or self.lease_lost or self.stop.is_set()
+
+
+class Worker:
+    """Runs jobs from `source` on `engine` until `stop` is set."""
+
+    def __init__(
+        self,
+        source: JobSource,
+        engine: GenerationEngine,
+        worker_id: str,
+        *,
+        capabilities: Capabilities = Capabilities(),
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 0.25,
+        preview_every: int = 5,
+        progress_interval: float = 0.25,
+    ) -> None:
+        self.source = source
+        self.engine = engine
+        self.worker_id = worker_id
+        self.capabilities = capabilities
+        # Three heartbeats per lease: one lost or late beat does not cost the job.
+        self.keepalive_seconds = lease_seconds / 3
+        self.poll_seconds = poll_seconds
+        self.preview_every = preview_every
+        self.progress_interval = progress_interval
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                if not self.run_one(stop):
+                    stop.wait(self.poll_seconds)
+            except Exception:  # the store being briefly unreachable must not end the worker
+                log.exception("worker %s: error between jobs; retrying", self.worker_id)
+                stop.wait(max(1.0, self.poll_seconds))
+
+    def run_one(self, stop: threading.Event | None = None) -> bool:
+        """Claim and run one job. False when there was nothing to claim."""
+        lease = self.source.claim(self.worker_id, self.capabilities)
+        if lease is None:
+            return False
+        self._run(lease, stop or threading.Event())
+        return True
+
+    def _run(self, lease: Lease, stop: threading.Event) -> None:
+        job = lease.job
+        run = _JobRun(self.source, lease, stop)
+        run.beat()  # leased -> running, and the "started" event
+        done = threading.Event()
+        keepalive = threading.Thread(target=self._keepalive, args=(run, done), daemon=True)
+        keepalive.start()
+        try:
+            request = job.request.model_copy(update={"model": job.model})
+            result = self.engine.generate(
+                request, on_step=lambda p: self._on_step(run, p), cancelled=run.should_stop
+            )
+        except GenerationCancelled as exc:
+            done.set()
+            self._stopped(run, [self._image(i) for i in exc.images])
+            return
+        except KakumeiError as exc:
+            done.set()
+            self.source.fail(job.id, lease.lease_id, str(exc))
+            return
+        except Exception as exc:  # a crash in one job fails that job, not the worker
+            done.set()
+            log.exception("job %s failed", job.id)
+            self.source.fail(job.id, lease.lease_id, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            done.set()
+            keepalive.join()
+        images = [self._image(i) for i in result.images]
+        if not self.source.complete(job.id, lease.lease_id, images, result.seed):
+            log.warning("job %s: finished after its lease was lost; result dropped", job.id)
+
+    def _stopped(self, run: _JobRun, images: list[ImageResult]) -> None:
+        job_id, lease_id = run.lease.job.id, run.lease.lease_id
+        if run.lease_lost:
+            return
+        if run.cancel_requested:
+            self.source.acknowledge_cancel(job_id, lease_id, images)
+        else:  # shutting down: someone else (or this server after restart) runs it
+            self.source.release(job_id, lease_id)
+
+    def _keepalive(self, run: _JobRun, done: threading.Event) -> None:
+        while not done.wait(self.keepalive_seconds / 4):
+            if time.monotonic() - run.last_report >= self.keepalive_seconds:
+                try:
+                    run.beat()
+                except Exception:
+                    log.exception("heartbeat for job %s failed", run.lease.job.id)
+
+    def _on_step(self, run: _JobRun, progress: Any) -> None:
+        step, total = progress.step, progress.total
+        with_preview = step % self.preview_every == 0 or step == total
+        due = time.monotonic() - run.last_report >= self.progress_interval
+        if not (step == 1 or with_preview or due):
+            return
+        preview = None
+        if with_preview:
+            image = progress.preview()
+            preview = None if image is None else preview_data_url(image)
+        run.beat(step=step, total=total, image_offset=progress.image_offset, preview=preview)
+
+    @staticmethod
+    def _image(image: Any) -> ImageResult:
+        return ImageResult(
+            png=image.png, seed=image.seed, index=image.index, infotext=image.infotext, metadata=image.metadata
+        )
