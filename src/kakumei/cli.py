@@ -94,8 +94,8 @@ def _extra_commands() -> list[Callable[[Any], None]]:
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency, not an absent module
-                raise
+            if not (exc.name and (module + ".").startswith(exc.name + ".")):
+                raise  # a real missing dependency, not an absent command module
             continue
         registers.append(mod.register)
     return registers
