@@ -15,7 +15,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from kakumei.errors import ConfigError
+
 Dialect = Literal["sqlite", "postgresql"]
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 # Token -> (SQLite text, PostgreSQL text)
 _TOKENS: dict[str, tuple[str, str]] = {
@@ -79,7 +90,7 @@ class Database:
         elif url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
         else:
-            raise ValueError(f"unsupported database URL {url!r}; use sqlite:///PATH or postgresql://...")
+            raise ConfigError(f"unsupported database URL {redact(url)!r}; use sqlite:///PATH or postgresql://...")
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()

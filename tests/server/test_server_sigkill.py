@@ -1,0 +1,104 @@
+"""Kill `kakumei serve` with SIGKILL mid-job and restart it: nothing lost, nothing twice.
+
+Real processes on both databases: the server runs as a subprocess with its local worker and
+the tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from kakumei.store.db import Database
+
+SLOW = {"prompt": "slow", "width": 64, "height": 64, "steps": 150, "n_iter": 4, "seed": 1}
+SMALL = {"prompt": "small", "width": 64, "height": 64, "steps": 2, "batch_size": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(database_url: str, home: Path, port: int, log: Path) -> tuple[subprocess.Popen, str]:
+    env = {
+        **os.environ,
+        "KAKUMEI_HOME": str(home),
+        "KAKUMEI_DEVICE": "cpu",
+        "KAKUMEI_LEASE_SECONDS": "30",
+    }
+    args = [sys.executable, "-m", "kakumei.cli", "serve", "--port", str(port),
+            "--database", database_url, "--model", "kakumei:tiny"]
+    proc = subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start: " + log.read_text())
+
+
+def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei_home, tmp_path) -> None:
+    port, log = free_port(), tmp_path / "server.log"
+    proc, url = start_server(database_url, kakumei_home, port, log)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            slow = client.post("/api/v1/jobs", json=SLOW).json()["id"]
+            small = [client.post("/api/v1/jobs", json=SMALL).json()["id"] for _ in range(4)]
+            deadline = time.monotonic() + 60
+            while True:
+                job = client.get(f"/api/v1/jobs/{slow}").json()
+                assert job["state"] in ("queued", "leased", "running"), job
+                if (job.get("progress") or {}).get("step") is not None:
+                    break
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            states = {j: client.get(f"/api/v1/jobs/{j}").json()["state"] for j in small}
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert set(states.values()) == {"queued"}, states  # queued behind the running one
+
+        proc, url = start_server(database_url, kakumei_home, port, log)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            deadline = time.monotonic() + 120
+            jobs = {}
+            for job_id in [slow, *small]:
+                while True:
+                    job = client.get(f"/api/v1/jobs/{job_id}").json()
+                    if job["state"] in ("succeeded", "failed", "cancelled"):
+                        break
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.05)
+                jobs[job_id] = job
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    assert {j: job["state"] for j, job in jobs.items()} == {j: "succeeded" for j in jobs}
+    assert jobs[slow]["attempts"] == 1  # the run the kill interrupted counts as one attempt
+    assert [len(jobs[j]["images"]) for j in [slow, *small]] == [4, 2, 2, 2, 2]
+    db = Database(database_url)
+    try:
+        with db.transaction(write=False) as tx:
+            finished = Counter(
+                r["job_id"] for r in tx.all("SELECT job_id FROM job_events WHERE kind = 'succeeded'")
+            )
+            images = Counter(r["job_id"] for r in tx.all("SELECT job_id FROM images"))
+    finally:
+        db.close()
+    assert finished == Counter({j: 1 for j in jobs})
+    assert images == Counter({slow: 4, **{j: 2 for j in small}})
