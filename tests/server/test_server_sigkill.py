@@ -19,7 +19,7 @@ import httpx
 
 from kakumei.store.db import Database
 
-SLOW = {"prompt": "slow", "width": 64, "height": 64, "steps": 150, "n_iter": 4, "seed": 1}
+SLOW = {"prompt": "slow", "width": 64, "height": 64, "steps": 20, "n_iter": 2, "seed": 1}
 SMALL = {"prompt": "small", "width": 64, "height": 64, "steps": 2, "batch_size": 2}
 
 
@@ -81,7 +81,7 @@ def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei
                     job = client.get(f"/api/v1/jobs/{job_id}").json()
                     if job["state"] in ("succeeded", "failed", "cancelled"):
                         break
-                    assert time.monotonic() < deadline, log.read_text()
+                    assert time.monotonic() < deadline, (job, log.read_text())
                     time.sleep(0.05)
                 jobs[job_id] = job
     finally:
@@ -90,7 +90,7 @@ def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei
 
     assert {j: job["state"] for j, job in jobs.items()} == {j: "succeeded" for j in jobs}
     assert jobs[slow]["attempts"] == 1  # the run the kill interrupted counts as one attempt
-    assert [len(jobs[j]["images"]) for j in [slow, *small]] == [4, 2, 2, 2, 2]
+    assert [len(jobs[j]["images"]) for j in [slow, *small]] == [2, 2, 2, 2, 2]
     db = Database(database_url)
     try:
         with db.transaction(write=False) as tx:
@@ -101,4 +101,4 @@ def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei
     finally:
         db.close()
     assert finished == Counter({j: 1 for j in jobs})
-    assert images == Counter({slow: 4, **{j: 2 for j in small}})
+    assert images == Counter({j: 2 for j in jobs})
