@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kakumei.images import decode_image_b64
+
 # A1111 sampler names -> whether the sampler takes a sigma schedule (Karras, ...).
 # The diffusers classes behind them live in engine/samplers.py; this table is pure data so
 # that the server can validate requests without importing torch.
@@ -44,6 +46,27 @@ MAX_BATCH_SIZE = 8
 MAX_N_ITER = 100
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 10_000
+# Input images (img2img, inpainting masks) may be larger than the output, but not without
+# bound: a small PNG can declare a huge canvas (a "decompression bomb").
+MAX_INPUT_PIXELS = 4096 * 4096
+MAX_INPUT_BYTES = 32 * 1024 * 1024
+MAX_INIT_IMAGES = MAX_BATCH_SIZE
+# A1111's img2img resize modes, by number.
+RESIZE_MODES: tuple[str, ...] = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+# A1111's "masked content" choices, by number.
+INPAINTING_FILLS: tuple[str, ...] = ("fill", "original", "latent noise", "latent nothing")
+# Hires fix upscalers: latent ones interpolate the latents, the others resize pixels.
+HR_UPSCALERS: tuple[str, ...] = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+    "Lanczos",
+    "Nearest",
+    "None",
+)
 
 
 def _legacy_sampler_split(name: str) -> tuple[str, str | None]:
@@ -73,6 +96,32 @@ class GenerationRequest(BaseModel):
     scheduler: str = Field("Automatic", description="an AUTOMATIC1111 schedule type")
     clip_skip: int = Field(1, ge=1, le=12, description="1 uses the last CLIP layer, 2 the one before, ...")
     model: str | None = Field(None, description="model reference; None means the configured default")
+
+    # img2img and inpainting (A1111 names). Images travel as base64 PNG/JPEG/WebP strings
+    # (a data: URL prefix is accepted), so a request stays JSON.
+    init_images: list[str] = Field(
+        default_factory=list, description=f"base64 images for img2img, at most {MAX_INIT_IMAGES}; image i uses init_images[i % n]"
+    )
+    denoising_strength: float = Field(
+        0.75, ge=0.0, le=1.0, description="img2img and hires fix: 0 keeps the input, 1 replaces it"
+    )
+    resize_mode: int = Field(0, description="; ".join(f"{i}: {n}" for i, n in enumerate(RESIZE_MODES)))
+    mask: str | None = Field(None, description="base64 mask for inpainting: white is repainted, black kept")
+    mask_blur: int = Field(4, ge=0, le=64, description="pixels of Gaussian blur on the mask edge")
+    inpainting_fill: int = Field(1, description="; ".join(f"{i}: {n}" for i, n in enumerate(INPAINTING_FILLS)))
+    inpaint_full_res: bool = Field(False, description="'only masked': repaint the masked area at full resolution")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256, description="pixels around the mask for 'only masked'")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 repaints the black part of the mask instead")
+
+    # Hires fix (txt2img only): generate at width x height, upscale, second pass.
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_upscaler: str = Field("Latent", description=f"one of: {', '.join(HR_UPSCALERS)}")
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS, description="0 uses steps")
+
+    # SDXL refiner: the base model stops at refiner_switch_at of the steps, the refiner finishes.
+    refiner_checkpoint: str | None = Field(None, description="model reference of an SDXL refiner")
+    refiner_switch_at: float = Field(0.8, gt=0.0, lt=1.0)
 
     @field_validator("steps")
     @classmethod
@@ -110,6 +159,81 @@ class GenerationRequest(BaseModel):
         if not 1 <= v <= MAX_N_ITER:
             raise ValueError(f"n_iter must be between 1 and {MAX_N_ITER}, got {v}")
         return v
+
+    @field_validator("resize_mode")
+    @classmethod
+    def _resize_mode(cls, v: int) -> int:
+        if not 0 <= v < len(RESIZE_MODES):
+            known = ", ".join(f"{i} ({n})" for i, n in enumerate(RESIZE_MODES))
+            raise ValueError(f"resize_mode must be one of {known}, got {v}")
+        return v
+
+    @field_validator("inpainting_fill")
+    @classmethod
+    def _inpainting_fill(cls, v: int) -> int:
+        if not 0 <= v < len(INPAINTING_FILLS):
+            known = ", ".join(f"{i} ({n})" for i, n in enumerate(INPAINTING_FILLS))
+            raise ValueError(f"inpainting_fill must be one of {known}, got {v}")
+        return v
+
+    @field_validator("hr_upscaler")
+    @classmethod
+    def _hr_upscaler(cls, v: str) -> str:
+        if v not in HR_UPSCALERS:
+            raise ValueError(f"unknown hires upscaler {v!r}; known: {', '.join(HR_UPSCALERS)}")
+        return v
+
+    @field_validator("init_images")
+    @classmethod
+    def _init_images(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_INIT_IMAGES:
+            raise ValueError(f"at most {MAX_INIT_IMAGES} init images, got {len(v)}")
+        for i, data in enumerate(v):
+            decode_image_b64(data, f"init_images[{i}]", MAX_INPUT_PIXELS, MAX_INPUT_BYTES)
+        return v
+
+    @field_validator("mask")
+    @classmethod
+    def _mask(cls, v: str | None) -> str | None:
+        if v is not None:
+            decode_image_b64(v, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES)
+        return v
+
+    @model_validator(mode="after")
+    def _modes(self) -> GenerationRequest:
+        if self.mask is not None:
+            if not self.init_images:
+                raise ValueError("a mask needs an image to inpaint: give init_images as well")
+            mask_size = decode_image_b64(self.mask, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
+            for i, data in enumerate(self.init_images):
+                size = decode_image_b64(data, f"init_images[{i}]", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
+                if size != mask_size:
+                    raise ValueError(
+                        f"the mask is {mask_size[0]}x{mask_size[1]} but init_images[{i}] is {size[0]}x{size[1]}; "
+                        "a mask must have the size of the image it masks"
+                    )
+        if self.enable_hr:
+            if self.init_images:
+                raise ValueError("hires fix (enable_hr) is for text-to-image; img2img already works at full size")
+            for side, name in ((self.width, "width"), (self.height, "height")):
+                if int(side * self.hr_scale) > MAX_SIDE:
+                    raise ValueError(
+                        f"hires fix would make the {name} {int(side * self.hr_scale)} pixels; at most {MAX_SIDE} "
+                        f"(lower hr_scale to {MAX_SIDE / side:.2f} or less)"
+                    )
+        return self
+
+    @property
+    def mode(self) -> str:
+        """"txt2img", "img2img" or "inpaint"."""
+        if self.mask is not None:
+            return "inpaint"
+        return "img2img" if self.init_images else "txt2img"
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        """Hires fix output size: the scaled size, down to a multiple of 8."""
+        return int(self.width * self.hr_scale) // 8 * 8, int(self.height * self.hr_scale) // 8 * 8
 
     @model_validator(mode="before")
     @classmethod

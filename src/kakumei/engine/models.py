@@ -14,14 +14,14 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kakumei.engine.tiny import TINY_NAME, TINY_REF, ensure_tiny_model
-from kakumei.errors import ModelLoadError, ModelNotFound
+from kakumei.errors import InvalidRequest, ModelLoadError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,54 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     base_scheduler_config: dict[str, Any]
+    architecture: str = "sd1"  # see architecture_of
+    _variants: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def family(self) -> str:
+        """"sd1", "sd2" or "sdxl": what LoRAs and embeddings must be made for."""
+        return self.architecture.split("-")[0]
+
+    def variant(self, mode: str) -> Any:
+        """The pipeline for "txt2img", "img2img" or "inpaint", sharing this model's weights
+        (diffusers' from_pipe builds it without copying anything)."""
+        if mode == "txt2img" and not self.architecture.endswith(("-refiner", "-inpaint")):
+            return self.pipe
+        if mode not in self._variants:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
+            try:
+                pipe = auto.from_pipe(self.pipe)
+            except (ValueError, TypeError) as exc:
+                raise InvalidRequest(f"model {self.source.name!r} ({self.architecture}) cannot do {mode}: {exc}") from None
+            pipe.set_progress_bar_config(disable=True)
+            self._variants[mode] = pipe
+        return self._variants[mode]
 
     @property
     def short_hash(self) -> str:
         """A1111's "Model hash": the first 10 hex digits of the sha256."""
         return self.sha256[:10]
+
+
+def architecture_of(pipe: Any) -> str:
+    """"sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", with "-inpaint" for 9-channel UNets.
+
+    Read from the loaded components, so it holds for folders, hub ids and single files alike.
+    """
+    unet_config = pipe.unet.config
+    if hasattr(pipe, "text_encoder_2"):
+        base = "sdxl-refiner" if getattr(pipe, "text_encoder", None) is None else "sdxl"
+    else:
+        # SD 2 uses OpenCLIP, whose tokenizer pads with "!" where CLIP's pads with <|endoftext|>.
+        open_clip = getattr(pipe.tokenizer, "pad_token", None) == "!" or unet_config.cross_attention_dim == 1024
+        base = "sd2" if open_clip else "sd1"
+        if open_clip and pipe.scheduler.config.get("prediction_type") == "v_prediction":
+            base = "sd2-v"
+    if unet_config.in_channels == 9:
+        base += "-inpaint"
+    return base
 
 
 def resolve_model(ref: str, models_dir: Path) -> ModelSource:
@@ -97,9 +140,11 @@ class HashCache:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def file_sha256(self, file: Path) -> str:
+    def file_sha256(self, file: Path, tensors_only: bool = False) -> str:
+        """sha256 of the file, or with `tensors_only` of a .safetensors file's data after its
+        header (A1111's "addnet" hash for LoRAs: editing the metadata does not change it)."""
         stat = file.stat()
-        key = str(file.resolve())
+        key = str(file.resolve()) + ("#tensors" if tensors_only else "")
         with self._lock:
             cache = self._load()
             entry = cache.get(key)
@@ -107,6 +152,8 @@ class HashCache:
                 return str(entry["sha256"])
             digest = hashlib.sha256()
             with file.open("rb") as fh:
+                if tensors_only and file.suffix.lower() == ".safetensors":
+                    fh.seek(8 + int.from_bytes(fh.read(8), "little"))
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
             cache[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest.hexdigest()}
@@ -134,9 +181,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool) -> Any:
-    from diffusers import AutoPipelineForText2Image
+    # DiffusionPipeline picks the class model_index.json names (an inpainting or refiner
+    # model is not a text-to-image pipeline).
+    from diffusers import DiffusionPipeline
 
-    return AutoPipelineForText2Image.from_pretrained(
+    return DiffusionPipeline.from_pretrained(
         location,
         dtype=dtype,
         local_files_only=local_only,
@@ -153,6 +202,7 @@ def load_model(
     dtype: torch.dtype,
     offline: bool,
     low_memory: bool = False,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load a resolved model onto `device`. Errors are ModelNotFound/ModelLoadError with a
     sentence saying what to do."""
@@ -185,7 +235,7 @@ def load_model(
     else:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(source, pipe, sha, device, dtype, base_config)
+    return LoadedModel(source, pipe, sha, device, dtype, base_config, architecture_of(pipe))
 
 
 def _load_hub(source: ModelSource, dtype: torch.dtype, offline: bool) -> Any:

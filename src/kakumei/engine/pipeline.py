@@ -18,10 +18,13 @@ import kakumei
 from kakumei.config import Settings
 from kakumei.engine import metadata as md
 from kakumei.engine.devices import dtype_name, pick_device, pick_dtype
+from kakumei.engine.embeddings import EmbeddingLibrary
+from kakumei.engine.lora import LoraLibrary, apply_loras
 from kakumei.engine.models import HashCache, LoadedModel, ModelCache, ModelSource, load_model, resolve_model
+from kakumei.engine.passes import GenerationExtras, _BatchRun, check_request_fits, prepare_inputs
 from kakumei.engine.preview import latents_to_preview
-from kakumei.engine.samplers import make_scheduler
-from kakumei.engine.seeds import cpu_generators, cpu_noise, image_seeds, resolve_seed
+from kakumei.engine.prompts import encode_prompts, extract_lora_tags
+from kakumei.engine.seeds import image_seeds, resolve_seed
 from kakumei.errors import GenerationCancelled, InvalidRequest
 from kakumei.schemas import GenerationRequest
 
@@ -100,6 +103,9 @@ class Engine:
         self._dtype = pick_dtype(self._device, settings.dtype)
         self._cache = ModelCache(cache_size)
         self._hashes = HashCache(settings.home / "cache" / "hashes.json")
+        self._refiners = ModelCache(1)
+        self._loras = LoraLibrary(settings.models_dir, self._hashes, settings.allow_pickle)
+        self._embeddings = EmbeddingLibrary(settings.models_dir, self._hashes, settings.allow_pickle)
 
     @property
     def device(self) -> torch.device:
@@ -130,6 +136,7 @@ class Engine:
                 self._dtype,
                 offline=self.settings.hf_offline,
                 low_memory=self.settings.low_memory,
+                allow_pickle=self.settings.allow_pickle,
             ),
         )
 
@@ -173,59 +180,53 @@ class Engine:
         user: str | None,
         only_batch: int | None,
     ) -> Iterator[GeneratedImage]:
-        # 1. load the model and build the scheduler the request names
+        # 1. load the model (and refiner) and check that the request fits them
         model = self.load(request.model)
-        pipe = model.pipe
-        pipe.scheduler = make_scheduler(request.sampler_name, request.scheduler, model.base_scheduler_config)
-        vae_scale = getattr(pipe, "vae_scale_factor", 8)
-        latent_shape = (pipe.unet.config.in_channels, request.height // vae_scale, request.width // vae_scale)
+        refiner = self._load_refiner(request.refiner_checkpoint) if request.refiner_checkpoint else None
+        check_request_fits(request, model, refiner)
         versions = library_versions()
-        bs = request.batch_size
+        inputs = prepare_inputs(request)
 
-        batches = range(request.n_iter) if only_batch is None else [only_batch]
-        for batch in batches:
-            offset = batch * bs
-            # 2. initial noise on the CPU from each image's own seed
-            seeds = image_seeds(request.seed, bs, offset)
-            generators = cpu_generators(seeds)
-            latents = cpu_noise(generators, latent_shape).to(model.device, model.dtype)
-            if hasattr(pipe.scheduler, "noise_sampler_seed"):
-                # DPM++ SDE draws from a Brownian tree seeded from the global RNG unless told
-                # otherwise; one tree per image seed keeps it reproducible and batch-independent.
-                pipe.scheduler.noise_sampler_seed = seeds
-            stopped = False
-
-            def step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-                nonlocal stopped
-                if on_step is not None:
-                    on_step(StepProgress(i + 1, p.num_timesteps, offset, request.image_count, kwargs.get("latents")))
+        # 2. prompts: LoRA tags out of the text and into the weights, embeddings found by name
+        prompt, tags = extract_lora_tags(request.prompt)
+        negative, negative_tags = extract_lora_tags(request.negative_prompt)
+        loras = self._loras.resolve(tags + negative_tags, model.family)
+        with apply_loras(model, loras, self._loras):
+            embeddings = self._embeddings.for_text(prompt + " " + negative, model.family)
+            (cond, uncond), used = encode_prompts(model.pipe, [prompt, negative], request.clip_skip, embeddings)
+            refiner_conds = None
+            if refiner is not None:
+                refiner_conds, _ = encode_prompts(refiner.pipe, [prompt, negative], request.clip_skip, embeddings)
+            extras = GenerationExtras(
+                loras=loras,
+                embeddings=[self._embeddings.info(name) for name in used],
+                refiner=refiner,
+                inputs=inputs,
+            )
+            batches = range(request.n_iter) if only_batch is None else [only_batch]
+            for batch in batches:
                 if cancelled is not None and cancelled():
-                    stopped = True
-                    p._interrupt = True  # diffusers' own way to leave the denoising loop
-                return kwargs
+                    raise GenerationCancelled()
+                offset = batch * request.batch_size
+                seeds = image_seeds(request.seed, request.batch_size, offset)
+                run = _BatchRun(request, model, refiner, cond, uncond, refiner_conds, inputs, seeds, offset, on_step, cancelled)
+                # 3. denoise (one pass, or base + hires / refiner pass) and decode
+                images = run.images()
+                # 4. metadata and PNG bytes
+                for position, (image, image_seed) in enumerate(zip(images, seeds)):
+                    yield self._finish(image, request, model, offset + position, image_seed, versions, user, extras)
 
-            if cancelled is not None and cancelled():
-                raise GenerationCancelled()
-            # 3. denoise and decode
-            with torch.inference_mode():
-                output = pipe(
-                    prompt_embeds=encode_text(pipe, [request.prompt] * bs, request.clip_skip),
-                    negative_prompt_embeds=encode_text(pipe, [request.negative_prompt] * bs, request.clip_skip),
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.cfg_scale,
-                    width=request.width,
-                    height=request.height,
-                    latents=latents,
-                    # CPU generators: ancestral/SDE noise is device-independent too
-                    generator=generators,
-                    callback_on_step_end=step_end,
-                    output_type="pil",
-                )
-            if stopped:
-                raise GenerationCancelled()
-            # 4. metadata and PNG bytes
-            for position, (image, image_seed) in enumerate(zip(output.images, seeds)):
-                yield self._finish(image, request, model, offset + position, image_seed, versions, user)
+    def _load_refiner(self, ref: str) -> LoadedModel:
+        source = resolve_model(ref, self.settings.models_dir)
+        key = (source.location, str(self._device), dtype_name(self._dtype))
+        return self._refiners.get(
+            key,
+            lambda: load_model(
+                source, self.settings.models_dir, self._hashes, self._device, self._dtype,
+                offline=self.settings.hf_offline, low_memory=self.settings.low_memory,
+                allow_pickle=self.settings.allow_pickle,
+            ),
+        )
 
     def _finish(
         self,
@@ -236,20 +237,28 @@ class Engine:
         seed: int,
         versions: dict[str, str],
         user: str | None,
+        extras: GenerationExtras,
     ) -> GeneratedImage:
         infotext = md.build_infotext(
-            request, seed, model.source.name, model.short_hash, f"kakumei {kakumei.__version__}"
+            request, seed, model.source.name, model.short_hash, f"kakumei {kakumei.__version__}", extras.infotext_fields(request)
         )
         meta: dict[str, Any] = {
             "version": md.METADATA_VERSION,
-            "request": request.model_dump(mode="json"),
+            # Input images are recorded by hash, not carried: a PNG must not hold another PNG.
+            "request": request.model_dump(mode="json", exclude={"init_images", "mask"}),
             "image_index": index,
             "seed": seed,
-            "model": {"ref": model.source.ref, "name": model.source.name, "sha256": model.sha256},
+            "model": {
+                "ref": model.source.ref,
+                "name": model.source.name,
+                "sha256": model.sha256,
+                "architecture": model.architecture,
+            },
             "device": model.device.type,
             "dtype": dtype_name(model.dtype),
             "software": versions,
         }
+        meta.update(extras.metadata())
         if user is not None:
             meta["user"] = user
         return GeneratedImage(image, md.encode_png(image, infotext, meta), seed, index, infotext, meta)

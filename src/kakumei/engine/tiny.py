@@ -83,6 +83,111 @@ def build_tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict:
     }
 
 
+# Tiny variants of the other families, for tests of every architecture path. Same recipe idea:
+# seeded random weights, real tokenizers, a few hundred kilobytes.
+TINY_FAMILIES = ("sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-refiner")
+
+
+def clip_tokenizer(open_clip: bool = False) -> object:
+    """The CLIP BPE tokenizer; OpenCLIP's variant (SD 2, SDXL's second encoder) pads with "!"."""
+    from transformers import CLIPTokenizer
+
+    if not open_clip:
+        return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
+
+
+def _tiny_text_encoder(seed: int, hidden: int, with_projection: bool, act: str = "quick_gelu") -> object:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+        hidden_size=hidden,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        hidden_act=act,
+    )
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+
+
+def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> object:
+    """A tiny pipeline of one family (see TINY_FAMILIES), deterministic for a given seed."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    parts = build_tiny_components(seed)
+    if family == "sd1":
+        return StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    if family == "sd1-inpaint":
+        torch.manual_seed(seed)
+        parts["unet"] = UNet2DConditionModel.from_config({**parts["unet"].config, "in_channels": 9})
+        return StableDiffusionInpaintPipeline(**parts, requires_safety_checker=False)
+    if family == "sd2-v":
+        parts["tokenizer"] = clip_tokenizer(open_clip=True)
+        parts["text_encoder"] = _tiny_text_encoder(seed + 2, 32, False, act="gelu")
+        parts["scheduler"] = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+            prediction_type="v_prediction",
+        )
+        return StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    # SDXL: UNet with added time/text conditioning, two text encoders (16 + 32 wide).
+    refiner = family == "sdxl-refiner"
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=(32 + 5 * 8) if refiner else (32 + 6 * 8),
+        cross_attention_dim=32 if refiner else 16 + 32,
+        norm_num_groups=8,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
+        timestep_spacing="leading",
+    )
+    te2 = _tiny_text_encoder(seed + 3, 32, True, act="gelu")
+    tok2 = clip_tokenizer(open_clip=True)
+    if refiner:
+        return StableDiffusionXLImg2ImgPipeline(
+            vae=parts["vae"], text_encoder=None, text_encoder_2=te2, tokenizer=None, tokenizer_2=tok2,
+            unet=unet, scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        )
+    return StableDiffusionXLPipeline(
+        vae=parts["vae"], text_encoder=_tiny_text_encoder(seed + 2, 16, False), text_encoder_2=te2,
+        tokenizer=parts["tokenizer"], tokenizer_2=tok2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
 def ensure_tiny_model(models_dir: Path) -> Path:
     """Build the tiny pipeline into `models_dir/kakumei-tiny` once; return the folder."""
     from diffusers import StableDiffusionPipeline

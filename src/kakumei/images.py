@@ -1,0 +1,72 @@
+"""Input images as they travel in requests: base64 strings, checked before they are trusted.
+
+Pure PIL, no torch: the server validates requests with it before anything is queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from functools import lru_cache
+
+from PIL import Image, UnidentifiedImageError
+
+_ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+class ImageInputError(ValueError):
+    """An input image cannot be used; the message says why (a pydantic validator turns it
+    into a per-field error)."""
+
+
+def encode_image_b64(image: Image.Image, format: str = "PNG") -> str:
+    """An image as the base64 string a request carries."""
+    buf = io.BytesIO()
+    image.save(buf, format=format)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image_b64(data: str, field: str, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Decode and fully check one base64 image; return it (shared: copy before changing it).
+
+    The declared size is checked before any pixel is decoded, so a decompression bomb costs
+    nothing; then the whole image is decoded, so a truncated file is refused here and not
+    halfway through a generation.
+    """
+    return _decode(data, field, max_pixels, max_bytes)
+
+
+@lru_cache(maxsize=8)  # validators and the engine decode the same string more than once
+def _decode(data: str, field: str, max_pixels: int, max_bytes: int) -> Image.Image:
+    text = data.strip()
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    if len(text) > max_bytes * 4 // 3 + 4:
+        raise ImageInputError(f"{field} is larger than {max_bytes // (1024 * 1024)} MB")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(f"{field} is not base64 data; send the image file's bytes base64-encoded") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            fmt = img.format
+            width, height = img.size
+            if fmt not in _ALLOWED_FORMATS:
+                raise ImageInputError(f"{field} is a {fmt} image; send PNG, JPEG or WebP")
+            if width * height > max_pixels:
+                raise ImageInputError(
+                    f"{field} is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted "
+                    "(scale it down first)"
+                )
+            img.load()
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(f"{field} declares an enormous canvas (a decompression bomb); refused") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ImageInputError(f"{field} is not an image kakumei can read (PNG, JPEG or WebP), or it is truncated") from None
+    return img
