@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
-from kakumei.fairness.cost import request_cost
 from kakumei.schemas import GenerationRequest
 from kakumei.server.deps import Caller, caller, owned_job, services
 from kakumei.server.models import ImageRef, JobList, JobOut, Progress
 from kakumei.server.services import Services
-from kakumei.store.jobs import IdempotencyConflict, Job, JobState, NewJob
+from kakumei.server.submission import SubmitRefused, submit_generation
+from kakumei.store.jobs import Job, JobState
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -64,22 +64,10 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> JobOut:
     """Queue a generation. With the same Idempotency-Key, a retry returns the same job."""
-    known = svc.known_models()
-    model = request.model or svc.settings.model
-    if model not in known:
-        raise HTTPException(400, f"unknown model {model!r}; known: {', '.join(known)}")
-    new = NewJob(
-        user_id=who.user.id,
-        request=request,
-        model=model,
-        cost=request_cost(request, model),
-        idempotency_key=idempotency_key,
-        client_addr=who.client_addr,
-    )
     try:
-        job, created = svc.jobs.submit(new)
-    except IdempotencyConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+        job, created = submit_generation(svc, who, request, idempotency_key)
+    except SubmitRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"

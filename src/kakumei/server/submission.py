@@ -1,0 +1,87 @@
+"""Submitting a generation and waiting for it: the one path every API takes into the queue.
+
+The native jobs API, the AUTOMATIC1111 API and the OpenAI Images API all submit through
+`submit_generation`, so that each request meets the same model check, fair queue and the
+caller's limits whatever the client speaks. Refusals are `SubmitRefused` with an HTTP status;
+each API renders them in its own error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+
+from anyio import to_thread
+
+from kakumei.errors import KakumeiError
+from kakumei.fairness.cost import request_cost
+from kakumei.schemas import GenerationRequest
+from kakumei.server.deps import Caller
+from kakumei.server.services import Services
+from kakumei.store.images import StoredImage
+from kakumei.store.jobs import IdempotencyConflict, Job, NewJob
+
+FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+# How often a waiting request looks at its job's events: short enough that a finished job is
+# answered promptly, long enough that many waiting clients cost the database little.
+WAIT_POLL_SECONDS = 0.1
+
+
+class SubmitRefused(KakumeiError):
+    """The request cannot be queued; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def submit_generation(
+    svc: Services, who: Caller, request: GenerationRequest, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Queue `request` for the caller; return the job and whether it was created (False:
+    an idempotent replay). Committed before returning."""
+    known = svc.known_models()
+    model = request.model or svc.settings.model
+    if model not in known:
+        raise SubmitRefused(400, f"unknown model {model!r}; known: {', '.join(known)}")
+    new = NewJob(
+        user_id=who.user.id,
+        request=request,
+        model=model,
+        cost=request_cost(request, model),
+        idempotency_key=idempotency_key,
+        client_addr=who.client_addr,
+    )
+    try:
+        return svc.jobs.submit(new)
+    except IdempotencyConflict as exc:
+        raise SubmitRefused(409, str(exc)) from None
+
+
+async def wait_finished(
+    svc: Services, job_id: str, disconnected: Callable[[], Awaitable[bool]] | None = None
+) -> str | None:
+    """Wait until the job is final and return its final state ("succeeded", "failed",
+    "cancelled"), or None when the client went away first.
+
+    Reads the job's event log in a worker thread between sleeps, so that neither the event
+    loop nor a database connection is held while the job waits in the queue. When the
+    client disconnects, the job is cancelled: nobody could receive its images any more.
+    """
+    after = 0
+    while True:
+        events = await to_thread.run_sync(svc.jobs.events, job_id, after)
+        for event in events:
+            after = event.id
+            if event.kind in FINAL_EVENTS:
+                return event.kind
+        if disconnected is not None and await disconnected():
+            await to_thread.run_sync(svc.jobs.cancel, job_id)
+            return None
+        await asyncio.sleep(WAIT_POLL_SECONDS)
+
+
+def image_b64(image: StoredImage) -> str:
+    """A stored PNG (with its metadata) as plain base64, as A1111 and OpenAI return images."""
+    return base64.b64encode(image.path.read_bytes()).decode("ascii")
