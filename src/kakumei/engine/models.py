@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
+from kakumei.engine.speed import apply_fast_path
 from kakumei.engine.tiny import TINY_NAME, TINY_REF, ensure_tiny_model
-from kakumei.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from kakumei.engine.single_file import SINGLE_FILE_SUFFIXES, load_single_file
+from kakumei.errors import InvalidRequest, KakumeiError, ModelLoadError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class ModelSource:
     """Where a model reference points."""
 
     ref: str  # as the user wrote it
-    kind: str  # "tiny" | "folder" | "hub"
+    kind: str  # "tiny" | "folder" | "file" | "hub"
     location: str  # folder path or hub id
     name: str  # A1111's "Model:" field
 
@@ -97,6 +99,21 @@ def architecture_of(pipe: Any) -> str:
     return base
 
 
+# Where checkpoints live under the models folder: kakumei's own, A1111's and ComfyUI's names.
+CHECKPOINT_DIRS = ("checkpoints", "Stable-diffusion")
+
+
+def find_checkpoint(name: str, models_dir: Path) -> Path | None:
+    """A single-file checkpoint by name (with or without its suffix) in the models folder."""
+    for sub in ("", *CHECKPOINT_DIRS):
+        folder = models_dir / sub if sub else models_dir
+        for suffix in ("", *SINGLE_FILE_SUFFIXES):
+            candidate = folder / (name + suffix)
+            if candidate.is_file() and candidate.suffix.lower() in SINGLE_FILE_SUFFIXES:
+                return candidate
+    return None
+
+
 def resolve_model(ref: str, models_dir: Path) -> ModelSource:
     """Say where `ref` points without loading anything."""
     ref = ref.strip()
@@ -114,12 +131,12 @@ def resolve_model(ref: str, models_dir: Path) -> ModelSource:
                     f"{path} is a folder but not a diffusers model (no model_index.json in it)"
                 )
             return ModelSource(ref, "folder", str(path.resolve()), path.resolve().name)
-        if path.suffix.lower() in _WEIGHT_SUFFIXES:
-            raise ModelNotFound(
-                f"{path} is a single-file checkpoint; this version of kakumei loads diffusers folders, "
-                "hub ids and kakumei:tiny"
-            )
+        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            return ModelSource(ref, "file", str(path.resolve()), path.stem)
         raise ModelNotFound(f"{path} is not a model: expected a diffusers folder or a .safetensors file")
+    found = find_checkpoint(ref, models_dir)
+    if found is not None:
+        return ModelSource(ref, "file", str(found.resolve()), found.stem)
     looks_like_path = ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).suffix.lower() in _WEIGHT_SUFFIXES
     if looks_like_path or not _HUB_ID.match(ref):
         raise ModelNotFound(f"no model at {ref!r}: the path does not exist (and it is not a hub id like owner/name)")
@@ -213,10 +230,13 @@ def load_model(
         if source.kind == "hub":
             pipe = _load_hub(source, dtype, offline)
             sha = _hub_sha256(source.location, hashes)
+        elif source.kind == "file":
+            pipe, _ = load_single_file(Path(location), models_dir.parent / "cache", dtype, allow_pickle)
+            sha = hashes.file_sha256(Path(location))
         else:
             pipe = _load_pipeline(location, dtype, local_only=True)
             sha = hashes.folder_sha256(Path(location))
-    except (ModelNotFound, ModelLoadError):
+    except KakumeiError:
         raise
     except Exception as exc:  # diffusers/safetensors/torch raise many types for bad files
         raise ModelLoadError(
@@ -234,6 +254,7 @@ def load_model(
             pipe.to(device)
     else:
         pipe.to(device)
+    apply_fast_path(pipe, device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(source, pipe, sha, device, dtype, base_config, architecture_of(pipe))
 
