@@ -60,6 +60,8 @@ class UserStore:
         name = name.strip()
         if not name or name == ANONYMOUS:
             raise ValueError(f"invalid user name {name!r}")
+        if not weight > 0:
+            raise ValueError(f"weight must be above 0, got {weight}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         try:
             with self.db.transaction() as tx:
