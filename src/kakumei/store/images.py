@@ -119,3 +119,53 @@ class ImageStore:
         with self.db.transaction(write=False) as tx:
             rows = tx.all(f"SELECT {_COLUMNS} FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
         return [_stored(r) for r in rows]
+
+    # -- gallery (the web UI's "my images") -----------------------------------------------
+
+    def for_user(self, user_id: int, *, client_addr: str | None = None, limit: int = 100) -> list[GalleryImage]:
+        """A user's images, newest job first, each with its job's request (the recipe).
+
+        Walks the user's jobs newest first (jobs_by_user) and their images by (job_id, idx),
+        so the cost follows `limit`, not the size of the history. Anonymous visitors share a
+        user: `client_addr` keeps each to what its own address made.
+        """
+        sql = SELECT_GALLERY
+        params: list[Any] = [user_id]
+        if client_addr is not None:
+            sql = sql.replace("{addr}", "AND j.client_addr = ?")
+            params.append(client_addr)
+        else:
+            sql = sql.replace("{addr}", "")
+        params.append(limit)
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(sql, params)
+        return [GalleryImage(_stored(r), json.loads(r["request"]), r["model"]) for r in rows]
+
+    def delete(self, image_id: str) -> bool:
+        """Remove an image's row, then its file; False when there was no such image.
+
+        The job row stays (who asked for what, and when), so the record survives the file.
+        """
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT path FROM images WHERE id = ?", (image_id,))
+            if row is None:
+                return False
+            tx.run("DELETE FROM images WHERE id = ?", (image_id,))
+        Path(row["path"]).unlink(missing_ok=True)
+        return True
+
+
+@dataclass(frozen=True)
+class GalleryImage:
+    image: StoredImage
+    request: dict[str, Any]
+    model: str
+
+
+SELECT_GALLERY = f"""
+SELECT {", ".join("i." + c.strip() for c in _COLUMNS.split(","))}, j.request, j.model
+FROM jobs j JOIN images i ON i.job_id = j.id
+WHERE j.user_id = ? {{addr}}
+ORDER BY j.seq DESC, i.idx
+LIMIT ?
+"""

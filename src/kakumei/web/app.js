@@ -1,0 +1,676 @@
+// kakumei web UI: one page over the native API (/api/v1). No framework and no build step:
+// the server serves this file as is, and the page loads nothing from other origins.
+"use strict";
+
+const KEY_STORE = "kakumei.apiKey";
+const FORM_STORE = "kakumei.lastRequest";
+const GALLERY_LIMIT = 60;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  key: localStorage.getItem(KEY_STORE) || "",
+  options: null,
+  jobs: new Map(), // job id -> {card, abort, done}
+  imageUrls: new Map(), // image id -> blob URL (images never change, so they are cached)
+};
+
+// Fields of GenerationRequest the form edits, by how their value is read.
+const TEXT_FIELDS = ["prompt", "negative_prompt"];
+const CHOICE_FIELDS = ["model", "sampler_name", "scheduler", "hr_upscaler"];
+const INT_FIELDS = ["steps", "width", "height", "seed", "batch_size", "n_iter", "clip_skip", "hr_second_pass_steps"];
+const FLOAT_FIELDS = ["cfg_scale", "hr_scale", "denoising_strength"];
+const BOOL_FIELDS = ["enable_hr"];
+const ADVANCED_FIELDS = ["n_iter", "clip_skip", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "denoising_strength"];
+
+// ---- talking to the server -------------------------------------------------------------
+
+function authHeaders() {
+  return state.key ? { Authorization: `Bearer ${state.key}` } : {};
+}
+
+class ApiError extends Error {
+  constructor(status, message, errors) {
+    super(message);
+    this.status = status;
+    this.errors = errors || [];
+  }
+}
+
+// The API answers errors with a sentence in `detail`; that sentence is what the user sees.
+async function api(method, path, body, extraHeaders = {}) {
+  const headers = { ...authHeaders(), ...extraHeaders };
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "The server cannot be reached; check your connection and try again.");
+  }
+  if (res.status === 204) return null;
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (err) {
+    data = null;
+  }
+  if (!res.ok) {
+    throw new ApiError(res.status, errorSentence(res, data, text), data && data.errors);
+  }
+  return data;
+}
+
+function errorSentence(res, data, text) {
+  if (data && typeof data.detail === "string") return data.detail;
+  if (data && Array.isArray(data.detail)) {
+    return data.detail.map((e) => `${(e.loc || []).slice(1).join(".")}: ${e.msg}`).join("; ");
+  }
+  const retry = res.headers.get("Retry-After");
+  const suffix = retry ? ` Try again in ${retry} s.` : "";
+  return `The server answered ${res.status} ${res.statusText}.${suffix}`;
+}
+
+function randomKey() {
+  // crypto.randomUUID needs a secure context; a server shared on a LAN over plain HTTP is not one.
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Server-Sent Events over fetch, because EventSource cannot send the Authorization header.
+// Reconnects with Last-Event-ID after a dropped connection, so no event is missed.
+async function streamEvents(path, signal, onEvent) {
+  let lastId = null;
+  let failures = 0;
+  while (!signal.aborted) {
+    let finished = false;
+    try {
+      const headers = { ...authHeaders(), Accept: "text/event-stream" };
+      if (lastId !== null) headers["Last-Event-ID"] = lastId;
+      const res = await fetch(path, { headers, signal });
+      if (!res.ok) {
+        const text = await res.text();
+        let data = null;
+        try { data = JSON.parse(text); } catch (err) { data = null; }
+        onEvent("error", { reason: errorSentence(res, data, text), status: res.status });
+        if (res.status >= 400 && res.status < 500) return;
+        throw new Error("retry");
+      }
+      failures = 0;
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const event = parseEvent(block);
+          if (!event) continue;
+          if (event.id !== null) lastId = event.id;
+          if (onEvent(event.kind, event.data) === "final") finished = true;
+        }
+      }
+    } catch (err) {
+      if (signal.aborted) return;
+    }
+    if (finished) return;
+    failures += 1;
+    await sleep(Math.min(10000, 500 * 2 ** Math.min(failures, 5)));
+  }
+}
+
+function parseEvent(block) {
+  let kind = "message";
+  let id = null;
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") kind = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id") id = value;
+  }
+  if (!data.length) return null;
+  try {
+    return { kind, id, data: JSON.parse(data.join("\n")) };
+  } catch (err) {
+    return null;
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- the form ----------------------------------------------------------------------------
+
+function fillSelect(select, values, labelOf) {
+  select.replaceChildren(
+    ...values.map((v) => {
+      const option = document.createElement("option");
+      option.value = v;
+      option.textContent = labelOf ? labelOf(v) : v;
+      return option;
+    }),
+  );
+}
+
+function setForm(request) {
+  for (const name of [...TEXT_FIELDS, ...CHOICE_FIELDS, ...INT_FIELDS, ...FLOAT_FIELDS]) {
+    if (request[name] === undefined || request[name] === null) continue;
+    const input = $(name);
+    if (input.tagName === "SELECT" && ![...input.options].some((o) => o.value === String(request[name]))) {
+      // A value this server does not offer (e.g. a model it no longer has): show it, so the
+      // user sees why the server refuses it, rather than silently picking another.
+      const option = document.createElement("option");
+      option.value = option.textContent = String(request[name]);
+      input.append(option);
+    }
+    input.value = String(request[name]);
+  }
+  for (const name of BOOL_FIELDS) {
+    if (request[name] !== undefined) $(name).checked = Boolean(request[name]);
+  }
+  if (ADVANCED_FIELDS.some((n) => request[n] !== undefined && request[n] !== state.options.defaults[n])) {
+    $("advanced").open = true;
+  }
+  updateSchedules();
+  clearFieldErrors();
+}
+
+function readForm() {
+  const request = {};
+  for (const name of [...TEXT_FIELDS, ...CHOICE_FIELDS]) request[name] = $(name).value;
+  // An empty or unreadable number goes to the server as null, which answers with the field
+  // and what it allows; the form never substitutes a value the user did not choose.
+  for (const name of INT_FIELDS) request[name] = $(name).value === "" ? null : Number.parseInt($(name).value, 10);
+  for (const name of FLOAT_FIELDS) request[name] = $(name).value === "" ? null : Number.parseFloat($(name).value);
+  for (const name of BOOL_FIELDS) request[name] = $(name).checked;
+  return request;
+}
+
+function updateSchedules() {
+  if (!state.options) return;
+  const sampler = state.options.samplers.find((s) => s.name === $("sampler_name").value);
+  const sigma = new Set(state.options.sigma_schedules);
+  for (const option of $("scheduler").options) {
+    option.disabled = Boolean(sampler && !sampler.sigma_schedules && sigma.has(option.value));
+  }
+}
+
+function clearFieldErrors() {
+  for (const el of document.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  $("form-error").textContent = "";
+}
+
+function showFormError(err) {
+  $("form-error").textContent = err.message;
+  let first = null;
+  for (const e of err.errors || []) {
+    const input = $(String(e.field || "").split(".")[0]);
+    if (!input || input.form !== $("generate-form")) continue;
+    input.setAttribute("aria-invalid", "true");
+    if (ADVANCED_FIELDS.includes(input.id)) $("advanced").open = true;
+    first = first || input;
+  }
+  if (first) first.focus();
+}
+
+async function generate() {
+  clearFieldErrors();
+  const request = readForm();
+  const button = $("generate");
+  button.disabled = true;
+  const key = randomKey();
+  try {
+    let job;
+    try {
+      job = await api("POST", "/api/v1/jobs", request, { "Idempotency-Key": key });
+    } catch (err) {
+      if (err.status !== 0) throw err;
+      // A lost answer may mean a queued job: the same Idempotency-Key returns it, not a second one.
+      job = await api("POST", "/api/v1/jobs", request, { "Idempotency-Key": key });
+    }
+    localStorage.setItem(FORM_STORE, JSON.stringify(request));
+    trackJob(job);
+    announce(job.queue_position ? `Queued, ${plural(job.queue_position, "job")} ahead.` : "Queued.");
+  } catch (err) {
+    showFormError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- jobs in progress ------------------------------------------------------------------
+
+function trackJob(job) {
+  if (state.jobs.has(job.id)) return;
+  const card = $("job-template").content.firstElementChild.cloneNode(true);
+  card.dataset.jobId = job.id;
+  card.querySelector(".job-prompt").textContent = job.request.prompt || "(no prompt)";
+  const abort = new AbortController();
+  const entry = { card, abort, done: false };
+  state.jobs.set(job.id, entry);
+  card.querySelector(".job-cancel").addEventListener("click", () => cancelJob(job.id));
+  card.querySelector(".job-dismiss").addEventListener("click", () => dismissJob(job.id));
+  $("jobs").prepend(card);
+  $("jobs-section").hidden = false;
+  if (job.state === "queued") showQueued(card, job);
+  else if (job.state === "leased" || job.state === "running") setJobState(card, "Generating…");
+  if (job.progress && job.progress.total) showProgress(card, job.progress);
+  streamEvents(job.events_url, abort.signal, (kind, data) => onJobEvent(job.id, kind, data));
+}
+
+function onJobEvent(jobId, kind, data) {
+  const entry = state.jobs.get(jobId);
+  if (!entry) return "final";
+  const card = entry.card;
+  switch (kind) {
+    case "queued":
+      showQueued(card, data);
+      return null;
+    case "started":
+      setJobState(card, "Generating…");
+      card.querySelector(".job-detail").textContent = "";
+      return null;
+    case "progress":
+      showProgress(card, data);
+      return null;
+    case "succeeded":
+      finishJob(jobId, "Done.");
+      announce(`Finished: ${plural((data.images || []).length, "image")}.`);
+      dismissJob(jobId);
+      loadGallery();
+      return "final";
+    case "failed":
+      finishJob(jobId, `Failed: ${data.reason || data.error || "no reason given"}`, true);
+      announce("A job failed.");
+      return "final";
+    case "cancelled":
+      finishJob(jobId, "Cancelled.");
+      announce("Cancelled.");
+      if ((data.images || []).length) loadGallery();
+      return "final";
+    case "error":
+      finishJob(jobId, data.reason, true);
+      return "final";
+    default:
+      return null;
+  }
+}
+
+function setJobState(card, text) {
+  const el = card.querySelector(".job-state");
+  // Only changes are written, so that screen readers announce each state once.
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function showQueued(card, data) {
+  const ahead = data.queue_position;
+  if (ahead === 0) setJobState(card, "Queued: next in line.");
+  else if (typeof ahead === "number") setJobState(card, `Queued: ${plural(ahead, "job")} ahead.`);
+  else setJobState(card, "Queued.");
+  card.querySelector(".job-detail").textContent =
+    typeof data.eta_seconds === "number" ? `Ready in about ${duration(data.eta_seconds)}.` : "";
+}
+
+function showProgress(card, data) {
+  setJobState(card, "Generating…");
+  if (data.total) {
+    const bar = card.querySelector(".job-progress");
+    bar.max = data.total;
+    bar.value = data.step || 0;
+    card.querySelector(".job-detail").textContent = `Step ${data.step} of ${data.total}`;
+  }
+  if (data.preview) {
+    const img = card.querySelector(".job-preview");
+    img.src = data.preview;
+    img.alt = "preview of the image being generated";
+    img.hidden = false;
+  }
+}
+
+function finishJob(jobId, text, isError) {
+  const entry = state.jobs.get(jobId);
+  if (!entry) return;
+  entry.done = true;
+  const card = entry.card;
+  setJobState(card, text);
+  card.classList.toggle("failed", Boolean(isError));
+  card.querySelector(".job-cancel").hidden = true;
+  card.querySelector(".job-dismiss").hidden = false;
+  card.querySelector(".job-progress").hidden = true;
+}
+
+function dismissJob(jobId) {
+  const entry = state.jobs.get(jobId);
+  if (!entry) return;
+  entry.abort.abort();
+  const hadFocus = entry.card.contains(document.activeElement);
+  entry.card.remove();
+  state.jobs.delete(jobId);
+  if (!state.jobs.size) $("jobs-section").hidden = true;
+  if (hadFocus) $("generate").focus();
+}
+
+async function cancelJob(jobId) {
+  const entry = state.jobs.get(jobId);
+  if (!entry) return;
+  const button = entry.card.querySelector(".job-cancel");
+  button.disabled = true;
+  try {
+    const job = await api("DELETE", `/api/v1/jobs/${encodeURIComponent(jobId)}`);
+    // A queued job is cancelled at once; a running one stops at its next step (the stream says when).
+    if (job.state === "cancelled") onJobEvent(jobId, "cancelled", { images: job.images });
+    else setJobState(entry.card, "Cancelling…");
+    if (entry.done) entry.card.querySelector(".job-dismiss").focus();
+  } catch (err) {
+    entry.card.querySelector(".job-detail").textContent = err.message;
+    button.disabled = false;
+  }
+}
+
+async function resumeJobs() {
+  try {
+    const data = await api("GET", "/api/v1/jobs?limit=20");
+    for (const job of data.jobs.reverse()) {
+      if (["queued", "leased", "running"].includes(job.state)) trackJob(job);
+    }
+  } catch (err) {
+    // Not signed in on a server that needs a key: the sign-in panel already says so.
+  }
+}
+
+// ---- gallery ---------------------------------------------------------------------------
+
+async function loadGallery() {
+  $("gallery-error").textContent = "";
+  let data;
+  try {
+    data = await api("GET", `/api/v1/images?limit=${GALLERY_LIMIT}`);
+  } catch (err) {
+    if (err.status !== 401) $("gallery-error").textContent = err.message;
+    $("gallery").replaceChildren();
+    $("gallery-empty").hidden = false;
+    return;
+  }
+  const items = data.images.map(imageCard);
+  $("gallery").replaceChildren(...items);
+  $("gallery-empty").hidden = items.length > 0;
+}
+
+function summary(item) {
+  const r = item.request;
+  const parts = [`seed ${item.seed}`, `${r.steps} steps`, r.sampler_name];
+  if (r.scheduler && r.scheduler !== "Automatic") parts.push(r.scheduler);
+  parts.push(`CFG ${r.cfg_scale}`, `${r.width}×${r.height}`, item.model);
+  return parts.join(" · ");
+}
+
+function imageCard(item) {
+  const card = $("image-template").content.firstElementChild.cloneNode(true);
+  card.dataset.imageId = item.id;
+  const prompt = item.request.prompt || "(no prompt)";
+  card.querySelector(".image-prompt").textContent = prompt;
+  card.querySelector(".image-summary").textContent = summary(item);
+  card.querySelector(".image-infotext").textContent = item.infotext;
+  const img = card.querySelector(".image-img");
+  img.alt = prompt;
+  img.width = item.request.width;
+  img.height = item.request.height;
+  const download = card.querySelector(".image-download");
+  download.download = `kakumei-${item.seed}.png`;
+  download.setAttribute("aria-label", `Download the image of seed ${item.seed}`);
+  loadImage(item, [img], card.querySelector(".image-open"), download);
+  card.querySelector(".image-reuse").addEventListener("click", () => {
+    setForm({ ...item.request, seed: item.seed, model: item.model });
+    $("prompt").focus();
+    announce("Settings copied into the form.");
+  });
+  card.querySelector(".image-same-seed").addEventListener("click", () => {
+    setForm({ ...item.request, seed: item.seed, model: item.model, prompt: "" });
+    $("prompt").focus();
+    announce(`Seed ${item.seed} kept; write a new prompt.`);
+  });
+  card.querySelector(".image-delete").addEventListener("click", () => deleteImage(item, card));
+  return card;
+}
+
+// Images are fetched with the API key (an <img src> cannot send it) and shown as blob URLs.
+async function loadImage(item, imgs, ...links) {
+  let url = state.imageUrls.get(item.id);
+  if (!url) {
+    try {
+      const res = await fetch(item.url, { headers: authHeaders() });
+      if (!res.ok) throw new Error(String(res.status));
+      url = URL.createObjectURL(await res.blob());
+      state.imageUrls.set(item.id, url);
+    } catch (err) {
+      for (const img of imgs) img.alt = `${img.alt} (could not be loaded)`;
+      return;
+    }
+  }
+  for (const img of imgs) img.src = url;
+  for (const a of links) a.href = url;
+}
+
+async function deleteImage(item, card) {
+  if (!window.confirm("Delete this image? This cannot be undone.")) return;
+  const next = card.nextElementSibling || card.previousElementSibling;
+  try {
+    await api("DELETE", `/api/v1/images/${encodeURIComponent(item.id)}`);
+  } catch (err) {
+    $("gallery-error").textContent = err.message;
+    return;
+  }
+  const url = state.imageUrls.get(item.id);
+  if (url) URL.revokeObjectURL(url);
+  state.imageUrls.delete(item.id);
+  card.remove();
+  $("gallery-empty").hidden = $("gallery").children.length > 0;
+  // Keep keyboard users in the gallery rather than dropping focus to the top of the page.
+  if (next) next.querySelector("button").focus();
+  else $("prompt").focus();
+  announce("Image deleted.");
+}
+
+// ---- account: key, /me, terms ----------------------------------------------------------
+
+async function loadMe() {
+  // /api/v1/me (balance, weight, share, terms) exists only on servers that have it: a 404
+  // hides the panel rather than showing an error.
+  const panel = $("me");
+  let me;
+  try {
+    me = await api("GET", "/api/v1/me");
+  } catch (err) {
+    panel.hidden = true;
+    $("terms").hidden = true;
+    return;
+  }
+  if (me && me.name) $("who").textContent = me.name;
+  const figures = [
+    ["balance", "Balance", (v) => `${formatNumber(v)} credits`],
+    ["weight", "Weight", formatNumber],
+    ["share", "Share of the machine", (v) => (v <= 1 ? `${formatNumber(v * 100)} %` : formatNumber(v))],
+    ["virtual_counter", "Usage counter", formatNumber],
+  ].filter(([key]) => me && typeof me[key] === "number");
+  $("me-figures").replaceChildren(
+    ...figures.map(([key, label, format]) => {
+      const pair = document.createElement("div");
+      const dt = document.createElement("dt");
+      dt.textContent = label;
+      const dd = document.createElement("dd");
+      dd.dataset.field = key;
+      dd.textContent = format(me[key]);
+      pair.append(dt, dd);
+      return pair;
+    }),
+  );
+  panel.hidden = figures.length === 0;
+  showTerms(me && me.terms);
+}
+
+function showTerms(terms) {
+  const needed = terms && terms.required && !terms.accepted;
+  $("terms").hidden = !needed;
+  if (!needed) return;
+  $("terms-text").textContent = terms.text || "";
+  const link = $("terms-link");
+  link.hidden = !terms.url;
+  if (terms.url) link.href = terms.url;
+  $("terms-accept").onclick = async () => {
+    $("terms-error").textContent = "";
+    try {
+      await api("POST", terms.accept_url || "/api/v1/me/terms", { accepted: true, version: terms.version });
+      await loadMe();
+      $("prompt").focus();
+    } catch (err) {
+      $("terms-error").textContent = err.message;
+    }
+  };
+}
+
+function showAccount() {
+  const signedIn = Boolean(state.key);
+  $("who").textContent = signedIn ? "signed in" : "anonymous";
+  $("signin-open").hidden = signedIn;
+  $("signout").hidden = !signedIn;
+  const needKey = !signedIn && state.options && !state.options.allow_anonymous;
+  $("signin-needed").hidden = !needKey;
+  if (needKey) $("signin").hidden = false;
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  $("signin-error").textContent = "";
+  if (!key) {
+    $("signin-error").textContent = "Enter the API key the server's operator gave you.";
+    $("api-key").focus();
+    return;
+  }
+  const previous = state.key;
+  state.key = key;
+  try {
+    await api("GET", "/api/v1/jobs?limit=1"); // any authenticated read tells whether the key is known
+  } catch (err) {
+    state.key = previous;
+    $("signin-error").textContent = err.message;
+    $("api-key").focus();
+    return;
+  }
+  localStorage.setItem(KEY_STORE, key);
+  $("api-key").value = "";
+  $("signin").hidden = true;
+  await refreshAccount();
+  $("prompt").focus();
+}
+
+async function refreshAccount() {
+  for (const id of [...state.jobs.keys()]) dismissJob(id);
+  showAccount();
+  await Promise.all([loadMe(), loadGallery(), resumeJobs()]);
+}
+
+// ---- small helpers -----------------------------------------------------------------------
+
+function announce(text) {
+  $("status").textContent = text;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function duration(seconds) {
+  if (seconds < 1) return "a second";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function formatNumber(v) {
+  return Number(v).toLocaleString(undefined, { maximumFractionDigits: 2 });
+}
+
+// ---- start -------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    state.options = await api("GET", "/api/v1/options");
+  } catch (err) {
+    $("form-error").textContent = err.message;
+    return;
+  }
+  const o = state.options;
+  fillSelect($("model"), o.models);
+  fillSelect($("sampler_name"), o.samplers.map((s) => s.name));
+  fillSelect($("scheduler"), o.schedules);
+  fillSelect($("hr_upscaler"), o.hr_upscalers);
+  $("steps").max = o.limits.max_steps;
+  $("cfg_scale").max = o.limits.max_cfg_scale;
+  for (const side of ["width", "height"]) {
+    $(side).min = o.limits.min_side;
+    $(side).max = o.limits.max_side;
+  }
+  $("batch_size").max = o.limits.max_batch_size;
+  $("n_iter").max = o.limits.max_n_iter;
+  $("seed").min = -1;
+  $("seed").max = o.limits.max_seed;
+  setForm({ ...o.defaults, model: o.default_model });
+  $("advanced").open = false;
+  const last = localStorage.getItem(FORM_STORE);
+  if (last) {
+    try {
+      const saved = JSON.parse(last);
+      if (!o.models.includes(saved.model)) delete saved.model;
+      setForm(saved);
+    } catch (err) {
+      localStorage.removeItem(FORM_STORE);
+    }
+  }
+
+  $("generate-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    generate();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("signin").contains(event.target)) {
+      event.preventDefault();
+      if (!$("generate").disabled) generate();
+    }
+  });
+  $("sampler_name").addEventListener("change", updateSchedules);
+  $("seed-random").addEventListener("click", () => {
+    $("seed").value = "-1";
+  });
+  $("signin-open").addEventListener("click", () => {
+    $("signin").hidden = false;
+    $("api-key").focus();
+  });
+  $("signin-cancel").addEventListener("click", () => {
+    $("signin").hidden = true;
+    $("signin-error").textContent = "";
+    $("signin-open").focus();
+  });
+  $("signin-form").addEventListener("submit", signIn);
+  $("signout").addEventListener("click", async () => {
+    localStorage.removeItem(KEY_STORE);
+    state.key = "";
+    $("me").hidden = true;
+    await refreshAccount();
+    $("signin-open").focus();
+  });
+  await refreshAccount();
+  document.body.dataset.ready = "true";
+}
+
+start();
