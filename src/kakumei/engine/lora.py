@@ -54,9 +54,10 @@ class LoraFile:
 
 def find_files(models_dir: Path, subdirs: tuple[str, ...], suffixes: tuple[str, ...]) -> dict[str, Path]:
     """name (file stem) -> path, for files in any of the subfolders (searched recursively)."""
+    from kakumei.engine.models import model_roots
+
     found: dict[str, Path] = {}
-    for sub in subdirs:
-        root = models_dir / sub
+    for root in (base / sub for base in model_roots(models_dir) for sub in subdirs):
         if root.is_dir():
             for path in sorted(root.rglob("*")):
                 if path.suffix.lower() in suffixes and path.is_file():

@@ -138,6 +138,11 @@ class ImageMetadata:
         """
         if self.kakumei is not None:
             data = self.kakumei
+            if data.get("inputs"):
+                raise MetadataNotFound(
+                    "this image was made from an input image (img2img or inpainting), which PNG metadata does not "
+                    "carry; regenerate it with the same request and its init image"
+                )
             try:
                 request = GenerationRequest(**data["request"])
                 index = int(data.get("image_index", 0))

@@ -103,10 +103,16 @@ def architecture_of(pipe: Any) -> str:
 CHECKPOINT_DIRS = ("checkpoints", "Stable-diffusion")
 
 
+def model_roots(models_dir: Path) -> list[Path]:
+    """The models folder and the A1111/ComfyUI folders linked into it (`models import DIR`)."""
+    linked = models_dir / "linked"
+    return [models_dir] + (sorted(p for p in linked.iterdir() if p.is_dir()) if linked.is_dir() else [])
+
+
 def find_checkpoint(name: str, models_dir: Path) -> Path | None:
     """A single-file checkpoint by name (with or without its suffix) in the models folder."""
-    for sub in ("", *CHECKPOINT_DIRS):
-        folder = models_dir / sub if sub else models_dir
+    for root, sub in ((r, s) for r in model_roots(models_dir) for s in ("", *CHECKPOINT_DIRS)):
+        folder = root / sub if sub else root
         for suffix in ("", *SINGLE_FILE_SUFFIXES):
             candidate = folder / (name + suffix)
             if candidate.is_file() and candidate.suffix.lower() in SINGLE_FILE_SUFFIXES:
