@@ -63,3 +63,16 @@ def test_refiner_needs_an_sdxl_base(breadth_engine, breadth_home) -> None:
 def test_refiner_alone_is_explained(breadth_engine, breadth_home) -> None:
     with pytest.raises(InvalidRequest, match="is an SDXL refiner"):
         breadth_engine.generate(GenerationRequest(**BASE, model=family_ref(breadth_home, "sdxl-refiner")))
+
+
+def test_few_step_models_get_their_recommended_defaults(breadth_engine, breadth_home) -> None:
+    import shutil
+
+    turbo = breadth_home / "models" / "tiny-sdxl-turbo"
+    if not turbo.exists():
+        shutil.copytree(family_ref(breadth_home, "sdxl"), turbo)
+    result = breadth_engine.generate(GenerationRequest(prompt="a fox", width=64, height=64, seed=1, model=str(turbo)))
+    assert (result.request.steps, result.request.cfg_scale, result.request.scheduler) == (1, 0.0, "SGM Uniform")
+    explicit = breadth_engine.generate(GenerationRequest(prompt="a fox", width=64, height=64, seed=1, steps=2, model=str(turbo)))
+    assert explicit.request.steps == 2 and explicit.request.cfg_scale == 0.0
+    assert "Steps: 2," in explicit.images[0].infotext

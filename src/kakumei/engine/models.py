@@ -120,6 +120,24 @@ def find_checkpoint(name: str, models_dir: Path) -> Path | None:
     return None
 
 
+# Few-step models and the settings their model cards recommend, matched on the model's name.
+# Applied only to fields the request leaves unset (and then recorded like any other value).
+FEW_STEP_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("turbo", {"steps": 1, "cfg_scale": 0.0, "sampler_name": "Euler a", "scheduler": "SGM Uniform"}),
+    ("lightning", {"steps": 4, "cfg_scale": 0.0, "sampler_name": "Euler", "scheduler": "SGM Uniform"}),
+    ("lcm", {"steps": 4, "cfg_scale": 1.0, "sampler_name": "LCM", "scheduler": "Automatic"}),
+)
+
+
+def recommended_defaults(model_name: str) -> dict[str, Any]:
+    """Request defaults a model needs to give good images (empty for ordinary models)."""
+    lowered = model_name.lower()
+    for marker, values in FEW_STEP_DEFAULTS:
+        if marker in lowered:
+            return dict(values)
+    return {}
+
+
 def resolve_model(ref: str, models_dir: Path) -> ModelSource:
     """Say where `ref` points without loading anything."""
     ref = ref.strip()

@@ -20,7 +20,15 @@ from kakumei.engine import metadata as md
 from kakumei.engine.devices import dtype_name, pick_device, pick_dtype
 from kakumei.engine.embeddings import EmbeddingLibrary
 from kakumei.engine.lora import LoraLibrary, apply_loras
-from kakumei.engine.models import HashCache, LoadedModel, ModelCache, ModelSource, load_model, resolve_model
+from kakumei.engine.models import (
+    HashCache,
+    LoadedModel,
+    ModelCache,
+    ModelSource,
+    load_model,
+    recommended_defaults,
+    resolve_model,
+)
 from kakumei.engine.passes import GenerationExtras, _BatchRun, check_request_fits, prepare_inputs
 from kakumei.engine.preview import latents_to_preview
 from kakumei.engine.prompts import encode_prompts, extract_lora_tags
@@ -160,7 +168,14 @@ class Engine:
         if only_batch is not None and not 0 <= only_batch < request.n_iter:
             raise InvalidRequest(f"only_batch must be between 0 and {request.n_iter - 1}, got {only_batch}")
         seed = resolve_seed(request.seed)
-        resolved = request.model_copy(update={"seed": seed, "model": request.model or self.settings.model})
+        model_ref = request.model or self.settings.model
+        # Few-step models (Turbo, LCM, Lightning) need their own steps/CFG; a field the caller
+        # set explicitly always wins.
+        defaults = {
+            k: v for k, v in recommended_defaults(self.resolve_model_name(model_ref).name).items()
+            if k not in request.model_fields_set
+        }
+        resolved = request.model_copy(update={**defaults, "seed": seed, "model": model_ref})
         images: list[GeneratedImage] = []
         try:
             for image in self._iter_images(resolved, on_step, cancelled, user, only_batch):
