@@ -1,4 +1,5 @@
-"""Device and precision: CUDA, then MPS, then CPU; half precision on a GPU."""
+"""Device and precision: CUDA, then MPS, then CPU; half precision on a GPU, bf16 on CPUs
+that compute it natively."""
 
 from __future__ import annotations
 
@@ -26,8 +27,14 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """auto: half precision on a GPU; on a CPU bf16 where it is native (AVX512-BF16, AMX),
+    float32 elsewhere (emulated bf16 is slower than float32)."""
     if requested == "auto":
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        if device.type in ("cuda", "mps"):
+            return torch.float16
+        from kakumei.engine.speed import cpu_has_native_bf16
+
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if requested not in _DTYPES:
         raise ConfigError(f"unknown dtype {requested!r}; known: auto, {', '.join(_DTYPES)}")
     return _DTYPES[requested]
