@@ -46,6 +46,10 @@ class Settings(BaseModel):
     lease_seconds: float = Field(30.0, gt=0)
     # Lost leases before a job fails instead of going back to the queue.
     max_attempts: int = Field(3, ge=1)
+    # How AUTOMATIC1111 API clients (/sdapi/v1) prove who they are: "key" (Authorization:
+    # Bearer KEY, as the native API), "basic" (HTTP Basic with the user name and the API key as
+    # password, which is what A1111's --api-auth taught its clients), or "both".
+    a1111_auth: Literal["key", "basic", "both"] = "both"
 
     @property
     def outputs(self) -> Path:
@@ -76,6 +80,7 @@ _ENV_FIELDS = {
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",
     "KAKUMEI_MAX_ATTEMPTS": "max_attempts",
+    "KAKUMEI_A1111_AUTH": "a1111_auth",
 }
 
 

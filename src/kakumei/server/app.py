@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 import kakumei
 from kakumei.config import Settings
-from kakumei.server.routes import events, gallery, health, images, jobs, options, web
+from kakumei.server.routes import a1111, events, gallery, health, images, jobs, metrics, openai, options, web
 from kakumei.server.services import Services
 
 
@@ -54,6 +54,6 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    for module in (jobs, events, images, health, gallery, options, web):
+    for module in (jobs, events, images, health, gallery, options, a1111, openai, metrics, web):
         app.include_router(module.router)
     return app

@@ -1,0 +1,316 @@
+"""/sdapi/v1: the AUTOMATIC1111 API, so that its clients (image editor plugins, chat bots,
+scripts) work against a shared server unchanged.
+
+txt2img and img2img are synchronous, as in A1111: the request waits until its job is done.
+The job goes through the same fair queue and limits as any other (server/submission.py), and
+waits without holding the event loop or a database connection. progress, interrupt and skip
+act on the caller's own current job, never on anybody else's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from kakumei import schemas
+from kakumei.images import decode_image_b64
+from kakumei.schemas import validation_message
+from kakumei.server import a1111
+from kakumei.server.a1111_models import (
+    EmbeddingItem,
+    EmbeddingsResponse,
+    Img2ImgRequest,
+    ImageResponse,
+    LatentUpscalerModeItem,
+    LoraItem,
+    MemoryResponse,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    PromptStyleItem,
+    SamplerItem,
+    SchedulerItem,
+    ScriptsList,
+    SDModelItem,
+    Txt2ImgRequest,
+    UpscalerItem,
+)
+from kakumei.server.deps import Caller, services
+from kakumei.server.services import Services
+from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
+from kakumei.store.activity import ActiveJob, active_jobs, latest_preview
+
+router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
+
+SvcDep = Annotated[Services, Depends(services)]
+CallerDep = Annotated[Caller, Depends(a1111.a1111_caller)]
+
+
+def _unprocessable(exc: ValidationError) -> JSONResponse:
+    return JSONResponse({"detail": validation_message(exc)}, status_code=422)
+
+
+async def _generate(
+    svc: Services, who: Caller, request: Request, body: Txt2ImgRequest | Img2ImgRequest
+) -> ImageResponse | JSONResponse:
+    # 1. map the A1111 request onto kakumei's, with the caller's options
+    options = a1111.caller_options(request).get(who)
+    try:
+        gen = a1111.to_generation_request(body, options, svc.known_models())
+    except a1111.Unsupported as exc:
+        raise HTTPException(400, str(exc)) from None
+    except ValidationError as exc:
+        return _unprocessable(exc)
+    # 2. queue it through the shared submit path (fair queue, caller's limits)
+    try:
+        job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
+    except SubmitRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    # 3. wait for it, cancelling it if the client goes away
+    final = await wait_finished(svc, job.id, request.is_disconnected)
+    if final is None:
+        return JSONResponse({"detail": "client disconnected; the job was cancelled"}, status_code=499)
+    # 4. answer with the images (kept ones too, when interrupted) and A1111's info
+    job, images = await to_thread.run_sync(_finished, svc, job.id)
+    if final == "failed":
+        raise HTTPException(500, f"generation failed: {job.error}")
+    encoded = await to_thread.run_sync(lambda: [image_b64(i) for i in images]) if body.send_images else []
+    return ImageResponse(images=encoded, parameters=a1111.echoed_parameters(body), info=a1111.job_info(job, gen, images))
+
+
+def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
+    job = svc.jobs.get(job_id)
+    assert job is not None
+    return job, svc.images.for_job(job_id)
+
+
+@router.post("/txt2img", response_model=ImageResponse)
+async def txt2img(body: Txt2ImgRequest, request: Request, svc: SvcDep, who: CallerDep) -> ImageResponse | JSONResponse:
+    """Text to image; waits for the job and answers with base64 PNGs carrying infotext."""
+    return await _generate(svc, who, request, body)
+
+
+@router.post("/img2img", response_model=ImageResponse)
+async def img2img(body: Img2ImgRequest, request: Request, svc: SvcDep, who: CallerDep) -> ImageResponse | JSONResponse:
+    """Image to image, and inpainting with `mask`; waits for the job."""
+    return await _generate(svc, who, request, body)
+
+
+def _current(svc: Services, who: Caller) -> tuple[ActiveJob | None, int]:
+    addr = who.client_addr if who.user.is_anonymous else None
+    jobs = active_jobs(svc.db, who.user.id, addr)
+    return (jobs[0] if jobs else None), len(jobs)
+
+
+@router.get("/progress", response_model=ProgressResponse)
+def progress(svc: SvcDep, who: CallerDep, skip_current_image: Annotated[bool, Query()] = False) -> ProgressResponse:
+    """Progress of the caller's current job (their running job, else their next queued one)."""
+    job, count = _current(svc, who)
+    if job is None:
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
+    placed = svc.jobs.place(job.id)
+    eta = placed[1] if placed is not None else 0.0
+    running = job.state != "queued"
+    fraction = (job.step or 0) / job.total if running and job.total else 0.0
+    textinfo = None
+    if not running and placed is not None:
+        textinfo = f"In queue: {placed[0].jobs_ahead} job(s) before yours"
+    image = None
+    if running and not skip_current_image:
+        preview = latest_preview(svc.db, job.id)
+        image = preview.split(",", 1)[1] if preview else None
+    state = ProgressState(
+        interrupted=job.cancel_requested,
+        job=job.id,
+        job_count=count,
+        job_timestamp=time.strftime("%Y%m%d%H%M%S", time.gmtime(job.created_at)),
+        sampling_step=job.step or 0,
+        sampling_steps=job.total or 0,
+    )
+    return ProgressResponse(progress=fraction, eta_relative=eta, state=state, current_image=image, textinfo=textinfo)
+
+
+@router.post("/interrupt")
+def interrupt(svc: SvcDep, who: CallerDep) -> dict[str, Any]:
+    """Stop the caller's current job; images finished before the stop are still returned."""
+    job, _ = _current(svc, who)
+    if job is not None:
+        svc.jobs.cancel(job.id)
+    return {}
+
+
+@router.post("/skip")
+def skip(svc: SvcDep, who: CallerDep) -> None:
+    """As interrupt: kakumei cannot skip one batch of a job and go on with the next."""
+    job, _ = _current(svc, who)
+    if job is not None:
+        svc.jobs.cancel(job.id)
+
+
+def _model_title(svc: Services, who: Caller, request: Request) -> str:
+    return a1111.caller_options(request).get(who).get("sd_model_checkpoint") or svc.settings.model
+
+
+@router.get("/options")
+def get_options(request: Request, svc: SvcDep, who: CallerDep) -> dict[str, Any]:
+    """The caller's options: A1111's option names, at the values kakumei generates with."""
+    return {
+        **a1111.IMAGE_OPTIONS,
+        **a1111.REPORTED_OPTIONS,
+        "CLIP_stop_at_last_layers": 1,
+        "sd_checkpoint_hash": "",
+        **a1111.caller_options(request).get(who),
+        "sd_model_checkpoint": _model_title(svc, who, request),
+    }
+
+
+@router.post("/options")
+def set_options(
+    request: Request, svc: SvcDep, who: CallerDep, body: Annotated[dict[str, Any], Body()]
+) -> None:
+    """Set the caller's own options (other users are not affected). sd_model_checkpoint and
+    CLIP_stop_at_last_layers apply to the caller's next generations; options that would change
+    images in a way kakumei cannot reproduce are refused; the rest are kept and echoed."""
+    known = svc.known_models()
+    try:
+        checked = {key: a1111.check_option(key, value, known) for key, value in body.items()}
+    except a1111.Unsupported as exc:
+        raise HTTPException(400, str(exc)) from None
+    a1111.caller_options(request).update(who, checked)
+
+
+@router.get("/cmd-flags")
+def cmd_flags(svc: SvcDep, who: CallerDep) -> dict[str, Any]:
+    s = svc.settings
+    return {
+        "api": True,
+        "nowebui": False,
+        "listen": s.host not in ("127.0.0.1", "localhost", "::1"),
+        "port": s.port,
+        "api_auth": None,
+        "api_server_stop": False,
+        "ckpt_dir": None,
+        "lora_dir": None,
+        "embeddings_dir": None,
+        "lowvram": s.low_memory,
+        "medvram": False,
+        "no_half": s.dtype == "float32",
+    }
+
+
+@router.get("/samplers", response_model=list[SamplerItem])
+def samplers(who: CallerDep) -> list[SamplerItem]:
+    return [SamplerItem(name=n, aliases=a1111.SAMPLER_ALIASES.get(n, []), options={}) for n in schemas.SAMPLER_NAMES]
+
+
+@router.get("/schedulers", response_model=list[SchedulerItem])
+def schedulers(who: CallerDep) -> list[SchedulerItem]:
+    return [
+        SchedulerItem(name=name, label=label, aliases=aliases, default_rho=rho, need_inner_model=inner)
+        for name, label, aliases, rho, inner in a1111.SCHEDULES
+    ]
+
+
+@router.get("/upscalers", response_model=list[UpscalerItem])
+def upscalers(who: CallerDep) -> list[UpscalerItem]:
+    """Pixel upscalers for hires fix (the latent ones are in /latent-upscale-modes)."""
+    return [
+        UpscalerItem(name=name, model_name=None, model_path=None, model_url=None, scale=4 if name != "None" else None)
+        for name in schemas.HR_UPSCALERS
+        if not name.startswith("Latent")
+    ]
+
+
+@router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
+def latent_upscale_modes(who: CallerDep) -> list[LatentUpscalerModeItem]:
+    return [LatentUpscalerModeItem(name=n) for n in schemas.HR_UPSCALERS if n.startswith("Latent")]
+
+
+@router.get("/sd-models", response_model=list[SDModelItem])
+def sd_models(svc: SvcDep, who: CallerDep) -> list[SDModelItem]:
+    """Models jobs may name; `title` is what sd_model_checkpoint takes."""
+    return [SDModelItem(title=m, model_name=m, hash=None, sha256=None, filename=m, config=None) for m in svc.known_models()]
+
+
+@router.post("/refresh-checkpoints")
+def refresh_checkpoints(who: CallerDep) -> None:
+    """Nothing to do: the model list is read on every /sd-models call."""
+
+
+def _model_files(svc: Services, kind: str) -> dict[str, Any]:
+    # The engine's own folder rules, so that what is listed is what a prompt can use.
+    # Imported here: the engine pulls in torch, which the API process needs only for this.
+    if kind == "lora":
+        from kakumei.engine.lora import _LORA_SUFFIXES, LORA_DIRS, find_files
+
+        return find_files(svc.settings.models_dir, LORA_DIRS, _LORA_SUFFIXES)
+    from kakumei.engine.embeddings import _SUFFIXES, EMBEDDING_DIRS
+    from kakumei.engine.lora import find_files
+
+    return find_files(svc.settings.models_dir, EMBEDDING_DIRS, _SUFFIXES)
+
+
+@router.get("/loras", response_model=list[LoraItem])
+def loras(svc: SvcDep, who: CallerDep) -> list[LoraItem]:
+    """LoRA files in this server's models folder, for `<lora:name:weight>` in prompts."""
+    return [LoraItem(name=n, alias=n, path=p.name) for n, p in _model_files(svc, "lora").items()]
+
+
+@router.get("/embeddings", response_model=EmbeddingsResponse)
+def embeddings(svc: SvcDep, who: CallerDep) -> EmbeddingsResponse:
+    return EmbeddingsResponse(loaded={n: EmbeddingItem() for n in _model_files(svc, "embeddings")}, skipped={})
+
+
+@router.get("/prompt-styles", response_model=list[PromptStyleItem])
+def prompt_styles(who: CallerDep) -> list[PromptStyleItem]:
+    """kakumei keeps no prompt styles (A1111 ignores unknown style names too)."""
+    return []
+
+
+@router.get("/scripts", response_model=ScriptsList)
+def scripts(who: CallerDep) -> ScriptsList:
+    return ScriptsList(txt2img=[], img2img=[])
+
+
+@router.get("/memory", response_model=MemoryResponse)
+def memory(who: CallerDep) -> MemoryResponse:
+    """This server's RAM, and its GPU memory when the local worker uses CUDA."""
+    ram: dict[str, Any]
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = page * os.sysconf("SC_PHYS_PAGES")
+        free = page * os.sysconf("SC_AVPHYS_PAGES")
+        ram = {"free": free, "used": total - free, "total": total}
+    except (ValueError, OSError, AttributeError):
+        ram = {"error": "unavailable"}
+    cuda: dict[str, Any] = {"error": "unavailable"}
+    torch = sys.modules.get("torch")  # only if the local worker already loaded it
+    if torch is not None and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        cuda = {
+            "system": {"free": free, "used": total - free, "total": total},
+            "active": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()},
+        }
+    return MemoryResponse(ram=ram, cuda=cuda)
+
+
+@router.post("/png-info", response_model=PngInfoResponse)
+def png_info(body: PngInfoRequest, who: CallerDep) -> PngInfoResponse:
+    """The generation parameters a PNG carries, as A1111 reads them."""
+    if not body.image.strip():
+        return PngInfoResponse(info="")
+    try:
+        img = decode_image_b64(body.image, "image", schemas.MAX_INPUT_PIXELS, schemas.MAX_INPUT_BYTES)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    text = {k: v for k, v in (getattr(img, "text", None) or {}).items() if isinstance(v, str)}
+    info = text.pop("parameters", "")
+    return PngInfoResponse(info=info, items=text, parameters=a1111.png_info_parameters(info))
