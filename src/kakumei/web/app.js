@@ -649,6 +649,11 @@ async function start() {
     }
   });
   $("sampler_name").addEventListener("change", updateSchedules);
+  // Following the link alone moves the scroll position, not always the keyboard focus.
+  document.querySelector(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("prompt").focus();
+  });
   $("seed-random").addEventListener("click", () => {
     $("seed").value = "-1";
   });
