@@ -3,6 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The web UI tests drive Debian's Chromium (a browser from Playwright's own download is not
+# used); a fresh machine gets it here. Without it those tests fail rather than skip.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q chromium chromium-driver
+    else
+        echo "tests/web need Chromium: sudo apt-get install -y chromium chromium-driver" >&2
+    fi
+fi
+
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
