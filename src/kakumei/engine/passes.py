@@ -161,19 +161,23 @@ class _BatchRun:
         self.on_step, self.cancelled = on_step, cancelled
         self.steps_done = 0  # steps of earlier passes, so progress counts on across passes
         self.stopped = False
+        # A float, or per-image scales when jobs of several users share the batch.
+        self.guidance: Any = request.cfg_scale
 
     # -- pieces shared by every pass --
 
     def _conditioning(self, pipe: Any, cond: EncodedPrompt, uncond: EncodedPrompt) -> dict[str, Any]:
         bs = len(self.seeds)
         dev, dt = self.model.device, self.model.dtype
+        # One encoding repeats over the batch; a cross-user batch brings one row per image.
+        reps = bs if cond.embeds.shape[0] == 1 else 1
         kw: dict[str, Any] = {
-            "prompt_embeds": cond.embeds.to(dev, dt).repeat(bs, 1, 1),
-            "negative_prompt_embeds": uncond.embeds.to(dev, dt).repeat(bs, 1, 1),
+            "prompt_embeds": cond.embeds.to(dev, dt).repeat(reps, 1, 1),
+            "negative_prompt_embeds": uncond.embeds.to(dev, dt).repeat(reps, 1, 1),
         }
         if hasattr(pipe, "text_encoder_2"):
-            kw["pooled_prompt_embeds"] = cond.pooled.to(dev, dt).repeat(bs, 1)
-            kw["negative_pooled_prompt_embeds"] = uncond.pooled.to(dev, dt).repeat(bs, 1)
+            kw["pooled_prompt_embeds"] = cond.pooled.to(dev, dt).repeat(reps, 1)
+            kw["negative_pooled_prompt_embeds"] = uncond.pooled.to(dev, dt).repeat(reps, 1)
         return kw
 
     def _call(self, pipe: Any, model: LoadedModel, planned_after: int, **kwargs: Any) -> Any:
@@ -198,7 +202,7 @@ class _BatchRun:
 
         with torch.inference_mode():
             out = pipe(
-                guidance_scale=req.cfg_scale,
+                guidance_scale=self.guidance,
                 # CPU generators: img2img noise and ancestral/SDE noise are device-independent too
                 generator=cpu_generators(self.seeds),
                 callback_on_step_end=step_end,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,10 @@ from kakumei.engine.models import (
     recommended_defaults,
     resolve_model,
 )
+from kakumei.engine.batching import batch_key, guidance_for, split_by
 from kakumei.engine.passes import GenerationExtras, _BatchRun, check_request_fits, prepare_inputs
 from kakumei.engine.preview import latents_to_preview
-from kakumei.engine.prompts import encode_prompts, extract_lora_tags
+from kakumei.engine.prompts import EncodedPrompt, encode_prompts, extract_lora_tags
 from kakumei.engine.seeds import image_seeds, resolve_seed
 from kakumei.errors import GenerationCancelled, InvalidRequest
 from kakumei.schemas import GenerationRequest
@@ -167,15 +168,8 @@ class Engine:
         """
         if only_batch is not None and not 0 <= only_batch < request.n_iter:
             raise InvalidRequest(f"only_batch must be between 0 and {request.n_iter - 1}, got {only_batch}")
-        seed = resolve_seed(request.seed)
-        model_ref = request.model or self.settings.model
-        # Few-step models (Turbo, LCM, Lightning) need their own steps/CFG; a field the caller
-        # set explicitly always wins.
-        defaults = {
-            k: v for k, v in recommended_defaults(self.resolve_model_name(model_ref).name).items()
-            if k not in request.model_fields_set
-        }
-        resolved = request.model_copy(update={**defaults, "seed": seed, "model": model_ref})
+        resolved = self._resolve(request)
+        seed = resolved.seed
         images: list[GeneratedImage] = []
         try:
             for image in self._iter_images(resolved, on_step, cancelled, user, only_batch):
@@ -186,6 +180,99 @@ class Engine:
             exc.images = images
             raise
         return GenerationResult(request=resolved, seed=seed, images=images)
+
+    def _resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """The request as it will run: seed picked, model named, few-step defaults filled."""
+        model_ref = request.model or self.settings.model
+        # Few-step models (Turbo, LCM, Lightning) need their own steps/CFG; a field the caller
+        # set explicitly always wins.
+        defaults = {
+            k: v for k, v in recommended_defaults(self.resolve_model_name(model_ref).name).items()
+            if k not in request.model_fields_set
+        }
+        return request.model_copy(update={**defaults, "seed": resolve_seed(request.seed), "model": model_ref})
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_step: Callable[[StepProgress], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        users: Sequence[str | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Generate several requests (typically jobs of different users), sharing one batch
+        where they are compatible (engine/batching.py) and one by one where not.
+
+        Results come back in the order of `requests`. A shared image equals the image its
+        request gets alone within float tolerance, not bit for bit.
+        """
+        resolved = [self._resolve(r) for r in requests]
+        who = list(users) if users is not None else [None] * len(resolved)
+        results: list[GenerationResult | None] = [None] * len(resolved)
+
+        def group_key(i: int) -> Any:
+            key = batch_key(resolved[i])
+            # LoRA weights are merged into the model per request, so such requests run alone.
+            if key is None or extract_lora_tags(resolved[i].prompt)[1] or extract_lora_tags(resolved[i].negative_prompt)[1]:
+                return ("alone", i)
+            return key
+
+        for group in split_by(range(len(resolved)), group_key):
+            if len(group) == 1:
+                i = group[0]
+                results[i] = self.generate(resolved[i], on_step=on_step, cancelled=cancelled, user=who[i])
+                continue
+            for i, result in zip(group, self._shared_batch([resolved[i] for i in group], [who[i] for i in group], on_step, cancelled)):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _shared_batch(
+        self,
+        requests: list[GenerationRequest],
+        users: list[str | None],
+        on_step: Callable[[StepProgress], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> list[GenerationResult]:
+        # 1. model, and each request's own prompt encoding
+        model = self.load(requests[0].model)
+        for req in requests:
+            check_request_fits(req, model, None)
+        versions = library_versions()
+        encoded = []
+        for req in requests:
+            embeddings = self._embeddings.for_text(req.prompt + " " + req.negative_prompt, model.family)
+            (cond, uncond), used = encode_prompts(model.pipe, [req.prompt, req.negative_prompt], req.clip_skip, embeddings)
+            encoded.append((cond, uncond, used))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        # 2. prompts of different lengths (77-token chunks) cannot share a UNet call unpadded,
+        #    and padding would change the image: one sub-batch per length
+        for sub in split_by(encoded, lambda e: tuple(e[0].embeds.shape)):
+            reqs = [requests[i] for i in sub]
+            seeds = [s for r in reqs for s in image_seeds(r.seed, r.batch_size, 0)]
+            cond = EncodedPrompt(
+                torch.cat([encoded[i][0].embeds.repeat(requests[i].batch_size, 1, 1) for i in sub]),
+                None if encoded[sub[0]][0].pooled is None
+                else torch.cat([encoded[i][0].pooled.repeat(requests[i].batch_size, 1) for i in sub]),
+            )
+            uncond = EncodedPrompt(
+                torch.cat([encoded[i][1].embeds.repeat(requests[i].batch_size, 1, 1) for i in sub]),
+                None if encoded[sub[0]][1].pooled is None
+                else torch.cat([encoded[i][1].pooled.repeat(requests[i].batch_size, 1) for i in sub]),
+            )
+            # 3. one denoising loop for all, each image with its own CFG scale and seed
+            run = _BatchRun(reqs[0], model, None, cond, uncond, None, prepare_inputs(reqs[0]), seeds, 0, on_step, cancelled)
+            run.guidance = guidance_for([r.cfg_scale for r in reqs for _ in range(r.batch_size)])
+            images = iter(run.images())
+            # 4. back to their requests, with each request's own metadata
+            for i, req in zip(sub, reqs):
+                extras = GenerationExtras(
+                    loras=[], embeddings=[self._embeddings.info(n) for n in encoded[i][2]], refiner=None, inputs=prepare_inputs(req)
+                )
+                finished = [
+                    self._finish(next(images), req, model, pos, seed, versions, users[i], extras)
+                    for pos, seed in enumerate(image_seeds(req.seed, req.batch_size, 0))
+                ]
+                results[i] = GenerationResult(request=req, seed=req.seed, images=finished)
+        return [r for r in results if r is not None]
 
     def _iter_images(
         self,
