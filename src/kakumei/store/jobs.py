@@ -23,6 +23,7 @@ from kakumei.fairness import shares
 from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
+from kakumei.store.ledger import SPEND_GENERATION, Ledger
 
 
 class JobState(StrEnum):
@@ -267,9 +268,12 @@ class JobStore:
         lease_seconds: float = 30.0,
         max_attempts: int = 3,
         clock: Callable[[], float] = time.time,
+        ledger: Ledger | None = None,
     ) -> None:
         self.db = db
         self.images = images
+        # Generating spends credit, once, inside the transaction that completes the job.
+        self.ledger = ledger if ledger is not None else Ledger(db, clock=clock)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.clock = clock
@@ -443,7 +447,7 @@ class JobStore:
         now = self.clock()
         with self.db.transaction() as tx:
             row = tx.one(
-                "SELECT user_id, started_at, claimed_at FROM jobs "
+                "SELECT user_id, started_at, claimed_at, cost, image_count, worker_id FROM jobs "
                 "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
                 (job_id, lease_id),
             )
@@ -457,6 +461,7 @@ class JobStore:
                     (state.value, now, max(0.0, now - started), seed, error, job_id),
                 )
                 self.images.insert_rows(tx, job_id, int(row["user_id"]), images)
+                self._spend(tx, job_id, row, state, len(images))
                 data: dict[str, Any] = {}
                 if state == JobState.SUCCEEDED:
                     data = {"image_ids": [i.id for i in images], "seed": seed}
@@ -469,6 +474,17 @@ class JobStore:
         if not finished:
             self.images.discard(images)
         return finished
+
+    def _spend(self, tx: Transaction, job_id: str, row: dict, state: JobState, delivered: int) -> None:
+        # A cancelled job pays for the images it delivered; a failed one pays nothing.
+        cost = float(row["cost"])
+        if state == JobState.CANCELLED:
+            cost *= delivered / max(1, int(row["image_count"]))
+        elif state != JobState.SUCCEEDED:
+            return
+        if cost > 0:
+            self.ledger.add(int(row["user_id"]), -cost, SPEND_GENERATION, job_id=job_id,
+                            worker_id=row["worker_id"], conn=tx)
 
     def release(self, job_id: str, lease_id: str) -> bool:
         """Give a job back untouched (worker shutting down): no attempt is counted."""

@@ -26,6 +26,9 @@ class User:
     virtual_counter: float
     queued_jobs: int
     created_at: float
+    balance: float = 0.0
+    weight_override: float | None = None
+    is_admin: bool = False
 
 
 def hash_key(key: str) -> str:
@@ -41,10 +44,16 @@ def _user(row: dict) -> User:
         virtual_counter=float(row["virtual_counter"]),
         queued_jobs=int(row["queued_jobs"]),
         created_at=float(row["created_at"]),
+        balance=float(row["balance"]),
+        weight_override=None if row["weight_override"] is None else float(row["weight_override"]),
+        is_admin=bool(row["is_admin"]),
     )
 
 
-_COLUMNS = "id, name, is_anonymous, weight, virtual_counter, queued_jobs, created_at"
+_COLUMNS = (
+    "id, name, is_anonymous, weight, virtual_counter, queued_jobs, created_at, balance, "
+    "weight_override, is_admin"
+)
 
 
 class UserExists(ValueError):
@@ -55,20 +64,23 @@ class UserStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, name: str, weight: float = 1.0) -> tuple[User, str]:
-        """Create a user; return it and its API key (shown once, stored hashed)."""
+    def add(self, name: str, weight: float | None = None, *, admin: bool = False) -> tuple[User, str]:
+        """Create a user; return it and its API key (shown once, stored hashed).
+
+        `weight` None: the weight follows merit (fairness/credits.py); a number: an admin set it.
+        """
         name = name.strip()
         if not name or name == ANONYMOUS:
             raise ValueError(f"invalid user name {name!r}")
-        if not weight > 0:
+        if weight is not None and not weight > 0:
             raise ValueError(f"weight must be above 0, got {weight}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         try:
             with self.db.transaction() as tx:
                 row = tx.one(
-                    f"INSERT INTO users (name, key_hash, weight, created_at) VALUES (?, ?, ?, ?) "
-                    f"RETURNING {_COLUMNS}",
-                    (name, hash_key(key), weight, time.time()),
+                    f"INSERT INTO users (name, key_hash, weight, weight_override, is_admin, created_at) "
+                    f"VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
+                    (name, hash_key(key), 1.0 if weight is None else weight, weight, int(admin), time.time()),
                 )
         except self.db.integrity_errors:
             raise UserExists(f"a user named {name!r} already exists") from None

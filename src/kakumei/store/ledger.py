@@ -1,0 +1,133 @@
+"""The credit ledger: append-only rows (who, how much, why, which job or worker).
+
+A balance is the sum of a user's rows. `users.balance`, `earned` and `spent` are running
+totals written in the same transaction as each row (so admission reads one row), and the
+user's merit weight is recomputed there too; `balance()` sums the rows themselves.
+
+Sign: amount > 0 credits the user, amount < 0 debits. A row that names a job is unique per
+(job_id, reason): a job is paid for once and its work is paid once, however often a report
+is retried (a second add raises the database's IntegrityError).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kakumei.fairness.credits import MeritPolicy, merit_weight
+from kakumei.store.db import Database, Transaction
+
+# Reasons: what a row is for.
+EARN_WORK = "work"  # a worker owned by the user delivered compute units (issue 6)
+SPEND_GENERATION = "generation"  # the user's job completed
+GRANT = "grant"  # an admin gave (or, negative, took back) credit
+REFUND = "refund"  # money back for a job that was paid but not delivered
+PENALTY = "penalty"  # a worker's result failed verification
+REASONS = frozenset({EARN_WORK, SPEND_GENERATION, GRANT, REFUND, PENALTY})
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    user_id: int
+    amount: float
+    reason: str
+    job_id: str | None
+    worker_id: str | None
+    note: str | None
+    created_at: float
+
+
+class Ledger:
+    """Credits: add rows, read balances. `policy` turns a balance into a weight."""
+
+    def __init__(
+        self, db: Database, policy: MeritPolicy = MeritPolicy(), *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db = db
+        self.policy = policy
+        self.clock = clock
+
+    def add(
+        self,
+        user_id: int,
+        amount: float,
+        reason: str,
+        *,
+        job_id: str | None = None,
+        worker_id: str | None = None,
+        note: str | None = None,
+        conn: Transaction | None = None,
+    ) -> None:
+        """Append one row. With `conn` (an open `Transaction`), it commits or rolls back with
+        the caller's work, e.g. completing a job and paying its worker's owner."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown ledger reason {reason!r}; known: {', '.join(sorted(REASONS))}")
+        if amount != amount or amount in (float("inf"), float("-inf")):
+            raise ValueError(f"ledger amount must be a finite number, got {amount}")
+        if conn is not None:
+            self._add(conn, user_id, amount, reason, job_id, worker_id, note)
+            return
+        with self.db.transaction() as tx:
+            self._add(tx, user_id, amount, reason, job_id, worker_id, note)
+
+    def _add(
+        self, tx: Transaction, user_id: int, amount: float, reason: str,
+        job_id: str | None, worker_id: str | None, note: str | None,
+    ) -> None:
+        tx.execute(
+            "INSERT INTO ledger (user_id, amount, reason, job_id, worker_id, note, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user_id, amount, reason, job_id, worker_id, note, self.clock()),
+        )
+        row = tx.one(
+            "UPDATE users SET balance = balance + ?, earned = earned + ?, spent = spent + ? "
+            "WHERE id = ? RETURNING is_anonymous, balance, weight_override",
+            (amount, max(0.0, amount), max(0.0, -amount), user_id),
+        )
+        if row is None:
+            raise ValueError(f"no user with id {user_id}")
+        self._set_weight(tx, user_id, row)
+
+    def _set_weight(self, tx: Transaction, user_id: int, row: dict) -> None:
+        weight = merit_weight(
+            self.policy,
+            is_anonymous=bool(row["is_anonymous"]),
+            balance=float(row["balance"]),
+            override=row["weight_override"],
+        )
+        tx.run("UPDATE users SET weight = ? WHERE id = ? AND weight <> ?", (weight, user_id, weight))
+
+    def balance(self, user_id: int) -> float:
+        """The sum of the user's rows (0 for a user with none)."""
+        with self.db.transaction(write=False) as tx:
+            value = tx.scalar("SELECT COALESCE(SUM(amount), 0) AS b FROM ledger WHERE user_id = ?", (user_id,))
+        return float(value or 0.0)
+
+    def entries(self, user_id: int, limit: int = 100) -> list[Entry]:
+        """The user's latest rows, newest first."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT id, user_id, amount, reason, job_id, worker_id, note, created_at FROM ledger "
+                "WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                (user_id, limit),
+            )
+        return [
+            Entry(int(r["id"]), int(r["user_id"]), float(r["amount"]), r["reason"], r["job_id"],
+                  r["worker_id"], r["note"], float(r["created_at"]))
+            for r in rows
+        ]
+
+    def refresh_weights(self) -> int:
+        """Recompute every user's weight under this policy (at start: settings may have
+        changed). Returns how many changed."""
+        changed = 0
+        with self.db.transaction() as tx:
+            for row in tx.all("SELECT id, is_anonymous, balance, weight_override, weight FROM users"):
+                before = float(row["weight"])
+                self._set_weight(tx, int(row["id"]), row)
+                weight = merit_weight(self.policy, is_anonymous=bool(row["is_anonymous"]),
+                                      balance=float(row["balance"]), override=row["weight_override"])
+                changed += weight != before
+        return changed
