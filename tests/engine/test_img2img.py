@@ -28,7 +28,8 @@ def vae_round_trip(engine, ref: str, image: Image.Image) -> Image.Image:
     pipe = engine.load(ref).pipe
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.no_grad():
-        decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
+        x = x.to(pipe.vae.dtype)
+        decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample.float()
     arr = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     return Image.fromarray(arr, "RGB")
 
