@@ -51,7 +51,7 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-def _generation_request(body: ImagesGenerate, known_models: list[str], default_model: str) -> GenerationRequest:
+def _generation_request(body: ImagesGenerate, known_models: list[str]) -> GenerationRequest:
     model = None if body.model in (None, "", *OPENAI_MODELS) else body.model
     if model is not None and model not in known_models:
         raise _Refused(f"unknown model {model!r}; known: {', '.join(known_models)} (or leave model out)", "model")
@@ -98,7 +98,7 @@ async def images_generations(request: Request) -> JSONResponse:
     if body.response_format not in (None, "url", "b64_json"):
         return _error(400, f"response_format must be url or b64_json, got {body.response_format!r}", "response_format")
     try:
-        gen = _generation_request(body, svc.known_models(), svc.settings.model)
+        gen = _generation_request(body, svc.known_models())
     except _Refused as exc:
         return _error(400, str(exc), exc.param)
     except ValidationError as exc:
@@ -107,7 +107,9 @@ async def images_generations(request: Request) -> JSONResponse:
     try:
         job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
     except SubmitRefused as exc:
-        return _error(exc.status, str(exc))
+        refused = _error(exc.status, str(exc))
+        refused.headers.update(exc.headers)
+        return refused
     final = await wait_finished(svc, job.id, request.is_disconnected)
     if final is None:
         return _error(499, "client disconnected; the job was cancelled")
