@@ -73,6 +73,7 @@ class Capabilities:
 
     models: tuple[str, ...] | None = None
     max_pixels: int | None = None
+    max_images: int | None = None  # images in one job (a remote worker's --max-batch)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,9 @@ def _can_run(caps: Capabilities) -> tuple[str, list[Any]]:
             return "1 = 0", []
         sql += " AND j.model IN (" + ", ".join("?" for _ in caps.models) + ")"
         params.extend(caps.models)
+    if caps.max_images is not None:  # only remote workers set it; the default plan is unchanged
+        sql += " AND j.image_count <= ?"
+        params.append(caps.max_images)
     return sql, params
 
 
@@ -420,10 +424,20 @@ class JobStore:
             return Heartbeat(ok=True, cancel_requested=bool(row["cancel_requested"]))
 
     def complete(
-        self, job_id: str, lease_id: str, images: Sequence[PendingImage], *, seed: int | None = None
+        self,
+        job_id: str,
+        lease_id: str,
+        images: Sequence[PendingImage],
+        *,
+        seed: int | None = None,
+        after: Callable[[Transaction], None] | None = None,
     ) -> bool:
-        """Finish a job with its images. True for the one call that completed it."""
-        return self._finish(job_id, lease_id, JobState.SUCCEEDED, images=images, seed=seed)
+        """Finish a job with its images. True for the one call that completed it.
+
+        `after` runs inside the completing transaction, only for that one call (a remote
+        worker's record and credit change with the completion, or not at all).
+        """
+        return self._finish(job_id, lease_id, JobState.SUCCEEDED, images=images, seed=seed, after=after)
 
     def fail(self, job_id: str, lease_id: str, reason: str) -> bool:
         return self._finish(job_id, lease_id, JobState.FAILED, error=reason)
@@ -443,6 +457,7 @@ class JobStore:
         images: Sequence[PendingImage] = (),
         seed: int | None = None,
         error: str | None = None,
+        after: Callable[[Transaction], None] | None = None,
     ) -> bool:
         now = self.clock()
         with self.db.transaction() as tx:
@@ -470,6 +485,8 @@ class JobStore:
                 else:
                     data = {"image_ids": [i.id for i in images]}
                 add_event(tx, job_id, state.value, data, now)
+                if after is not None:
+                    after(tx)
                 finished = True
         if not finished:
             self.images.discard(images)
@@ -486,8 +503,14 @@ class JobStore:
             self.ledger.add(int(row["user_id"]), -cost, SPEND_GENERATION, job_id=job_id,
                             worker_id=row["worker_id"], conn=tx)
 
-    def release(self, job_id: str, lease_id: str) -> bool:
-        """Give a job back untouched (worker shutting down): no attempt is counted."""
+    def release(
+        self, job_id: str, lease_id: str, *, count_attempt: bool = False, reason: str = "worker stopped"
+    ) -> bool:
+        """Give a job back untouched (worker shutting down): no attempt is counted.
+
+        A remote worker's failure comes back with `count_attempt`: another worker retries it,
+        and after max_attempts the job fails with `reason`.
+        """
         with self.db.transaction() as tx:
             row = tx.one(
                 "SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost "
@@ -496,7 +519,7 @@ class JobStore:
             )
             if row is None:
                 return False
-            self._lost(tx, row, count_attempt=False, reason="worker stopped")
+            self._lost(tx, row, count_attempt=count_attempt, reason=reason)
             return True
 
     # -- leases -------------------------------------------------------------------------
