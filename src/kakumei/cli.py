@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Command groups that live beside the subsystem they drive."""
     registers: list[Callable[[Any], None]] = []
-    for module in ("kakumei.engine.model_commands", "kakumei.server.commands"):
+    for module in ("kakumei.engine.model_commands", "kakumei.server.commands", "kakumei.worker.commands"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -46,6 +46,17 @@ class Settings(BaseModel):
     lease_seconds: float = Field(30.0, gt=0)
     # Lost leases before a job fails instead of going back to the queue.
     max_attempts: int = Field(3, ge=1)
+    # Remote workers (issue 6). Share of an untrusted worker's jobs re-run by a trusted worker
+    # (trusted ones are spot-checked at a tenth of it), the perceptual distance a re-run may
+    # differ by (bf16 and fp32 machines differ slightly; wrong pictures differ by 0.08 or more),
+    # matching re-runs in a row that make a worker trusted, and mismatches that quarantine it.
+    verify_sample_rate: float = Field(0.1, ge=0.0, le=1.0)
+    verify_max_distance: float = Field(0.04, gt=0.0, le=1.0)
+    verify_trust_after: int = Field(5, ge=1)
+    verify_quarantine_after: int = Field(2, ge=1)
+    # `kakumei worker`: the server to work for and this machine's worker key.
+    worker_server: str | None = None
+    worker_key: str | None = None
     # How AUTOMATIC1111 API clients (/sdapi/v1) prove who they are: "key" (Authorization:
     # Bearer KEY, as the native API), "basic" (HTTP Basic with the user name and the API key as
     # password, which is what A1111's --api-auth taught its clients), or "both".
@@ -80,6 +91,12 @@ _ENV_FIELDS = {
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",
     "KAKUMEI_MAX_ATTEMPTS": "max_attempts",
+    "KAKUMEI_VERIFY_SAMPLE_RATE": "verify_sample_rate",
+    "KAKUMEI_VERIFY_MAX_DISTANCE": "verify_max_distance",
+    "KAKUMEI_VERIFY_TRUST_AFTER": "verify_trust_after",
+    "KAKUMEI_VERIFY_QUARANTINE_AFTER": "verify_quarantine_after",
+    "KAKUMEI_WORKER_SERVER": "worker_server",
+    "KAKUMEI_WORKER_KEY": "worker_key",
     "KAKUMEI_A1111_AUTH": "a1111_auth",
 }
 

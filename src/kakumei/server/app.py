@@ -56,4 +56,9 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for module in (jobs, events, images, health, gallery, options, a1111, openai, metrics, web):
         app.include_router(module.router)
+    # Remote workers: their protocol, and their keys and records (issue 6).
+    from kakumei.server.routes import worker_api, workers
+
+    app.include_router(worker_api.router)
+    app.include_router(workers.router)
     return app

@@ -9,6 +9,7 @@ from fastapi import HTTPException, Request
 from kakumei.server.services import Services
 from kakumei.store.jobs import Job
 from kakumei.store.users import User
+from kakumei.store.workers import WORKER_KEY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ def caller(request: Request) -> Caller:
             raise HTTPException(401, "use 'Authorization: Bearer YOUR_KEY'", {"WWW-Authenticate": "Bearer"})
         user = svc.users.by_key(key.strip())
         if user is None:
+            if key.strip().startswith(WORKER_KEY_PREFIX) and svc.workers.by_key(key.strip()) is not None:
+                raise HTTPException(403, "this is a worker key; it can only run jobs, not submit or read them")
             raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
         return Caller(user, addr)
     if not svc.settings.allow_anonymous:

@@ -15,6 +15,7 @@ from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
 from kakumei.store.migrate import migrate
 from kakumei.store.users import UserStore
+from kakumei.store.workers import TrustPolicy, WorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Services:
     jobs: JobStore
     images: ImageStore
     engine: Any | None
+    workers: WorkerStore
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -43,7 +45,14 @@ class Services:
         migrate(db)
         images = ImageStore(db, settings.home / "images")
         jobs = JobStore(db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
-        return cls(settings, db, UserStore(db), jobs, images, engine)
+        policy = TrustPolicy(
+            sample_rate=settings.verify_sample_rate,
+            trusted_sample_rate=settings.verify_sample_rate / 10,
+            trust_after=settings.verify_trust_after,
+            quarantine_after=settings.verify_quarantine_after,
+        )
+        workers = WorkerStore(db, policy, ledger=jobs.ledger)  # the server's merit policy
+        return cls(settings, db, UserStore(db), jobs, images, engine, workers=workers)
 
     def known_models(self) -> list[str]:
         """Models a job may name: the configured default plus what the engine has loaded."""
@@ -59,6 +68,7 @@ class Services:
             recovered = self.jobs.recover_worker(local_worker_id(self.settings))
             if recovered:
                 log.info("requeued %d job(s) the local worker held before a restart", recovered)
+            self.workers.recover_verifier(local_worker_id(self.settings))
         self.jobs.expire_leases()
         self._spawn("lease-reaper", self._reap)
         if local_worker:
@@ -78,6 +88,7 @@ class Services:
 
     def _work(self) -> None:
         from kakumei.worker import StoreJobSource, Worker
+        from kakumei.worker.verify import Verifier
 
         if self.engine is None:
             from kakumei.engine.pipeline import Engine
@@ -89,7 +100,19 @@ class Services:
             local_worker_id(self.settings),
             lease_seconds=self.settings.lease_seconds,
         )
-        worker.run(self.stop)
+        verifier = Verifier(
+            self.workers, self.jobs, self.images, self.engine, local_worker_id(self.settings),
+            max_distance=self.settings.verify_max_distance,
+        )
+        # The local worker is the trusted one: checking remote workers' results comes first,
+        # since their owners' credit waits on it.
+        while not self.stop.is_set():
+            try:
+                if not verifier.run_one() and not worker.run_one(self.stop):
+                    self.stop.wait(worker.poll_seconds)
+            except Exception:  # the database being briefly away must not end the worker
+                log.exception("local worker: error between jobs; retrying")
+                self.stop.wait(1.0)
 
     def close(self) -> None:
         self.stop.set()

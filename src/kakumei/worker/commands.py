@@ -1,0 +1,185 @@
+"""`kakumei worker` (lend this machine to a server) and `kakumei workers` (the operator's view
+of worker keys and records), registered into the CLI by cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from kakumei.config import Settings
+from kakumei.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add `worker` and `workers` to the CLI's subparsers."""
+    worker = subparsers.add_parser(
+        "worker", help="lend this machine to a kakumei server: pull jobs over HTTP(S), earn credit"
+    )
+    worker.add_argument("--server", metavar="URL", help="the server, e.g. https://sd.example.org (or KAKUMEI_WORKER_SERVER)")
+    worker.add_argument("--key", metavar="WORKER_KEY", help="this machine's worker key (better: KAKUMEI_WORKER_KEY)")
+    worker.add_argument("--model", "-m", action="append", dest="models", help="a model this worker runs; repeat for several (default: the configured model)")
+    worker.add_argument("--max-pixels", type=int, metavar="N", help="take only jobs of at most N pixels (width x height)")
+    worker.add_argument("--max-batch", type=int, metavar="N", help="take only jobs of at most N images")
+    worker.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="as for generate")
+    worker.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="as for generate")
+    worker.add_argument("--low-memory", action="store_true", default=None, help="as for generate")
+    worker.set_defaults(func=cmd_worker)
+
+    workers = subparsers.add_parser("workers", help="worker keys and each worker's record (operators)")
+    sub = workers.add_subparsers(dest="workers_command", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="create a worker key owned by a user, who earns its credits (key shown once)")
+    add.add_argument("owner", help="the user who owns the machine")
+    add.add_argument("name", help="a name for the machine, unique on this server")
+    add.add_argument("--database", metavar="URL", help="as for serve")
+    add.set_defaults(func=cmd_workers_add)
+    listing = sub.add_parser("list", help="every worker: status, jobs, speed, checks")
+    listing.add_argument("--database", metavar="URL", help="as for serve")
+    listing.set_defaults(func=cmd_workers_list)
+    status = sub.add_parser("status", help="set a worker's status: lift a quarantine, or trust a known machine")
+    status.add_argument("name")
+    status.add_argument("status", choices=["new", "trusted", "suspect", "quarantined"])
+    status.add_argument("--database", metavar="URL", help="as for serve")
+    status.set_defaults(func=cmd_workers_status)
+
+
+def _settings(settings: Settings, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.model_validate({**settings.model_dump(), **values})
+    except ValueError as exc:
+        raise ConfigError(f"invalid option: {exc}") from None
+
+
+# -- kakumei worker -----------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.jobs import Capabilities
+    from kakumei.worker.loop import Worker
+    from kakumei.worker.remote import HttpJobSource, WorkerRefused
+
+    settings = _settings(
+        settings, worker_server=args.server, worker_key=args.key, device=args.device, dtype=args.dtype,
+        low_memory=args.low_memory,
+    )
+    if not settings.worker_server or not settings.worker_key:
+        raise ConfigError("a worker needs --server URL and --key WORKER_KEY (or KAKUMEI_WORKER_SERVER and KAKUMEI_WORKER_KEY)")
+    if not settings.worker_server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http:// or https:// URL, got {settings.worker_server!r}")
+    for flag, value in (("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    models = tuple(args.models or [settings.model])
+    source = HttpJobSource(settings.worker_server, settings.worker_key)
+    stop = threading.Event()
+    _on_ctrl_c(stop)
+    try:
+        info = source.hello()
+        print(
+            f"worker {info['name']!r} of {info['owner']} ({info['status']}) working for {settings.worker_server}; "
+            f"models: {', '.join(models)}; Ctrl-C hands back the running job and stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        from kakumei.engine.devices import quiet_libraries
+        from kakumei.engine.pipeline import Engine
+
+        quiet_libraries()
+        engine = Engine(settings)
+        caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
+        worker = Worker(source, engine, info["name"], capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0)
+        while not stop.is_set():
+            if not worker.run_one(stop):
+                stop.wait(worker.poll_seconds)
+    except WorkerRefused as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        source.close()
+    print("worker stopped", file=sys.stderr)
+    return 0
+
+
+def _on_ctrl_c(stop: threading.Event) -> None:
+    """First Ctrl-C (or SIGTERM): stop at the engine's next step and hand the job back.
+    Second: quit at once (the lease running out hands the job back)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("stopping: handing back the running job (Ctrl-C again to quit now)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- kakumei workers ----------------------------------------------------------------------
+
+
+def _open(settings: Settings, database: str | None) -> Any:
+    from kakumei.server.commands import _open as open_database
+
+    return open_database(_settings(settings, database=database))
+
+
+def cmd_workers_add(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.users import UserStore
+    from kakumei.store.workers import WorkerExists, WorkerStore
+
+    db = _open(settings, args.database)
+    try:
+        owner = UserStore(db).by_name(args.owner)
+        if owner is None or owner.is_anonymous:
+            raise ConfigError(f"no user named {args.owner!r}; add one with 'kakumei users add {args.owner}'")
+        try:
+            record, key = WorkerStore(db).add(owner.id, args.name)
+        except (WorkerExists, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+    finally:
+        db.close()
+    print(key)
+    print(f"added worker {record.name!r} for {owner.name}; run: kakumei worker --server URL --key KEY "
+          "(the key is not shown again)", file=sys.stderr)
+    return 0
+
+
+def cmd_workers_list(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.workers import WorkerStore
+
+    db = _open(settings, args.database)
+    try:
+        store = WorkerStore(db)
+        rows = [(w, store.verification_counts(w.id)) for w in store.list()]
+    finally:
+        db.close()
+    print(f"{'name':<20} {'owner':<16} {'status':<12} {'jobs':>6} {'failed':>6} {'units':>8} {'units/s':>8} "
+          f"{'checked':>7} {'bad':>4} {'pending':>7} {'last seen':>10}")
+    now = time.time()
+    for w, checks in rows:
+        speed = f"{w.units_per_second:.3f}" if w.units_per_second is not None else "-"
+        seen = f"{now - w.last_seen_at:.0f}s ago" if w.last_seen_at else "never"
+        print(f"{w.name:<20} {w.owner:<16} {w.status.value:<12} {w.jobs_done:>6} {w.jobs_failed:>6} "
+              f"{w.units_done:>8.2f} {speed:>8} {checks.get('passed', 0) + checks.get('failed', 0):>7} "
+              f"{checks.get('failed', 0):>4} {checks.get('pending', 0):>7} {seen:>10}")
+    return 0
+
+
+def cmd_workers_status(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.workers import WorkerStatus, WorkerStore
+
+    db = _open(settings, args.database)
+    try:
+        if not WorkerStore(db).set_status(args.name, WorkerStatus(args.status)):
+            raise ConfigError(f"no worker named {args.name!r}; see 'kakumei workers list'")
+    finally:
+        db.close()
+    print(f"worker {args.name!r} is now {args.status}", file=sys.stderr)
+    return 0

@@ -1,0 +1,219 @@
+"""`JobSource` over HTTP: a volunteer's worker talking to a server's /api/v1/worker/.
+
+Outbound requests only, so a machine behind a home router can lend its GPU. When the server
+is away, calls back off (1 s doubling to 60 s) instead of failing the worker; a result keeps
+being retried for as long as its lease could still be alive, and after that the server would
+refuse it anyway (409: the job went back to the queue).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from kakumei.errors import KakumeiError
+from kakumei.schemas import GenerationRequest
+from kakumei.store.images import ImageResult
+from kakumei.store.jobs import Capabilities, Heartbeat, Job, JobState, Lease
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1/worker"
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+
+
+class WorkerRefused(KakumeiError):
+    """The server will not let this worker work (bad key, user key, quarantined)."""
+
+
+class ServerAway(Exception):
+    """No answer from the server, or a 5xx: worth retrying later."""
+
+
+class HttpJobSource:
+    """The worker protocol against `server` with `key` (a worker key)."""
+
+    def __init__(
+        self,
+        server: str,
+        key: str,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.client = httpx.Client(
+            base_url=self.server,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": "kakumei-worker"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self.sleep = sleep
+        self.lease_seconds = 30.0
+        self.backoff = 0.0  # seconds to wait before the next claim; 0 while the server answers
+        # One request at a time: the keep-alive thread and the engine's progress share it.
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            with self._lock:
+                reply = self.client.request(method, API + path, json=body)
+        except httpx.TransportError as exc:
+            raise ServerAway(f"{self.server} unreachable: {exc}") from None
+        if reply.status_code >= 500:
+            raise ServerAway(f"{self.server} answered {reply.status_code}")
+        if reply.status_code in (401, 403):
+            raise WorkerRefused(f"the server refused this worker: {_detail(reply)}")
+        return reply
+
+    def _retrying(self, method: str, path: str, body: dict[str, Any], *, for_seconds: float) -> httpx.Response | None:
+        """`_call`, retried with backoff while the server is away, for up to `for_seconds`."""
+        deadline = time.monotonic() + for_seconds
+        wait = FIRST_BACKOFF
+        while True:
+            try:
+                return self._call(method, path, body)
+            except ServerAway as exc:
+                if time.monotonic() + wait > deadline:
+                    log.warning("%s; giving up on %s", exc, path)
+                    return None
+                log.warning("%s; retrying in %.0f s", exc, wait)
+                self.sleep(wait)
+                wait = min(wait * 2, MAX_BACKOFF)
+
+    # -- the protocol -------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        """Check the key and learn the lease time, waiting (with backoff) for the server."""
+        wait = FIRST_BACKOFF
+        while True:
+            try:
+                reply = self._call("GET", "/me")
+                break
+            except ServerAway as exc:
+                log.warning("%s; retrying in %.0f s", exc, wait)
+                self.sleep(wait)
+                wait = min(wait * 2, MAX_BACKOFF)
+        if reply.status_code != 200:
+            raise WorkerRefused(f"{self.server} does not speak the kakumei worker protocol ({reply.status_code})")
+        info = reply.json()
+        self.lease_seconds = float(info["lease_seconds"])
+        return info
+
+    def claim(self, worker_id: str, caps: Capabilities) -> Lease | None:
+        if self.backoff:
+            self.sleep(self.backoff)
+        body = {
+            "models": None if caps.models is None else list(caps.models),
+            "max_pixels": caps.max_pixels,
+            "max_batch": caps.max_images,
+        }
+        try:
+            reply = self._call("POST", "/claim", body)
+        except ServerAway as exc:
+            self.backoff = min(max(self.backoff * 2, FIRST_BACKOFF), MAX_BACKOFF)
+            log.warning("%s; next try in %.0f s", exc, self.backoff)
+            return None
+        if self.backoff:
+            log.info("%s is back", self.server)
+        self.backoff = 0.0
+        if reply.status_code == 204:
+            return None
+        if reply.status_code != 200:
+            raise WorkerRefused(f"claim refused: {_detail(reply)}")
+        data = reply.json()
+        self.lease_seconds = float(data["lease_seconds"])
+        return Lease(job=_job(data), lease_id=data["lease_id"], expires_at=time.time() + self.lease_seconds)
+
+    def heartbeat(
+        self,
+        job_id: str,
+        lease_id: str,
+        *,
+        step: int | None = None,
+        total: int | None = None,
+        image_offset: int = 0,
+        preview: str | None = None,
+    ) -> Heartbeat:
+        body = {"lease_id": lease_id, "step": step, "total": total, "image_offset": image_offset, "preview": preview}
+        try:
+            reply = self._call("POST", f"/jobs/{job_id}/heartbeat", body)
+        except ServerAway as exc:
+            # Keep working: the server may be back before the lease runs out.
+            log.warning("heartbeat for job %s not delivered: %s", job_id, exc)
+            return Heartbeat(ok=True, cancel_requested=False)
+        if reply.status_code == 200:
+            return Heartbeat(ok=True, cancel_requested=bool(reply.json()["cancel_requested"]))
+        log.warning("job %s: %s", job_id, _detail(reply))
+        return Heartbeat(ok=False, cancel_requested=True)
+
+    def complete(self, job_id: str, lease_id: str, images: Sequence[ImageResult], seed: int | None) -> bool:
+        body = {"lease_id": lease_id, "seed": seed, "images": [_image(i) for i in images]}
+        return self._report(job_id, "complete", body)
+
+    def fail(self, job_id: str, lease_id: str, reason: str) -> bool:
+        return self._report(job_id, "fail", {"lease_id": lease_id, "reason": reason[:2000]})
+
+    def acknowledge_cancel(self, job_id: str, lease_id: str, images: Sequence[ImageResult]) -> bool:
+        body = {"lease_id": lease_id, "seed": None, "images": [_image(i) for i in images]}
+        return self._report(job_id, "cancelled", body)
+
+    def release(self, job_id: str, lease_id: str) -> bool:
+        return self._report(job_id, "release", {"lease_id": lease_id}, patient=False)
+
+    def _report(self, job_id: str, what: str, body: dict[str, Any], *, patient: bool = True) -> bool:
+        # Retried while the lease could still be alive; a release on shutdown tries briefly,
+        # since the lease running out hands the job back anyway.
+        reply = self._retrying(
+            "POST", f"/jobs/{job_id}/{what}", body, for_seconds=self.lease_seconds if patient else 5.0
+        )
+        if reply is None:
+            return False
+        if reply.status_code == 200:
+            return True
+        log.warning("job %s: %s refused: %s", job_id, what, _detail(reply))
+        return False
+
+
+def _detail(reply: httpx.Response) -> str:
+    try:
+        detail = reply.json().get("detail")
+    except ValueError:
+        detail = None
+    return str(detail or f"HTTP {reply.status_code}")
+
+
+def _image(image: ImageResult) -> dict[str, Any]:
+    return {
+        "png_base64": base64.b64encode(image.png).decode("ascii"),
+        "seed": image.seed,
+        "index": image.index,
+        "infotext": image.infotext,
+        "metadata": image.metadata,
+    }
+
+
+def _job(data: dict[str, Any]) -> Job:
+    """The part of a job a worker needs; the rest stays on the server."""
+    now = time.time()
+    return Job(
+        id=data["job_id"], user_id=0, state=JobState.LEASED,
+        request=GenerationRequest.model_validate(data["request"]), model=data["model"],
+        cost=float(data["cost"]), priority=0, attempts=int(data["attempts"]), max_attempts=0,
+        worker_id=None, lease_expires_at=None, cancel_requested=False, progress_step=None,
+        progress_total=None, seed=None, error=None, idempotency_key=None, client_addr=None,
+        created_at=now, started_at=None, finished_at=None,
+    )
