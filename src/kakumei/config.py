@@ -7,12 +7,13 @@ KAKUMEI_CONFIG), environment, CLI flags (passed as `overrides`).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kakumei.errors import ConfigError
 
@@ -62,6 +63,60 @@ class Settings(BaseModel):
     # password, which is what A1111's --api-auth taught its clients), or "both".
     a1111_auth: Literal["key", "basic", "both"] = "both"
 
+    # Merit and admission (fairness/credits.py, fairness/limits.py; README "Fair use").
+    anonymous_weight: float = Field(0.5, gt=0)
+    merit_max_bonus: float = Field(4.0, ge=0)
+    merit_half_balance: float = Field(100.0, gt=0)
+    # Queued jobs one user may have (anonymous visitors: per address).
+    max_queued_jobs: int = Field(20, ge=1)
+    # Free-tier users (no balance, no admin weight) behind one address: queued jobs in all,
+    # and how many of them may have jobs queued at once, so that many keys from one address
+    # count as few users.
+    free_queued_per_ip: int = Field(20, ge=1)
+    free_users_per_ip: int = Field(2, ge=1)
+    anonymous_max_queued: int = Field(100, ge=1)
+    # Token buckets: requests a minute and burst, per API key and per client address (0: off).
+    key_rate_per_minute: float = Field(30.0, ge=0)
+    key_burst: int = Field(10, ge=0)
+    ip_rate_per_minute: float = Field(60.0, ge=0)
+    ip_burst: int = Field(20, ge=0)
+    # Free-tier caps with an idle queue; they slide down to one 512x512, 20-step image as the
+    # queue fills to `free_busy_queue` jobs.
+    free_max_pixels: int = Field(1024 * 1024, ge=64 * 64)
+    free_max_steps: int = Field(50, ge=1)
+    free_max_images: int = Field(4, ge=1)
+    free_busy_queue: int = Field(100, ge=1)
+    # Regular expressions (case-insensitive) a prompt may not match; one per line in the env.
+    prompt_blocklist: list[str] = Field(default_factory=list)
+    # Rule breaks by one address within the window before timeouts start; the first timeout,
+    # doubling with each further offence up to the longest.
+    offence_threshold: int = Field(5, ge=1)
+    offence_window_seconds: float = Field(3600.0, gt=0)
+    timeout_seconds: float = Field(60.0, gt=0)
+    timeout_max_seconds: float = Field(86400.0, gt=0)
+    # Terms (e.g. the model's license) each user accepts once before their first job; unset:
+    # none asked.
+    terms: str | None = None
+    terms_url: str | None = None
+
+    @field_validator("prompt_blocklist", mode="before")
+    @classmethod
+    def _blocklist_lines(cls, value: Any) -> Any:
+        # The environment holds one pattern per line; TOML holds a list.
+        if isinstance(value, str):
+            return [line for line in value.splitlines() if line.strip()]
+        return value
+
+    @field_validator("prompt_blocklist")
+    @classmethod
+    def _blocklist_compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"prompt_blocklist pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
     @property
     def outputs(self) -> Path:
         return self.output_dir or (self.home / "outputs")
@@ -91,6 +146,28 @@ _ENV_FIELDS = {
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",
     "KAKUMEI_MAX_ATTEMPTS": "max_attempts",
+    "KAKUMEI_ANONYMOUS_WEIGHT": "anonymous_weight",
+    "KAKUMEI_MERIT_MAX_BONUS": "merit_max_bonus",
+    "KAKUMEI_MERIT_HALF_BALANCE": "merit_half_balance",
+    "KAKUMEI_MAX_QUEUED_JOBS": "max_queued_jobs",
+    "KAKUMEI_FREE_QUEUED_PER_IP": "free_queued_per_ip",
+    "KAKUMEI_FREE_USERS_PER_IP": "free_users_per_ip",
+    "KAKUMEI_ANONYMOUS_MAX_QUEUED": "anonymous_max_queued",
+    "KAKUMEI_KEY_RATE_PER_MINUTE": "key_rate_per_minute",
+    "KAKUMEI_KEY_BURST": "key_burst",
+    "KAKUMEI_IP_RATE_PER_MINUTE": "ip_rate_per_minute",
+    "KAKUMEI_IP_BURST": "ip_burst",
+    "KAKUMEI_FREE_MAX_PIXELS": "free_max_pixels",
+    "KAKUMEI_FREE_MAX_STEPS": "free_max_steps",
+    "KAKUMEI_FREE_MAX_IMAGES": "free_max_images",
+    "KAKUMEI_FREE_BUSY_QUEUE": "free_busy_queue",
+    "KAKUMEI_PROMPT_BLOCKLIST": "prompt_blocklist",
+    "KAKUMEI_OFFENCE_THRESHOLD": "offence_threshold",
+    "KAKUMEI_OFFENCE_WINDOW_SECONDS": "offence_window_seconds",
+    "KAKUMEI_TIMEOUT_SECONDS": "timeout_seconds",
+    "KAKUMEI_TIMEOUT_MAX_SECONDS": "timeout_max_seconds",
+    "KAKUMEI_TERMS": "terms",
+    "KAKUMEI_TERMS_URL": "terms_url",
     "KAKUMEI_VERIFY_SAMPLE_RATE": "verify_sample_rate",
     "KAKUMEI_VERIFY_MAX_DISTANCE": "verify_max_distance",
     "KAKUMEI_VERIFY_TRUST_AFTER": "verify_trust_after",

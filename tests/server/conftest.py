@@ -57,6 +57,14 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+# Tests of other features submit big or many jobs from one address; the admission tests
+# (tests/server/test_server_admission.py) pass the limits they test.
+ADMISSION_OFF: dict[str, Any] = {
+    "free_max_pixels": 4096 * 4096, "free_max_steps": 1000, "free_max_images": 1000,
+    "key_rate_per_minute": 0, "ip_rate_per_minute": 0, "free_users_per_ip": 1000,
+}
+
+
 @pytest.fixture
 def make_server(database_url: str, tiny_settings: Settings, engine: Any, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start servers with settings overrides; all are stopped at the end of the test."""
@@ -65,7 +73,8 @@ def make_server(database_url: str, tiny_settings: Settings, engine: Any, tmp_pat
     def start(**overrides: Any) -> LiveServer:
         local_worker = overrides.pop("local_worker", True)
         settings = tiny_settings.model_copy(
-            update={"home": tmp_path / "home", "database": database_url, "local_worker": local_worker, **overrides}
+            update={"home": tmp_path / "home", "database": database_url, "local_worker": local_worker,
+                    **ADMISSION_OFF, **overrides}
         )
         server = LiveServer(create_app(settings, engine), settings).__enter__()
         started.append(server)

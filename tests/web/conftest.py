@@ -76,6 +76,9 @@ def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymou
         "KAKUMEI_HOME": str(home),
         "KAKUMEI_DEVICE": "cpu",
         "KAKUMEI_ALLOW_ANONYMOUS": "true" if allow_anonymous else "false",
+        # Every page submits from 127.0.0.1; rate limits are tested in tests/server.
+        "KAKUMEI_IP_RATE_PER_MINUTE": "0",
+        "KAKUMEI_KEY_RATE_PER_MINUTE": "0",
     }
     args = [sys.executable, "-m", "kakumei.cli", "serve", "--port", str(port),
             "--database", database_url, "--model", "kakumei:tiny"]

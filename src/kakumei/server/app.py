@@ -54,6 +54,10 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    from kakumei.server.routes import admin, me
+
+    for module in (me, admin):  # merit and moderation (issue 5)
+        app.include_router(module.router)
     for module in (jobs, events, images, health, gallery, options, a1111, openai, metrics, web):
         app.include_router(module.router)
     # Remote workers: their protocol, and their keys and records (issue 6).

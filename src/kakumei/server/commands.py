@@ -24,12 +24,16 @@ def register(subparsers: Any) -> None:
     users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add = users_sub.add_parser("add", help="add a user and print their API key (shown once)")
     add.add_argument("name")
-    add.add_argument("--weight", type=float, default=1.0, help="share of the machine relative to others (default 1)")
+    add.add_argument("--weight", type=float, help="fixed share of the machine relative to others (default: from merit)")
+    add.add_argument("--admin", action="store_true", help="may use /api/v1/admin")
     add.add_argument("--database", metavar="URL", help="as for serve")
     add.set_defaults(func=cmd_users_add)
     listing = users_sub.add_parser("list", help="list users with their share and queue")
     listing.add_argument("--database", metavar="URL", help="as for serve")
     listing.set_defaults(func=cmd_users_list)
+    from kakumei.server.moderation_commands import register_moderation
+
+    register_moderation(users_sub)
 
 
 def _apply(settings: Settings, **overrides: Any) -> Settings:
@@ -84,11 +88,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
     from kakumei.store.users import UserExists, UserStore
 
-    if args.weight <= 0:
+    if args.weight is not None and args.weight <= 0:
         raise ConfigError(f"--weight must be above 0, got {args.weight}")
     db = _open(_apply(settings, database=args.database))
     try:
-        user, key = UserStore(db).add(args.name, weight=args.weight)
+        user, key = UserStore(db).add(args.name, weight=args.weight, admin=args.admin)
     except (UserExists, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     finally:

@@ -13,7 +13,9 @@ from kakumei.config import Settings
 from kakumei.store.db import Database
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
+from kakumei.store.ledger import Ledger
 from kakumei.store.migrate import migrate
+from kakumei.store.moderation import Moderation
 from kakumei.store.users import UserStore
 from kakumei.store.workers import TrustPolicy, WorkerStore
 
@@ -38,13 +40,30 @@ class Services:
     workers: WorkerStore
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Merit and admission (issue 5); built from the others in __post_init__. Credit users
+    # through `ledger`: it carries the server's merit policy.
+    ledger: Ledger = field(init=False)
+    moderation: Moderation = field(init=False)
+    admission: Any = field(init=False)  # server.admission.Admission
+
+    def __post_init__(self) -> None:
+        from kakumei.server.admission import Admission
+
+        self.ledger = self.jobs.ledger
+        self.moderation = Moderation(self.db)
+        self.admission = Admission(self.settings, self.db, self.jobs, self.moderation)
 
     @classmethod
     def open(cls, settings: Settings, engine: Any | None) -> Services:
         db = Database(settings.database_url)
         migrate(db)
         images = ImageStore(db, settings.home / "images")
-        jobs = JobStore(db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+        from kakumei.server.admission import merit_policy
+
+        jobs = JobStore(
+            db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+            ledger=Ledger(db, merit_policy(settings)),
+        )
         policy = TrustPolicy(
             sample_rate=settings.verify_sample_rate,
             trusted_sample_rate=settings.verify_sample_rate / 10,
@@ -64,6 +83,8 @@ class Services:
 
     def start(self, local_worker: bool) -> None:
         """Recover, then start the lease reaper and (optionally) the local worker."""
+        # The merit settings may have changed since the weights were last written.
+        self.ledger.refresh_weights()
         if local_worker:
             recovered = self.jobs.recover_worker(local_worker_id(self.settings))
             if recovered:

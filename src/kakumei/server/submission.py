@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections.abc import Awaitable, Callable
 
 from anyio import to_thread
@@ -21,6 +22,7 @@ from kakumei.server.deps import Caller
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import IdempotencyConflict, Job, NewJob
+from kakumei.store.quotas import idempotent_replay
 
 FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
 # How often a waiting request looks at its job's events: short enough that a finished job is
@@ -31,9 +33,18 @@ WAIT_POLL_SECONDS = 0.1
 class SubmitRefused(KakumeiError):
     """The request cannot be queued; `status` is the HTTP status that says why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # Seconds after which the same request may be accepted; None where waiting won't help.
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """`Retry-After` (whole seconds) where waiting helps; every API adds these."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 def submit_generation(
@@ -45,6 +56,12 @@ def submit_generation(
     model = request.model or svc.settings.model
     if model not in known:
         raise SubmitRefused(400, f"unknown model {model!r}; known: {', '.join(known)}")
+    # Admission control (bans, terms, blocklist, rate limits, free-tier and queue caps) for
+    # every API; an idempotent replay of an accepted job is answered without it.
+    if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, idempotency_key):
+        refusal = svc.admission.check(who.user, who.client_addr, request)
+        if refusal is not None:
+            raise SubmitRefused(refusal.status, refusal.message, refusal.retry_after)
     new = NewJob(
         user_id=who.user.id,
         request=request,

@@ -88,9 +88,10 @@ class Ledger:
         )
         if row is None:
             raise ValueError(f"no user with id {user_id}")
-        self._set_weight(tx, user_id, row)
+        self.apply_weight(tx, user_id, row)
 
-    def _set_weight(self, tx: Transaction, user_id: int, row: dict) -> None:
+    def apply_weight(self, tx: Transaction, user_id: int, row: dict) -> None:
+        """Write the weight of a user row (is_anonymous, balance, weight_override) under the policy."""
         weight = merit_weight(
             self.policy,
             is_anonymous=bool(row["is_anonymous"]),
@@ -126,7 +127,7 @@ class Ledger:
         with self.db.transaction() as tx:
             for row in tx.all("SELECT id, is_anonymous, balance, weight_override, weight FROM users"):
                 before = float(row["weight"])
-                self._set_weight(tx, int(row["id"]), row)
+                self.apply_weight(tx, int(row["id"]), row)
                 weight = merit_weight(self.policy, is_anonymous=bool(row["is_anonymous"]),
                                       balance=float(row["balance"]), override=row["weight_override"])
                 changed += weight != before

@@ -73,7 +73,7 @@ async def _generate(
     try:
         job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
     except SubmitRefused as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        raise HTTPException(exc.status, str(exc), exc.headers) from None
     # 3. wait for it, cancelling it if the client goes away
     final = await wait_finished(svc, job.id, request.is_disconnected)
     if final is None:

@@ -67,7 +67,7 @@ def submit_job(
     try:
         job, created = submit_generation(svc, who, request, idempotency_key)
     except SubmitRefused as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        raise HTTPException(exc.status, str(exc), exc.headers) from None
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"

@@ -25,6 +25,9 @@ ALTER TABLE users ADD COLUMN spent DOUBLE PRECISION NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN weight_override DOUBLE PRECISION;
 ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
 
+-- Admission counts what one address has queued (free-tier caps per address).
+CREATE INDEX jobs_queued_by_addr ON jobs (client_addr, user_id) WHERE state = 'queued';
+
 -- kind 'user' (target = user id) or 'ip' (target = an address or CIDR range).
 CREATE TABLE bans (
     id {id_pk},

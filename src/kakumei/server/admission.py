@@ -1,0 +1,210 @@
+"""Admission control at submit: who may queue what, now. Every refusal is a `Refusal` with a
+sentence and, where waiting helps, the seconds to wait; `submit_generation` applies it for
+every API.
+
+Order: bans, timeouts and terms first (they do not depend on the request), then the
+prompt blocklist, rate limits, free-tier caps and queue caps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+
+from kakumei.config import Settings
+from kakumei.fairness.credits import MeritPolicy, is_free_tier
+from kakumei.fairness.limits import FreeCaps, Refusal, TimeoutPolicy, TokenBuckets, free_caps, over_free_caps
+from kakumei.schemas import GenerationRequest
+from kakumei.store.db import Database
+from kakumei.store.jobs import JobStore
+from kakumei.store.moderation import Moderation
+from kakumei.store.quotas import QueueCounts, next_queued, queue_counts
+from kakumei.store.users import User
+
+
+def merit_policy(settings: Settings) -> MeritPolicy:
+    return MeritPolicy(
+        anonymous_weight=settings.anonymous_weight,
+        max_bonus=settings.merit_max_bonus,
+        half_balance=settings.merit_half_balance,
+    )
+
+
+def timeout_policy(settings: Settings) -> TimeoutPolicy:
+    return TimeoutPolicy(
+        threshold=settings.offence_threshold,
+        window=settings.offence_window_seconds,
+        base=settings.timeout_seconds,
+        most=settings.timeout_max_seconds,
+    )
+
+
+def terms_version(settings: Settings) -> str | None:
+    """A short digest of the terms: changing their text asks everyone to accept again."""
+    if not settings.terms:
+        return None
+    import hashlib
+
+    return hashlib.sha256(settings.terms.encode("utf-8")).hexdigest()[:12]
+
+
+def _wait(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} seconds"
+    if seconds < 5400:
+        return f"{math.ceil(seconds / 60)} minutes"
+    return f"{math.ceil(seconds / 3600)} hours"
+
+
+class Admission:
+    """The rules of one server; rate-limit buckets live here, the rest in the database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        jobs: JobStore,
+        moderation: Moderation,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.jobs = jobs
+        self.moderation = moderation
+        self.clock = clock
+        self.by_key = TokenBuckets(settings.key_rate_per_minute, settings.key_burst)
+        self.by_ip = TokenBuckets(settings.ip_rate_per_minute, settings.ip_burst)
+        self.timeouts = timeout_policy(settings)
+        self.blocklist = [re.compile(p, re.IGNORECASE) for p in settings.prompt_blocklist]
+        self.idle_caps = FreeCaps(settings.free_max_pixels, settings.free_max_steps, settings.free_max_images)
+
+    # -- the parts that do not depend on the request ----------------------------------
+
+    def standing(self, user: User, addr: str | None) -> Refusal | None:
+        """Bans, timeouts and terms: whether this caller may submit anything now."""
+        now = self.clock()
+        ban = self.moderation.ip_ban(addr)
+        if ban is None and not user.is_anonymous:
+            ban = self.moderation.user_ban(user.id)
+        if ban is not None:
+            who = "your address" if ban.kind == "ip" else "your account"
+            if ban.expires_at is None:
+                return Refusal(403, f"{who} is banned from this server: {ban.reason}")
+            left = ban.expires_at - now
+            return Refusal(403, f"{who} is banned from this server for {_wait(left)} more: {ban.reason}", left)
+        blocked = self.moderation.blocked_until(addr)
+        if blocked is not None:
+            until, reason = blocked
+            return Refusal(
+                403,
+                f"your address broke this server's rules {self.timeouts.threshold} or more times "
+                f"(last: {reason}); it may submit again in {_wait(until - now)}",
+                until - now,
+            )
+        version = terms_version(self.settings)
+        if version is not None and not self.moderation.accepted_terms(
+            user.id, addr if user.is_anonymous else None, version
+        ):
+            return Refusal(
+                403,
+                "accept this server's terms before your first job: read them at GET /api/v1/me, "
+                "then POST /api/v1/me/terms with {\"accepted\": true, \"version\": \"" + version + "\"}",
+            )
+        return None
+
+    # -- the whole check --------------------------------------------------------------
+
+    def check(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
+        """None when the job may be queued; otherwise why not."""
+        refusal = self.standing(user, addr)
+        if refusal is not None:
+            return refusal
+        for pattern in self.blocklist:
+            if pattern.search(request.prompt) or pattern.search(request.negative_prompt or ""):
+                return self._offence(addr, "blocked prompt", Refusal(
+                    403, "the prompt matches a pattern this server's operator does not allow; change the prompt"))
+        now = self.clock()
+        key = f"user:{user.id}" if not user.is_anonymous else None
+        wait = self.by_key.take(key, now) if key else 0.0
+        if wait:
+            return self._offence(addr, "rate limit", Refusal(
+                429, f"too many requests with this API key: {self.settings.key_rate_per_minute:g} a minute "
+                f"(bursts of {self.settings.key_burst}); retry in {_wait(wait)}", wait))
+        ip_wait = self.by_ip.take(addr, now) if addr else 0.0
+        if ip_wait:
+            if key:
+                self.by_key.give_back(key, now)
+            return self._offence(addr, "rate limit", Refusal(
+                429, f"too many requests from your address: {self.settings.ip_rate_per_minute:g} a minute "
+                f"(bursts of {self.settings.ip_burst}); retry in {_wait(ip_wait)}", ip_wait))
+        refusal = self._queue_rules(user, addr, request)
+        if refusal is not None:
+            # A refused request should not also use up the caller's allowance.
+            if key:
+                self.by_key.give_back(key, now)
+            if addr:
+                self.by_ip.give_back(addr, now)
+        return refusal
+
+    def _offence(self, addr: str | None, reason: str, refusal: Refusal) -> Refusal:
+        self.moderation.offence(addr, reason, self.timeouts)
+        return refusal
+
+    def free(self, user: User) -> bool:
+        return is_free_tier(is_anonymous=user.is_anonymous, balance=user.balance,
+                            override=user.weight_override, is_admin=user.is_admin)
+
+    def caps_now(self, queued: int) -> FreeCaps:
+        return free_caps(self.idle_caps, queued, self.settings.free_busy_queue)
+
+    def _queue_rules(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
+        s = self.settings
+        counts = queue_counts(self.db, user.id, addr, user.is_anonymous)
+        free = self.free(user)
+        if free:
+            caps = self.caps_now(counts.total)
+            broken = over_free_caps(request.width, request.height, request.steps, request.image_count, caps)
+            if broken is not None:
+                if over_free_caps(request.width, request.height, request.steps, request.image_count,
+                                  self.idle_caps) is None:
+                    # Allowed when the queue is shorter: say so, and when to look again.
+                    wait = 60.0  # queues drain and fill quickly; look again in a minute
+                    return Refusal(429, f"the queue is busy: {broken}; a smaller job is accepted now, "
+                                        f"or retry when the queue is shorter", wait)
+                return Refusal(403, f"{broken}; with credit (run a worker) larger jobs are allowed")
+        if counts.own >= s.max_queued_jobs:
+            where = " from your address" if user.is_anonymous else ""
+            return Refusal(429, f"you have {counts.own} jobs queued{where}, the most this server allows; "
+                                f"retry when one has started", self._eta(user_id=user.id, addr=addr if user.is_anonymous else None))
+        if user.is_anonymous and counts.anonymous >= s.anonymous_max_queued:
+            return Refusal(429, f"anonymous visitors together have {counts.anonymous} jobs queued, the most this "
+                                f"server allows; retry later or use an API key", self._eta(user_id=user.id, addr=None))
+        if free and addr:
+            if counts.free_at_addr >= s.free_queued_per_ip:
+                return Refusal(429, f"free-tier users at your address have {counts.free_at_addr} jobs queued, the "
+                                    f"most this server allows; retry when one has started", self._eta(addr=addr))
+            if user.id not in counts.free_users_at_addr and len(counts.free_users_at_addr) >= s.free_users_per_ip:
+                return Refusal(429, f"{len(counts.free_users_at_addr)} free-tier accounts at your address already have "
+                                    f"jobs queued, the most this server allows; retry when theirs have started",
+                               self._eta(addr=addr))
+        return None
+
+    def _eta(self, *, user_id: int | None = None, addr: str | None = None) -> float | None:
+        """When the first of these queued jobs should start: a fair time to retry."""
+        if user_id is None and addr is None:
+            job_id = None
+        else:
+            job_id = next_queued(self.db, user_id=user_id if addr is None else None, addr=addr)
+        if job_id is None:
+            return None
+        placed = self.jobs.place(job_id)
+        if placed is None:
+            return None
+        # Its ETA runs to the end of that job: by then a slot is surely free.
+        return max(1.0, placed[1])
+
+    def queue_state(self, user: User, addr: str | None) -> QueueCounts:
+        return queue_counts(self.db, user.id, addr, user.is_anonymous)

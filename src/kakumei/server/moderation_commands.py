@@ -1,0 +1,174 @@
+"""`kakumei users grant|weight|admin|ban|unban|ban-ip|unban-ip|pardon|audit`: the operator's
+tools on the command line, the same actions as /api/v1/admin, audited as actor "cli"."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+from typing import Any
+
+from kakumei.config import Settings
+from kakumei.errors import ConfigError
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in a bare container: still record where it came from
+        return "cli"
+
+
+def register_moderation(users_sub: Any) -> None:
+    def sub(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        parser = users_sub.add_parser(name, help=help)
+        parser.add_argument("--database", metavar="URL", help="as for serve")
+        parser.set_defaults(func=func)
+        return parser
+
+    p = sub("grant", "give a user credit (negative: take it back)", cmd_grant)
+    p.add_argument("name")
+    p.add_argument("amount", type=float)
+    p.add_argument("--note", default="", help="why, for the ledger and the audit log")
+    p = sub("weight", "fix a user's weight, or 'auto' to let merit decide", cmd_weight)
+    p.add_argument("name")
+    p.add_argument("weight", help="a number above 0, or auto")
+    p = sub("admin", "let a user use /api/v1/admin", cmd_admin)
+    p.add_argument("name")
+    p.add_argument("--revoke", action="store_true", help="take admin rights away")
+    p = sub("ban", "ban a user", cmd_ban)
+    p.add_argument("name")
+    p.add_argument("--reason", required=True, help="shown to the user with every refusal")
+    p.add_argument("--hours", type=float, help="how long (default: until unbanned)")
+    p = sub("unban", "lift a user's ban", cmd_unban)
+    p.add_argument("name")
+    p = sub("ban-ip", "ban an address or range (CIDR, e.g. 203.0.113.0/24)", cmd_ban_ip)
+    p.add_argument("range")
+    p.add_argument("--reason", required=True, help="shown with every refusal")
+    p.add_argument("--hours", type=float, help="how long (default: until unbanned)")
+    p = sub("unban-ip", "lift the bans of an address or range", cmd_unban_ip)
+    p.add_argument("range")
+    p = sub("pardon", "forget an address's offences and end its timeout", cmd_pardon)
+    p.add_argument("address")
+    p = sub("audit", "show the audit log of admin actions, newest first", cmd_audit)
+    p.add_argument("--limit", type=int, default=50, help="how many entries (default 50)")
+
+
+def _stores(args: argparse.Namespace, settings: Settings) -> Any:
+    from kakumei.server.admission import merit_policy
+    from kakumei.server.commands import _apply, _open
+    from kakumei.store.ledger import Ledger
+    from kakumei.store.moderation import Moderation
+    from kakumei.store.users import UserStore
+
+    settings = _apply(settings, database=args.database)
+    db = _open(settings)
+    return db, UserStore(db), Ledger(db, merit_policy(settings)), Moderation(db)
+
+
+def _named(users: Any, name: str) -> Any:
+    user = users.by_name(name)
+    if user is None:
+        raise ConfigError(f"no user named {name!r}; see kakumei users list")
+    return user
+
+
+def _run(args: argparse.Namespace, settings: Settings, action: Any) -> int:
+    db, users, ledger, moderation = _stores(args, settings)
+    try:
+        message = action(users, ledger, moderation)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        db.close()
+    print(message)
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        user = _named(users, args.name)
+        if user.is_anonymous:
+            raise ValueError("anonymous visitors share one account; grant credit to a registered user")
+        moderation.grant(ledger, user.id, user.name, args.amount, args.note, _actor())
+        return f"{user.name}: balance {ledger.balance(user.id):g}"
+    return _run(args, settings, act)
+
+
+def cmd_weight(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        user = _named(users, args.name)
+        if args.weight == "auto":
+            weight = None
+        else:
+            try:
+                weight = float(args.weight)
+            except ValueError:
+                raise ValueError(f"weight must be a number above 0 or 'auto', got {args.weight!r}") from None
+        moderation.set_weight(ledger, user.id, user.name, weight, _actor())
+        return f"{user.name}: weight {_named(users, args.name).weight:g}"
+    return _run(args, settings, act)
+
+
+def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        user = _named(users, args.name)
+        if user.is_anonymous:
+            raise ValueError("the anonymous account cannot be an admin")
+        moderation.set_admin(user.id, user.name, not args.revoke, _actor())
+        return f"{user.name}: {'no longer an admin' if args.revoke else 'admin'}"
+    return _run(args, settings, act)
+
+
+def _seconds(hours: float | None) -> float | None:
+    if hours is not None and hours <= 0:
+        raise ValueError(f"--hours must be above 0, got {hours}")
+    return None if hours is None else hours * 3600
+
+
+def cmd_ban(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        user = _named(users, args.name)
+        if user.is_anonymous:
+            raise ValueError("ban anonymous visitors by address: kakumei users ban-ip RANGE")
+        moderation.ban("user", str(user.id), args.reason, _actor(), seconds=_seconds(args.hours))
+        return f"banned {user.name}"
+    return _run(args, settings, act)
+
+
+def cmd_unban(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        user = _named(users, args.name)
+        n = moderation.lift("user", str(user.id), _actor())
+        return f"lifted {n} ban(s) of {user.name}"
+    return _run(args, settings, act)
+
+
+def cmd_ban_ip(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        ban = moderation.ban("ip", args.range, args.reason, _actor(), seconds=_seconds(args.hours))
+        return f"banned {ban.target}"
+    return _run(args, settings, act)
+
+
+def cmd_unban_ip(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        return f"lifted {moderation.lift('ip', args.range, _actor())} ban(s) of {args.range}"
+    return _run(args, settings, act)
+
+
+def cmd_pardon(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        found = moderation.pardon(args.address, _actor())
+        return f"pardoned {args.address}" if found else f"no offences recorded for {args.address}"
+    return _run(args, settings, act)
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    def act(users: Any, ledger: Any, moderation: Any) -> str:
+        lines = []
+        for e in moderation.audit_log(args.limit):
+            when = datetime.datetime.fromtimestamp(e.created_at).isoformat(timespec="seconds")
+            lines.append(f"{when}  {e.actor:<16} {e.action:<12} {e.target:<20} {e.detail}")
+        return "\n".join(lines) or "no admin actions yet"
+    return _run(args, settings, act)

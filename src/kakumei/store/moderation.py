@@ -1,0 +1,224 @@
+"""Operator tools in the database: bans (users, address ranges), offences with escalating
+timeouts, the audit log of admin actions, and acceptance of the server's terms.
+
+Kept in the database, not in memory, so that a ban or a timeout holds across restarts and
+across servers sharing one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kakumei.fairness.limits import TimeoutPolicy, timeout_seconds
+from kakumei.store.db import Database, Transaction
+
+USER = "user"
+IP = "ip"
+
+
+@dataclass(frozen=True)
+class Ban:
+    id: int
+    kind: str
+    target: str
+    reason: str
+    created_by: str
+    created_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    created_at: float
+
+
+def parse_network(target: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or CIDR range, or ValueError with a sentence."""
+    try:
+        return ipaddress.ip_network(target.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{target!r} is not an IP address or range such as 203.0.113.0/24") from None
+
+
+def _ban(row: dict) -> Ban:
+    return Ban(int(row["id"]), row["kind"], row["target"], row["reason"], row["created_by"],
+               float(row["created_at"]), row["expires_at"])
+
+
+_ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+_BAN_COLUMNS = "id, kind, target, reason, created_by, created_at, expires_at"
+
+
+class Moderation:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- audit --------------------------------------------------------------------------
+
+    def audit(self, tx: Transaction, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
+        """Record an admin action inside the transaction that performs it."""
+        tx.execute(
+            "INSERT INTO audit_log (actor, action, target, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+            (actor, action, target, json.dumps(detail, sort_keys=True), self.clock()),
+        )
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all("SELECT id, actor, action, target, detail, created_at FROM audit_log "
+                          "ORDER BY id DESC LIMIT ?", (limit,))
+        return [AuditEntry(int(r["id"]), r["actor"], r["action"], r["target"], json.loads(r["detail"]),
+                           float(r["created_at"])) for r in rows]
+
+    # -- bans ---------------------------------------------------------------------------
+
+    def ban(self, kind: str, target: str, reason: str, actor: str, *, seconds: float | None = None) -> Ban:
+        """Ban a user (target = user id) or an address range; `seconds` None: until lifted."""
+        if kind == IP:
+            target = str(parse_network(target))
+        elif kind != USER:
+            raise ValueError(f"unknown ban kind {kind!r}; use 'user' or 'ip'")
+        if not reason.strip():
+            raise ValueError("say why: a ban needs a reason")
+        now = self.clock()
+        expires = None if seconds is None else now + seconds
+        with self.db.transaction() as tx:
+            row = tx.one(
+                f"INSERT INTO bans (kind, target, reason, created_by, created_at, expires_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?) RETURNING {_BAN_COLUMNS}",
+                (kind, target, reason.strip(), actor, now, expires),
+            )
+            self.audit(tx, actor, f"ban-{kind}", target, {"reason": reason.strip(), "expires_at": expires})
+        assert row is not None
+        return _ban(row)
+
+    def lift(self, kind: str, target: str, actor: str) -> int:
+        """Lift every active ban of `target`; return how many."""
+        if kind == IP:
+            target = str(parse_network(target))
+        now = self.clock()
+        with self.db.transaction() as tx:
+            n = tx.run(f"UPDATE bans SET lifted_at = ? WHERE kind = ? AND target = ? AND {_ACTIVE}",
+                       (now, kind, target, now))
+            if n:
+                self.audit(tx, actor, f"unban-{kind}", target, {"lifted": n})
+        return n
+
+    def active_bans(self) -> list[Ban]:
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(f"SELECT {_BAN_COLUMNS} FROM bans WHERE {_ACTIVE} ORDER BY id", (self.clock(),))
+        return [_ban(r) for r in rows]
+
+    def user_ban(self, user_id: int) -> Ban | None:
+        with self.db.transaction(write=False) as tx:
+            row = tx.one(f"SELECT {_BAN_COLUMNS} FROM bans WHERE kind = 'user' AND target = ? AND {_ACTIVE} "
+                         "ORDER BY id LIMIT 1", (str(user_id), self.clock()))
+        return None if row is None else _ban(row)
+
+    def ip_ban(self, addr: str | None) -> Ban | None:
+        """The active ban whose range holds `addr`, if any. Range bans are few; matching
+        them in Python keeps the SQL the same on both databases."""
+        if not addr:
+            return None
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return None
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(f"SELECT {_BAN_COLUMNS} FROM bans WHERE kind = 'ip' AND {_ACTIVE}", (self.clock(),))
+        for row in rows:
+            if ip in ipaddress.ip_network(row["target"], strict=False):
+                return _ban(row)
+        return None
+
+    # -- offences and timeouts ----------------------------------------------------------
+
+    def offence(self, addr: str | None, reason: str, policy: TimeoutPolicy) -> float:
+        """Count a broken rule against `addr`; return until when it is blocked (0: not)."""
+        if not addr:
+            return 0.0
+        now = self.clock()
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT offences, last_at, blocked_until FROM ip_offences WHERE addr = ? {for_update}",
+                         (addr,))
+            if row is None or now - float(row["last_at"]) > policy.window:
+                offences = 1
+            else:
+                offences = int(row["offences"]) + 1
+            timeout = timeout_seconds(policy, offences)
+            previous = 0.0 if row is None else float(row["blocked_until"])
+            blocked_until = max(previous, now + timeout) if timeout else previous
+            if row is None:
+                tx.execute("INSERT INTO ip_offences (addr, offences, first_at, last_at, blocked_until, last_reason) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (addr, offences, now, now, blocked_until, reason))
+            else:
+                tx.run("UPDATE ip_offences SET offences = ?, last_at = ?, blocked_until = ?, last_reason = ? "
+                       "WHERE addr = ?", (offences, now, blocked_until, reason, addr))
+        return blocked_until if blocked_until > now else 0.0
+
+    def blocked_until(self, addr: str | None) -> tuple[float, str] | None:
+        """(until, last reason) while `addr` is in a timeout, else None."""
+        if not addr:
+            return None
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT blocked_until, last_reason FROM ip_offences WHERE addr = ? AND blocked_until > ?",
+                         (addr, self.clock()))
+        return None if row is None else (float(row["blocked_until"]), row["last_reason"])
+
+    def pardon(self, addr: str, actor: str) -> bool:
+        """Forget an address's offences (and end its timeout)."""
+        with self.db.transaction() as tx:
+            n = tx.run("DELETE FROM ip_offences WHERE addr = ?", (addr,))
+            if n:
+                self.audit(tx, actor, "pardon-ip", addr, {})
+        return bool(n)
+
+    # -- terms --------------------------------------------------------------------------
+
+    def accept_terms(self, user_id: int, client_addr: str | None, version: str) -> None:
+        """Record acceptance once (a repeat changes nothing)."""
+        with self.db.transaction() as tx:
+            if tx.one("SELECT 1 AS x FROM terms_acceptance WHERE user_id = ? AND client_addr = ? AND version = ?",
+                      (user_id, client_addr or "", version)) is None:
+                tx.execute("INSERT INTO terms_acceptance (user_id, client_addr, version, accepted_at) "
+                           "VALUES (?, ?, ?, ?)", (user_id, client_addr or "", version, self.clock()))
+
+    def accepted_terms(self, user_id: int, client_addr: str | None, version: str) -> bool:
+        with self.db.transaction(write=False) as tx:
+            return tx.one("SELECT 1 AS x FROM terms_acceptance WHERE user_id = ? AND client_addr = ? AND version = ?",
+                          (user_id, client_addr or "", version)) is not None
+
+    # -- admin changes to users (each audited in its own transaction) --------------------
+
+    def grant(self, ledger: Any, user_id: int, name: str, amount: float, note: str, actor: str) -> None:
+        """Give (or, negative, take back) credit through the ledger."""
+        with self.db.transaction() as tx:
+            ledger.add(user_id, amount, "grant", note=note or None, conn=tx)
+            self.audit(tx, actor, "grant", name, {"amount": amount, "note": note})
+
+    def set_weight(self, ledger: Any, user_id: int, name: str, weight: float | None, actor: str) -> None:
+        """Set an admin weight, or (None) let merit decide again."""
+        if weight is not None and not weight > 0:
+            raise ValueError(f"weight must be above 0, got {weight}")
+        with self.db.transaction() as tx:
+            row = tx.one("UPDATE users SET weight_override = ? WHERE id = ? "
+                         "RETURNING is_anonymous, balance, weight_override", (weight, user_id))
+            if row is None:
+                raise ValueError(f"no user with id {user_id}")
+            ledger.apply_weight(tx, user_id, row)
+            self.audit(tx, actor, "weight", name, {"weight": weight})
+
+    def set_admin(self, user_id: int, name: str, admin: bool, actor: str) -> None:
+        with self.db.transaction() as tx:
+            tx.run("UPDATE users SET is_admin = ? WHERE id = ?", (int(admin), user_id))
+            self.audit(tx, actor, "admin" if admin else "revoke-admin", name, {})
