@@ -67,7 +67,7 @@ def wait_done(client: httpx.Client, job_id: str) -> dict:
 def sign_in(page: Any, key: str) -> None:
     page.get_by_role("textbox", name="API key").fill(key)
     page.locator("#signin-form button[type=submit]").click()
-    expect(page.locator("#who")).to_have_text("signed in")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     expect(page.locator("#signin")).to_be_hidden()
 
 
@@ -103,6 +103,9 @@ def test_generate_from_the_page_shows_the_image_and_its_recipe(web_server, open_
     expect(page.locator("#status")).to_have_text("Finished: 1 image.")
     if httpx.get(f"{web_server.url}/api/v1/me").status_code == 404:
         expect(page.locator("#me")).to_be_hidden()  # no figures on a server without /api/v1/me
+    else:
+        expect(page.locator("#me dd[data-field=weight]")).to_be_visible()
+        expect(page.locator("#me dd[data-field=share]")).to_contain_text("%")
     screenshot(page, "web-desktop")
 
 
@@ -191,6 +194,17 @@ def test_keyboard_only_generate(web_server, open_page) -> None:
     expect(card.locator(".image-summary")).to_contain_text("seed 77 · 2 steps")
     expect(page.locator("#status")).to_have_attribute("aria-live", "polite")
     expect(page.locator("#status")).to_have_text("Finished: 1 image.")
+
+    # On into the gallery: the new image comes first; its controls follow the form.
+    expect(page.locator("#generate")).to_be_focused()
+    fill(page, prompt="something else")
+    page.locator("#generate").focus()
+    for control in (".image-open", ".image-recipe > summary", ".image-reuse"):
+        page.keyboard.press("Tab")
+        expect(card.locator(control)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#prompt")).to_have_value(prompt)
+    expect(page.locator("#prompt")).to_be_focused()
 
 
 def test_phone_sized_screen(web_server, open_page, screenshot) -> None:
@@ -282,7 +296,7 @@ def test_sign_in_then_cancel_a_waiting_job(keyed_server, open_page) -> None:
 
     page.reload()  # the key is remembered by this browser
     page.locator("body[data-ready='true']").wait_for(state="attached")
-    expect(page.locator("#who")).to_have_text("signed in")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("#who")).to_have_text("anonymous")
     expect(page.locator("#signin-needed")).to_be_visible()
@@ -310,11 +324,14 @@ def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_pa
         expect(card.locator(".job-preview")).to_be_visible()
         expect(card.locator(".job-preview")).to_have_attribute("src", preview)
 
-        card.get_by_role("button", name="Cancel").click()
+        card.get_by_role("button", name="Cancel").focus()
+        page.keyboard.press("Enter")
         expect(card.locator(".job-state")).to_have_text("Cancelling…")
+        expect(card.get_by_role("button", name="Cancel")).to_be_focused()
         assert store.heartbeat(lease.job.id, lease.lease_id, step=2, total=4).cancel_requested
         store.acknowledge_cancel(lease.job.id, lease.lease_id)
         expect(card.locator(".job-state")).to_have_text("Cancelled.")
+        expect(card.get_by_role("button", name="Dismiss")).to_be_focused()
 
         failing = unique("failing")
         fill(page, prompt=failing)
@@ -333,9 +350,13 @@ def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_pa
 
 
 def test_account_figures_and_terms_when_the_server_has_them(web_server, open_page) -> None:
-    """/api/v1/me comes with the merit work; until then the browser plays it (page.route)."""
+    """The account panel and the terms, with /api/v1/me played by the browser (page.route) so
+    that the page is shown an account that needs the terms accepted, is on the free tier and
+    is timed out, whatever the server under test has."""
     me: dict[str, Any] = {
-        "name": "alice", "balance": 12.5, "weight": 2, "share": 0.25,
+        "name": "alice", "balance": 12.5, "weight": 2, "share": 0.25, "weight_source": "merit",
+        "free_tier": True, "limits": {"free_caps": {"max_pixels": 262144, "max_steps": 30, "max_images": 2}},
+        "standing": {"allowed": False, "reason": "too many refused requests; try again in 60 s"},
         "terms": {"required": True, "accepted": False, "version": "1",
                   "text": "CreativeML OpenRAIL-M: you are responsible for what you make."},
     }
@@ -356,6 +377,9 @@ def test_account_figures_and_terms_when_the_server_has_them(web_server, open_pag
     expect(page.locator("#me dd[data-field=balance]")).to_have_text("12.5 credits")
     expect(page.locator("#me dd[data-field=weight]")).to_have_text("2")
     expect(page.locator("#me dd[data-field=share]")).to_have_text("25 %")
+    expect(page.locator("#me-notes")).to_have_text(
+        "Weight from merit. Free tier for now: up to 262,144 pixels, 30 steps and 2 images per job.")
+    expect(page.locator("#me-standing")).to_have_text("too many refused requests; try again in 60 s")
     expect(page.locator("#terms")).to_be_visible()
     expect(page.locator("#terms-text")).to_contain_text("OpenRAIL-M")
     page.get_by_role("button", name="I accept these terms").click()

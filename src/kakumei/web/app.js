@@ -12,6 +12,7 @@ const state = {
   options: null,
   jobs: new Map(), // job id -> {card, abort, done}
   imageUrls: new Map(), // image id -> blob URL (images never change, so they are cached)
+  submitting: false,
 };
 
 // Fields of GenerationRequest the form edits, by how their value is read.
@@ -224,10 +225,13 @@ function showFormError(err) {
 }
 
 async function generate() {
+  if (state.submitting) return;
   clearFieldErrors();
   const request = readForm();
   const button = $("generate");
-  button.disabled = true;
+  // Not `disabled`: a disabled button drops the keyboard focus to the top of the page.
+  state.submitting = true;
+  button.setAttribute("aria-disabled", "true");
   const key = randomKey();
   try {
     let job;
@@ -244,7 +248,8 @@ async function generate() {
   } catch (err) {
     showFormError(err);
   } finally {
-    button.disabled = false;
+    state.submitting = false;
+    button.removeAttribute("aria-disabled");
   }
 }
 
@@ -342,11 +347,14 @@ function finishJob(jobId, text, isError) {
   if (!entry) return;
   entry.done = true;
   const card = entry.card;
+  const hadFocus = card.contains(document.activeElement);
   setJobState(card, text);
   card.classList.toggle("failed", Boolean(isError));
   card.querySelector(".job-cancel").hidden = true;
   card.querySelector(".job-dismiss").hidden = false;
   card.querySelector(".job-progress").hidden = true;
+  // Cancel is gone: a keyboard user who was on it lands on Dismiss, not at the top of the page.
+  if (hadFocus) card.querySelector(".job-dismiss").focus();
 }
 
 function dismissJob(jobId) {
@@ -364,16 +372,16 @@ async function cancelJob(jobId) {
   const entry = state.jobs.get(jobId);
   if (!entry) return;
   const button = entry.card.querySelector(".job-cancel");
-  button.disabled = true;
+  if (button.getAttribute("aria-disabled") === "true") return;
+  button.setAttribute("aria-disabled", "true"); // not `disabled`, which would drop the focus
   try {
     const job = await api("DELETE", `/api/v1/jobs/${encodeURIComponent(jobId)}`);
     // A queued job is cancelled at once; a running one stops at its next step (the stream says when).
     if (job.state === "cancelled") onJobEvent(jobId, "cancelled", { images: job.images });
     else setJobState(entry.card, "Cancelling…");
-    if (entry.done) entry.card.querySelector(".job-dismiss").focus();
   } catch (err) {
     entry.card.querySelector(".job-detail").textContent = err.message;
-    button.disabled = false;
+    button.removeAttribute("aria-disabled");
   }
 }
 
@@ -384,7 +392,12 @@ async function resumeJobs() {
       if (["queued", "leased", "running"].includes(job.state)) trackJob(job);
     }
   } catch (err) {
-    // Not signed in on a server that needs a key: the sign-in panel already says so.
+    // A stored key the server no longer knows: say so where the key is entered. (Without a
+    // key on a server that needs one, the sign-in panel already says so.)
+    if (err.status === 401 && state.key) {
+      $("signin").hidden = false;
+      $("signin-error").textContent = err.message;
+    }
   }
 }
 
@@ -401,9 +414,19 @@ async function loadGallery() {
     $("gallery-empty").hidden = false;
     return;
   }
+  // Redrawing must not throw a keyboard user out of the gallery: remember which control of
+  // which image had the focus, and give it back.
+  const focused = document.activeElement;
+  const focusedCard = focused && focused.closest ? focused.closest("#gallery > li") : null;
+  const restore = focusedCard ? [focusedCard.dataset.imageId, focused.className] : null;
   const items = data.images.map(imageCard);
   $("gallery").replaceChildren(...items);
   $("gallery-empty").hidden = items.length > 0;
+  if (restore) {
+    const card = items.find((c) => c.dataset.imageId === restore[0]);
+    const control = card && restore[1] ? card.querySelector(`.${restore[1].split(" ")[0]}`) : null;
+    if (control) control.focus();
+  }
 }
 
 function summary(item) {
@@ -514,6 +537,16 @@ async function loadMe() {
       return pair;
     }),
   );
+  const notes = [];
+  if (me && me.weight_source) notes.push(`Weight from ${me.weight_source}.`);
+  const caps = me && me.free_tier && me.limits && me.limits.free_caps;
+  if (caps) {
+    notes.push(`Free tier for now: up to ${formatNumber(caps.max_pixels)} pixels, ${caps.max_steps} steps and ` +
+      `${plural(caps.max_images, "image")} per job.`);
+  }
+  $("me-notes").textContent = notes.join(" ");
+  // The server's own sentence on why this account cannot submit now (a ban, a timeout).
+  $("me-standing").textContent = me && me.standing && me.standing.allowed === false ? me.standing.reason || "" : "";
   panel.hidden = figures.length === 0;
   showTerms(me && me.terms);
 }
@@ -645,7 +678,7 @@ async function start() {
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("signin").contains(event.target)) {
       event.preventDefault();
-      if (!$("generate").disabled) generate();
+      generate();
     }
   });
   $("sampler_name").addEventListener("change", updateSchedules);
