@@ -106,7 +106,7 @@ def main() -> None:
         quality.append(psnr(ib, io))
     b, o = statistics.median(base_times), statistics.median(our_times)
     print(f"device={args.device} size={size} steps={args.steps} rounds={args.rounds} cfg=7 sampler=Euler")
-    print(f"torch threads={torch.get_num_threads()} kakumei dtype={str(engine.dtype).removeprefix('torch.')} "
+    print(f"torch threads={torch.get_num_threads()} kakumei dtype={str(engine.load().dtype).removeprefix('torch.')} "
           f"diffusers dtype={str(base_dtype).removeprefix('torch.')}")
     print(f"{'':<22}{'s/image':>10}{'it/s':>10}")
     print(f"{'plain diffusers':<22}{b:>10.2f}{args.steps / b:>10.2f}")

@@ -27,14 +27,10 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """auto: half precision on a GPU; on a CPU bf16 where it is native (AVX512-BF16, AMX),
-    float32 elsewhere (emulated bf16 is slower than float32)."""
+    """auto: half precision on a GPU, float32 on a CPU to load in; engine/speed.py then moves
+    full-size models to bf16 on CPUs that compute it natively."""
     if requested == "auto":
-        if device.type in ("cuda", "mps"):
-            return torch.float16
-        from kakumei.engine.speed import cpu_has_native_bf16
-
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if requested not in _DTYPES:
         raise ConfigError(f"unknown dtype {requested!r}; known: auto, {', '.join(_DTYPES)}")
     return _DTYPES[requested]

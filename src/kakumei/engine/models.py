@@ -244,6 +244,7 @@ def load_model(
     offline: bool,
     low_memory: bool = False,
     allow_pickle: bool = False,
+    auto_dtype: bool = False,
 ) -> LoadedModel:
     """Load a resolved model onto `device`. Errors are ModelNotFound/ModelLoadError with a
     sentence saying what to do."""
@@ -278,7 +279,7 @@ def load_model(
             pipe.to(device)
     else:
         pipe.to(device)
-    apply_fast_path(pipe, device)
+    dtype = apply_fast_path(pipe, device, dtype, auto_dtype and not low_memory)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(source, pipe, sha, device, dtype, base_config, architecture_of(pipe))
 

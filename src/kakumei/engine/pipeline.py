@@ -146,6 +146,7 @@ class Engine:
                 offline=self.settings.hf_offline,
                 low_memory=self.settings.low_memory,
                 allow_pickle=self.settings.allow_pickle,
+                auto_dtype=self.settings.dtype == "auto",
             ),
         )
 
@@ -327,6 +328,7 @@ class Engine:
                 source, self.settings.models_dir, self._hashes, self._device, self._dtype,
                 offline=self.settings.hf_offline, low_memory=self.settings.low_memory,
                 allow_pickle=self.settings.allow_pickle,
+                auto_dtype=self.settings.dtype == "auto",
             ),
         )
 
