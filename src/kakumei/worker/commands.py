@@ -80,7 +80,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     models = tuple(args.models or [settings.model])
     source = HttpJobSource(settings.worker_server, settings.worker_key)
     stop = threading.Event()
-    _on_ctrl_c(stop)
+    _on_ctrl_c(stop, source.stopping)
     try:
         info = source.hello()
         print(
@@ -107,7 +107,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _on_ctrl_c(stop: threading.Event) -> None:
+def _on_ctrl_c(stop: threading.Event, *also: threading.Event) -> None:
     """First Ctrl-C (or SIGTERM): stop at the engine's next step and hand the job back.
     Second: quit at once (the lease running out hands the job back)."""
 
@@ -115,6 +115,8 @@ def _on_ctrl_c(stop: threading.Event) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        for event in also:
+            event.set()
         print("stopping: handing back the running job (Ctrl-C again to quit now)", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, handler)

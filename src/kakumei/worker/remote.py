@@ -47,7 +47,7 @@ class HttpJobSource:
         *,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], Any] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.client = httpx.Client(
@@ -56,7 +56,9 @@ class HttpJobSource:
             timeout=timeout,
             transport=transport,
         )
-        self.sleep = sleep
+        # Set on shutdown: backoff waits end at once instead of sleeping out up to a minute.
+        self.stopping = threading.Event()
+        self.sleep = sleep or self.stopping.wait
         self.lease_seconds = 30.0
         self.backoff = 0.0  # seconds to wait before the next claim; 0 while the server answers
         # One request at a time: the keep-alive thread and the engine's progress share it.
@@ -104,6 +106,8 @@ class HttpJobSource:
                 reply = self._call("GET", "/me")
                 break
             except ServerAway as exc:
+                if self.stopping.is_set():
+                    raise WorkerRefused(f"stopped while waiting for {self.server}") from None
                 log.warning("%s; retrying in %.0f s", exc, wait)
                 self.sleep(wait)
                 wait = min(wait * 2, MAX_BACKOFF)
