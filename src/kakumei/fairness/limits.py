@@ -33,6 +33,7 @@ class TokenBuckets:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._told: dict[str, float] = {}  # key -> until when its last refusal said to wait
         self._lock = threading.Lock()
 
     @property
@@ -49,7 +50,16 @@ class TokenBuckets:
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0.0
             self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+            wait = (1.0 - tokens) / self.rate
+            self._told[key] = now + wait
+            return wait
+
+    def ignored_retry_after(self, key: str, now: float) -> bool:
+        """Whether `key` comes back before the wait its last refusal named: the one way of
+        breaking a rate limit that counts as an offence (a client that waits as told, then
+        sends at the limit, breaks nothing)."""
+        with self._lock:
+            return self._told.get(key, 0.0) > now
 
     def give_back(self, key: str, now: float) -> None:
         """Return a token taken for a request that a later rule refused: a refusal should
@@ -70,6 +80,7 @@ class TokenBuckets:
         full = [k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
         for key in full:
             del self._buckets[key]
+            self._told.pop(key, None)
 
 
 @dataclass(frozen=True)

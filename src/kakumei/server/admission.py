@@ -128,16 +128,18 @@ class Admission:
                     403, "the prompt matches a pattern this server's operator does not allow; change the prompt"))
         now = self.clock()
         key = f"user:{user.id}" if not user.is_anonymous else None
+        ignored = bool(key and self.by_key.ignored_retry_after(key, now)) or bool(
+            addr and self.by_ip.ignored_retry_after(addr, now))
         wait = self.by_key.take(key, now) if key else 0.0
         if wait:
-            return self._offence(addr, "rate limit", Refusal(
+            return self._rate_refusal(ignored, addr, Refusal(
                 429, f"too many requests with this API key: {self.settings.key_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.key_burst}); retry in {_wait(wait)}", wait))
         ip_wait = self.by_ip.take(addr, now) if addr else 0.0
         if ip_wait:
             if key:
                 self.by_key.give_back(key, now)
-            return self._offence(addr, "rate limit", Refusal(
+            return self._rate_refusal(ignored, addr, Refusal(
                 429, f"too many requests from your address: {self.settings.ip_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.ip_burst}); retry in {_wait(ip_wait)}", ip_wait))
         refusal = self._queue_rules(user, addr, request)
@@ -148,6 +150,9 @@ class Admission:
             if addr:
                 self.by_ip.give_back(addr, now)
         return refusal
+
+    def _rate_refusal(self, ignored: bool, addr: str | None, refusal: Refusal) -> Refusal:
+        return self._offence(addr, "ignored Retry-After", refusal) if ignored else refusal
 
     def _offence(self, addr: str | None, reason: str, refusal: Refusal) -> Refusal:
         self.moderation.offence(addr, reason, self.timeouts)
