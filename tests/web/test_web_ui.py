@@ -385,3 +385,29 @@ def test_account_figures_and_terms_when_the_server_has_them(web_server, open_pag
     page.get_by_role("button", name="I accept these terms").click()
     expect(page.locator("#terms")).to_be_hidden()
     assert accepted == [{"accepted": True, "version": "1"}]
+
+
+def test_many_waiting_jobs_leave_the_page_responsive(keyed_server, open_page) -> None:
+    """Each event stream holds one of the browser's six connections to the server: with
+    more jobs than that waiting, the page must still submit, answer and cancel."""
+    key = keyed_server.add_user()
+    page = open_page(keyed_server)
+    sign_in(page, key)
+    try:
+        fill(page, **SMALL)
+        prompts = [unique(f"waiting {i}") for i in range(8)]
+        for prompt in prompts:
+            fill(page, prompt=prompt)
+            page.keyboard.press("Control+Enter")
+            expect(job_card(page, prompt).locator(".job-state")).to_contain_text("Queued")
+        fill(page, prompt=unique("odd size"), width=60)
+        page.keyboard.press("Control+Enter")
+        expect(page.locator("#form-error")).to_have_text("width: must be a multiple of 8 (e.g. 64), got 60")
+        last = job_card(page, prompts[-1])
+        last.get_by_role("button", name="Cancel").click()
+        expect(last.locator(".job-state")).to_have_text("Cancelled.")
+    finally:
+        # Leave the queue empty for the other tests on this server, which claim "the next job".
+        with keyed_server.client(key) as client:
+            for job in client.get("/api/v1/jobs").json()["jobs"]:
+                client.delete(f"/api/v1/jobs/{job['id']}")

@@ -5,6 +5,10 @@
 const KEY_STORE = "kakumei.apiKey";
 const FORM_STORE = "kakumei.lastRequest";
 const GALLERY_LIMIT = 60;
+// A browser opens at most six connections to one server over HTTP/1.1, and each event
+// stream holds one; past this many jobs, the others are polled so the page stays responsive.
+const MAX_STREAMS = 3;
+const POLL_MS = 4000;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -13,6 +17,8 @@ const state = {
   jobs: new Map(), // job id -> {card, abort, done}
   imageUrls: new Map(), // image id -> blob URL (images never change, so they are cached)
   submitting: false,
+  streams: 0, // open event streams
+  waiting: [], // ids of tracked jobs without a stream (polled)
 };
 
 // Fields of GenerationRequest the form edits, by how their value is read.
@@ -270,7 +276,48 @@ function trackJob(job) {
   if (job.state === "queued") showQueued(card, job);
   else if (job.state === "leased" || job.state === "running") setJobState(card, "Generating…");
   if (job.progress && job.progress.total) showProgress(card, job.progress);
-  streamEvents(job.events_url, abort.signal, (kind, data) => onJobEvent(job.id, kind, data));
+  entry.eventsUrl = job.events_url;
+  if (state.streams < MAX_STREAMS) openStream(job.id);
+  else {
+    state.waiting.push(job.id);
+    if (state.waiting.length === 1) setTimeout(pollWaiting, POLL_MS);
+  }
+}
+
+function openStream(jobId) {
+  const entry = state.jobs.get(jobId);
+  state.streams += 1;
+  streamEvents(entry.eventsUrl, entry.abort.signal, (kind, data) => onJobEvent(jobId, kind, data)).finally(() => {
+    state.streams -= 1;
+    while (state.streams < MAX_STREAMS && state.waiting.length) {
+      const next = state.waiting.shift();
+      const waiting = state.jobs.get(next);
+      if (waiting && !waiting.done) openStream(next);
+    }
+  });
+}
+
+// Jobs beyond MAX_STREAMS are polled now and then instead: their place in the queue is what
+// changes while they wait, and a finished one is reported as the stream would.
+async function pollWaiting() {
+  state.waiting = state.waiting.filter((id) => state.jobs.has(id) && !state.jobs.get(id).done);
+  for (const id of [...state.waiting]) {
+    let job;
+    try {
+      job = await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`);
+    } catch (err) {
+      continue;
+    }
+    const entry = state.jobs.get(id);
+    if (!entry || entry.done) continue;
+    if (job.state === "queued") showQueued(entry.card, job);
+    else if (job.state === "succeeded") onJobEvent(id, "succeeded", { images: job.images });
+    else if (job.state === "failed") onJobEvent(id, "failed", { reason: job.error });
+    else if (job.state === "cancelled") onJobEvent(id, "cancelled", { images: job.images });
+    else setJobState(entry.card, "Generating…");
+  }
+  state.waiting = state.waiting.filter((id) => state.jobs.has(id) && !state.jobs.get(id).done);
+  if (state.waiting.length) setTimeout(pollWaiting, POLL_MS);
 }
 
 function onJobEvent(jobId, kind, data) {
