@@ -6,6 +6,7 @@ Validation happens here, once, with messages that say what is allowed.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +39,9 @@ SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 # and applies to every sampler; the sigma schedules apply where SAMPLERS says True.
 SCHEDULE_NAMES: tuple[str, ...] = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
 SIGMA_SCHEDULES = frozenset({"Karras", "Exponential", "Beta"})
+
+# Fields that must agree for requests to share a batch: they shape the denoising loop.
+BATCH_FIELDS = ("width", "height", "steps", "sampler_name", "scheduler", "clip_skip")
 
 MAX_SIDE = 2048
 MIN_SIDE = 64
@@ -265,6 +269,17 @@ class GenerationRequest(BaseModel):
     @property
     def image_count(self) -> int:
         return self.batch_size * self.n_iter
+
+    def batch_key(self, model: str | None = None) -> str | None:
+        """Requests with equal keys can share one batch (each keeping its own prompt, negative
+        prompt, CFG scale and seed); None when this request must run alone (img2img,
+        inpainting, hires fix, refiner, several batches, LoRA tags merged into weights)."""
+        if self.mode != "txt2img" or self.enable_hr or self.refiner_checkpoint or self.n_iter != 1:
+            return None
+        if "<lora:" in self.prompt or "<lora:" in self.negative_prompt:
+            return None
+        fields = [model or self.model or "", *(str(getattr(self, f)) for f in BATCH_FIELDS)]
+        return hashlib.sha256("\0".join(fields).encode("utf-8")).hexdigest()[:32]
 
 
 def validation_message(exc: Exception) -> str:

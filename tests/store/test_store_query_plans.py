@@ -55,3 +55,18 @@ def test_scheduling_queries_use_their_indexes(stores) -> None:
         assert "USING INDEX jobs_leased" in text or "USING INDEX jobs_by_worker" in text, text
     else:
         assert "Seq Scan" not in text, text
+
+
+def test_batching_and_affinity_queries_use_their_indexes(stores) -> None:
+    seed(stores, users=200, per_user=5, finished=50)
+    sqlite = stores.db.dialect == "sqlite"
+    caps = Capabilities(models=("m",), max_pixels=512 * 512)
+    # the bound is the lowest backlogged counter plus a small slack, as claim_batch uses it
+    bound = stores.jobs._lowest_backlogged_counter() + 0.01
+    sql, params = _with_caps(q.SELECT_NEXT_USER_WITHIN, caps)
+    plans = [stores.db.explain(sql, [bound, *params]), stores.db.explain(q.BATCH_CANDIDATES, [bound, 16])]
+    sql, params = _with_caps(q.HEAD_BATCH_KEY, caps)
+    plans.append(stores.db.explain(sql, [1, *params]))
+    for text in plans:
+        assert "users_backlogged" in text or "jobs_queued_by_user" in text, text
+        assert "TEMP B-TREE" not in text and "Sort" not in text and "Seq Scan" not in text, text

@@ -15,17 +15,10 @@ import torch
 
 from kakumei.schemas import GenerationRequest
 
-# Fields that must agree for requests to share a batch (everything that shapes the
-# denoising loop itself); prompt, negative prompt, CFG scale and seed may differ.
-BATCH_FIELDS = ("model", "width", "height", "steps", "sampler_name", "scheduler", "clip_skip")
-
-
-def batch_key(request: GenerationRequest) -> tuple | None:
-    """The compatibility key of a request, or None when it must run alone (img2img,
-    inpainting, hires fix, refiner, several batches)."""
-    if request.mode != "txt2img" or request.enable_hr or request.refiner_checkpoint or request.n_iter != 1:
-        return None
-    return tuple(getattr(request, f) for f in BATCH_FIELDS)
+def batch_key(request: GenerationRequest) -> str | None:
+    """The compatibility key of a resolved request (GenerationRequest.batch_key), or None
+    when it must run alone."""
+    return request.batch_key()
 
 
 class PerImageScale:

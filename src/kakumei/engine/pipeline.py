@@ -212,10 +212,7 @@ class Engine:
 
         def group_key(i: int) -> Any:
             key = batch_key(resolved[i])
-            # LoRA weights are merged into the model per request, so such requests run alone.
-            if key is None or extract_lora_tags(resolved[i].prompt)[1] or extract_lora_tags(resolved[i].negative_prompt)[1]:
-                return ("alone", i)
-            return key
+            return ("alone", i) if key is None else key
 
         for group in split_by(range(len(resolved)), group_key):
             if len(group) == 1:

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -142,6 +142,37 @@ ORDER BY u.virtual_counter, u.id
 LIMIT 1 {lock_user_skip}
 """
 
+# Model affinity: like SELECT_NEXT_USER, but only users whose counter is within a bound
+# (the lowest backlogged counter + slack) and, through {can_run}, only the loaded model.
+# The bound is a range on users_backlogged, so the walk stops there.
+SELECT_NEXT_USER_WITHIN = """
+SELECT u.id, u.weight FROM users u
+WHERE u.queued_jobs > 0 AND u.virtual_counter <= ?
+  AND (SELECT j.seq FROM jobs j
+       WHERE j.user_id = u.id AND j.state = 'queued' AND {can_run}
+       ORDER BY j.priority DESC, j.seq LIMIT 1) IS NOT NULL
+ORDER BY u.virtual_counter, u.id
+LIMIT 1 {lock_user_skip}
+"""
+
+# Cross-user batching walks the backlogged users within the bound in counter order (a range
+# on users_backlogged) and reads each one's *next* job's batch key (head of their own order,
+# so nobody's order changes): a few index probes. Done as separate reads rather than one
+# query with "= key", whose selectivity estimate makes PostgreSQL scan and sort all users.
+BATCH_CANDIDATES = """
+SELECT u.id FROM users u
+WHERE u.queued_jobs > 0 AND u.virtual_counter <= ?
+ORDER BY u.virtual_counter, u.id
+LIMIT ?
+"""
+HEAD_BATCH_KEY = """
+SELECT j.batch_key FROM jobs j
+WHERE j.user_id = ? AND j.state = 'queued' AND {can_run}
+ORDER BY j.priority DESC, j.seq
+LIMIT 1
+"""
+USER_BY_ID = "SELECT u.id, u.weight FROM users u WHERE u.id = ? AND u.queued_jobs > 0 {lock_user_skip}"
+
 # That user's next runnable job: their own priority first, then age.
 SELECT_USER_NEXT_JOB = """
 SELECT j.seq, j.id, j.cost FROM jobs j
@@ -166,6 +197,7 @@ WHERE id = ?
 
 # Where a user coming back with nothing queued starts (no banking of idle time).
 BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE queued_jobs > 0"
+COUNTER_BEFORE_CLAIM = "SELECT u.virtual_counter - j.charged FROM users u JOIN jobs j ON j.user_id = u.id WHERE j.id = ?"
 SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM users"
 
 EXPIRED_LEASES = """
@@ -333,13 +365,13 @@ class JobStore:
         job_id = uuid.uuid4().hex
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
-            "model, pixels, steps, image_count, cost, priority, max_attempts, created_at) "
-            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "model, pixels, steps, image_count, cost, priority, max_attempts, created_at, batch_key) "
+            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
                 new.idempotency_key, new.model, new.request.width * new.request.height,
                 new.request.steps, new.request.image_count, new.cost, new.priority,
-                self.max_attempts, now,
+                self.max_attempts, now, new.request.batch_key(new.model),
             ),
         )
         tx.execute(
@@ -357,6 +389,68 @@ class JobStore:
     def claim(self, worker_id: str, caps: Capabilities = Capabilities()) -> Lease | None:
         """Lease the fair next job this worker can run, or None when there is none."""
         user_sql, user_params = _with_caps(SELECT_NEXT_USER, caps)
+        return self._claim(worker_id, caps, user_sql, user_params)
+
+    def claim_batch(
+        self,
+        worker_id: str,
+        caps: Capabilities = Capabilities(),
+        *,
+        max_jobs: int = 1,
+        prefer_model: str | None = None,
+        slack: float = 0.0,
+    ) -> list[Lease]:
+        """Lease up to `max_jobs` jobs that can share one batch, fairly.
+
+        - Affinity: with `prefer_model` (the model the worker has loaded), a job for it is
+          taken first if its owner's counter is within `slack` compute units (cost / weight)
+          of the fairest backlogged user; otherwise the fair choice, whatever its model.
+        - Batching: then each further job is the next job of the fairest user within `slack`
+          of the first job's owner whose next job has the same batch key. Nobody's own order
+          changes, and nobody waits behind more than `slack` of another user's work.
+        """
+        first: Lease | None = None
+        if prefer_model is not None and (caps.models is None or prefer_model in caps.models):
+            bound = self._lowest_backlogged_counter()
+            if bound is not None:
+                preferred = replace(caps, models=(prefer_model,))
+                sql, params = _with_caps(SELECT_NEXT_USER_WITHIN, preferred)
+                first = self._claim(worker_id, preferred, sql, [bound + slack, *params])
+        if first is None:
+            first = self.claim(worker_id, caps)
+        if first is None:
+            return []
+        leases = [first]
+        key = first.job.request.batch_key(first.job.model)
+        if key is None or max_jobs <= 1:
+            return leases
+        with self.db.transaction() as tx:
+            # the first owner's counter before this claim charged it
+            before = tx.scalar(COUNTER_BEFORE_CLAIM, (first.job.id,))
+        bound = float(before or 0.0) + slack
+        mates = replace(caps, models=(first.job.model,))
+        head_sql, head_params = _with_caps(HEAD_BATCH_KEY, mates)
+        while len(leases) < max_jobs:
+            with self.db.transaction() as tx:
+                candidates = [int(r["id"]) for r in tx.all(BATCH_CANDIDATES, (bound, 4 * max_jobs))]
+                mate = next((uid for uid in candidates if tx.scalar(head_sql, [uid, *head_params]) == key), None)
+            if mate is None:
+                break
+            # Leased in its own transaction; on PostgreSQL another claimer may have taken that
+            # head meanwhile, and the engine then runs a mismatched job alone (still correct).
+            lease = self._claim(worker_id, mates, USER_BY_ID, [mate])
+            if lease is None:
+                break
+            leases.append(lease)
+        return leases
+
+    def _lowest_backlogged_counter(self) -> float | None:
+        with self.db.transaction() as tx:
+            value = tx.scalar(BACKLOGGED_MIN_COUNTER)
+        return None if value is None else float(value)
+
+    def _claim(self, worker_id: str, caps: Capabilities, user_sql: str, user_params: list[Any]) -> Lease | None:
+        """Lease the next job of the user `user_sql` picks (one transaction)."""
         job_sql, job_params = _with_caps(SELECT_USER_NEXT_JOB, caps)
         # A retry only happens on PostgreSQL, when a concurrent cancel or claim took the
         # job between our two reads.
