@@ -378,7 +378,7 @@ def test_account_figures_and_terms_when_the_server_has_them(web_server, open_pag
     expect(page.locator("#me dd[data-field=weight]")).to_have_text("2")
     expect(page.locator("#me dd[data-field=share]")).to_have_text("25 %")
     expect(page.locator("#me-notes")).to_have_text(
-        "Weight from merit. Free tier for now: up to 262,144 pixels, 30 steps and 2 images per job.")
+        "Your weight grows with what your workers contribute. Free tier for now: up to 262,144 pixels, 30 steps and 2 images per job.")
     expect(page.locator("#me-standing")).to_have_text("too many refused requests; try again in 60 s")
     expect(page.locator("#terms")).to_be_visible()
     expect(page.locator("#terms-text")).to_contain_text("OpenRAIL-M")

@@ -585,7 +585,12 @@ async function loadMe() {
     }),
   );
   const notes = [];
-  if (me && me.weight_source) notes.push(`Weight from ${me.weight_source}.`);
+  const sources = {
+    merit: "Your weight grows with what your workers contribute.",
+    admin: "Your weight is set by the operator.",
+    anonymous: "Anonymous visitors share one weight; sign in for your own.",
+  };
+  if (me && sources[me.weight_source]) notes.push(sources[me.weight_source]);
   const caps = me && me.free_tier && me.limits && me.limits.free_caps;
   if (caps) {
     notes.push(`Free tier for now: up to ${formatNumber(caps.max_pixels)} pixels, ${caps.max_steps} steps and ` +
