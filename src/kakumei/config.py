@@ -47,6 +47,11 @@ class Settings(BaseModel):
     lease_seconds: float = Field(30.0, gt=0)
     # Lost leases before a job fails instead of going back to the queue.
     max_attempts: int = Field(3, ge=1)
+    # issue 9: the local worker claims up to this many compatible jobs as one batch, and
+    # prefers jobs for its loaded model, both only within this many compute units of the
+    # fairest user's counter (fairness/shares.py: counter = served cost / weight)
+    worker_batch_jobs: int = Field(4, ge=1, le=16)
+    fairness_slack: float = Field(2.0, ge=0)
     # Remote workers (issue 6). Share of an untrusted worker's jobs re-run by a trusted worker
     # (trusted ones are spot-checked at a tenth of it), the perceptual distance a re-run may
     # differ by (bf16 and fp32 machines differ slightly; wrong pictures differ by 0.08 or more),
@@ -146,6 +151,8 @@ _ENV_FIELDS = {
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",
     "KAKUMEI_MAX_ATTEMPTS": "max_attempts",
+    "KAKUMEI_WORKER_BATCH_JOBS": "worker_batch_jobs",
+    "KAKUMEI_FAIRNESS_SLACK": "fairness_slack",
     "KAKUMEI_ANONYMOUS_WEIGHT": "anonymous_weight",
     "KAKUMEI_MERIT_MAX_BONUS": "merit_max_bonus",
     "KAKUMEI_MERIT_HALF_BALANCE": "merit_half_balance",

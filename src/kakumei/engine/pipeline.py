@@ -128,6 +128,10 @@ class Engine:
         """Check a model reference without loading it (raises ModelNotFound)."""
         return resolve_model(ref or self.settings.model, self.settings.models_dir)
 
+    def loaded_model_refs(self) -> list[str]:
+        """References of the loaded models, least recently used first (for model affinity)."""
+        return [m.source.ref for m in self._cache.loaded()]
+
     def model_names(self) -> list[str]:
         names = [self.settings.model] + [m.source.ref for m in self._cache.loaded()]
         return list(dict.fromkeys(names))

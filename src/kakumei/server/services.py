@@ -120,6 +120,8 @@ class Services:
             self.engine,
             local_worker_id(self.settings),
             lease_seconds=self.settings.lease_seconds,
+            max_batch_jobs=self.settings.worker_batch_jobs,
+            fairness_slack=self.settings.fairness_slack,
         )
         verifier = Verifier(
             self.workers, self.jobs, self.images, self.engine, local_worker_id(self.settings),

@@ -42,6 +42,7 @@ class _JobRun:
         self.lease = lease
         self.stop = stop
         self.cancel_requested = False
+        self.acknowledged = False  # cancel already reported (a batch mate's cancel)
         self.lease_lost = False
         self.last_report = 0.0
         self._lock = threading.Lock()
@@ -73,6 +74,8 @@ class Worker:
         poll_seconds: float = 0.25,
         preview_every: int = 5,
         progress_interval: float = 0.25,
+        max_batch_jobs: int = 1,
+        fairness_slack: float = 0.0,
     ) -> None:
         self.source = source
         self.engine = engine
@@ -83,6 +86,8 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.preview_every = preview_every
         self.progress_interval = progress_interval
+        self.max_batch_jobs = max_batch_jobs
+        self.fairness_slack = fairness_slack
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -94,12 +99,89 @@ class Worker:
                 stop.wait(max(1.0, self.poll_seconds))
 
     def run_one(self, stop: threading.Event | None = None) -> bool:
-        """Claim and run one job. False when there was nothing to claim."""
-        lease = self.source.claim(self.worker_id, self.capabilities)
-        if lease is None:
+        """Claim and run one job (or one batch of compatible jobs). False when there was
+        nothing to claim."""
+        stop = stop or threading.Event()
+        leases = self._claim()
+        if not leases:
             return False
-        self._run(lease, stop or threading.Event())
+        if len(leases) == 1:
+            self._run(leases[0], stop)
+        else:
+            self._run_batch(leases, stop)
         return True
+
+    def _claim(self) -> list[Lease]:
+        claim_batch = getattr(self.source, "claim_batch", None)
+        loaded = getattr(self.engine, "loaded_model_refs", None)
+        if claim_batch is None or (self.max_batch_jobs <= 1 and loaded is None):
+            lease = self.source.claim(self.worker_id, self.capabilities)
+            return [] if lease is None else [lease]
+        refs = loaded() if loaded is not None else []
+        # Batching needs the engine's generate_batch; affinity only the loaded model's name.
+        max_jobs = self.max_batch_jobs if hasattr(self.engine, "generate_batch") else 1
+        return claim_batch(
+            self.worker_id,
+            self.capabilities,
+            max_jobs=max_jobs,
+            prefer_model=refs[-1] if refs else None,
+            slack=self.fairness_slack,
+        )
+
+    def _run_batch(self, leases: list[Lease], stop: threading.Event) -> None:
+        """Compatible jobs of several users as one engine batch; each job is still reported,
+        cancelled and failed on its own."""
+        runs = [_JobRun(self.source, lease, stop) for lease in leases]
+        for run in runs:
+            run.beat()
+        done = threading.Event()
+        keepalives = [threading.Thread(target=self._keepalive, args=(run, done), daemon=True) for run in runs]
+        for thread in keepalives:
+            thread.start()
+        requests = [lease.job.request.model_copy(update={"model": lease.job.model}) for lease in leases]
+        try:
+            results = self.engine.generate_batch(  # type: ignore[attr-defined]
+                requests,
+                on_step=lambda p: self._on_batch_step(runs, p),
+                # the batch stops only when no job in it wants its image any more
+                cancelled=lambda: all(run.should_stop() for run in runs),
+            )
+        except GenerationCancelled:
+            for run in runs:
+                if not run.acknowledged:
+                    self._stopped(run, [])
+            return
+        except Exception:  # e.g. one bad request: run each job alone, so only it fails
+            log.warning("batch of %d jobs failed; running them one by one", len(runs), exc_info=True)
+            done.set()
+            for run in runs:
+                if not (run.acknowledged or run.lease_lost):
+                    self._run(run.lease, stop)
+            return
+        finally:
+            done.set()
+            for thread in keepalives:
+                thread.join()
+        for run, result in zip(runs, results):
+            job_id, lease_id = run.lease.job.id, run.lease.lease_id
+            if run.acknowledged or run.lease_lost:
+                continue
+            images = [self._image(i) for i in result.images]
+            if run.cancel_requested:
+                self.source.acknowledge_cancel(job_id, lease_id, images)
+            elif not self.source.complete(job_id, lease_id, images, result.seed):
+                log.warning("job %s: finished after its lease was lost; result dropped", job_id)
+
+    def _on_batch_step(self, runs: list[_JobRun], progress: Any) -> None:
+        for run in runs:
+            if run.acknowledged or run.lease_lost:
+                continue
+            if run.cancel_requested:
+                # Cancelled while its batch mates go on: the job ends now, its image is dropped.
+                self.source.acknowledge_cancel(run.lease.job.id, run.lease.lease_id, [])
+                run.acknowledged = True
+                continue
+            self._on_step(run, progress)
 
     def _run(self, lease: Lease, stop: threading.Event) -> None:
         job = lease.job

@@ -44,6 +44,13 @@ class StoreJobSource:
     def claim(self, worker_id: str, caps: Capabilities) -> Lease | None:
         return self.jobs.claim(worker_id, caps)
 
+    def claim_batch(
+        self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
+    ) -> list[Lease]:
+        """Several compatible jobs at once, preferring the loaded model (JobStore.claim_batch).
+        Optional in the protocol: a source without it gives one job per claim."""
+        return self.jobs.claim_batch(worker_id, caps, max_jobs=max_jobs, prefer_model=prefer_model, slack=slack)
+
     def heartbeat(
         self,
         job_id: str,
