@@ -288,10 +288,9 @@ def main() -> None:
         name = f"kakumei_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(args.postgres, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
-            info = admin.info
+            url = f"postgresql://{admin.info.user}@{admin.info.host}:{admin.info.port}/{name}"
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                url = f"postgresql://{info.user}@{info.host}:{info.port}/{name}"
                 fair = run_fair(community(random.Random(args.seed)), plan, args.seconds, url, Path(tmp))
             print()
             print(table("PostgreSQL", fair, fifo))

@@ -57,3 +57,12 @@ def test_merit_weight_grows_with_balance_and_saturates() -> None:
     assert is_free_tier(is_anonymous=False, balance=0, override=None)
     assert not is_free_tier(is_anonymous=False, balance=1, override=None)
     assert current_share(1.0, [1.0, 2.0]) == 0.25
+
+
+def test_only_coming_back_before_retry_after_is_an_offence() -> None:
+    buckets = TokenBuckets(per_minute=60, burst=1)
+    assert buckets.take("k", 0.0) == 0.0
+    assert not buckets.ignored_retry_after("k", 0.5)
+    assert buckets.take("k", 0.5) == pytest.approx(0.5)  # told: wait until 1.0
+    assert buckets.ignored_retry_after("k", 0.7)
+    assert not buckets.ignored_retry_after("k", 1.0)
