@@ -85,11 +85,13 @@ def test_bad_uploads_are_refused_with_a_sentence(make_server) -> None:
     try:
         lease = source.claim("w", Capabilities())
         with server.client(key) as worker:
-            body = {"lease_id": lease.lease_id, "images": [{"png_base64": "bm90IGEgcG5n", "seed": 7, "index": 0}]}
+            body = {"lease_id": lease.lease_id, "seed": 7, "images": [{"png_base64": "bm90IGEgcG5n", "seed": 7, "index": 0}]}
             reply = worker.post(f"/api/v1/worker/jobs/{job_id}/complete", json=body)
             assert reply.status_code == 422 and "not a readable" in reply.json()["detail"]
-            reply = worker.post(f"/api/v1/worker/jobs/{job_id}/complete", json={"lease_id": lease.lease_id, "images": []})
+            reply = worker.post(f"/api/v1/worker/jobs/{job_id}/complete", json={"lease_id": lease.lease_id, "seed": 7, "images": []})
             assert reply.status_code == 422 and "images 0..0" in reply.json()["detail"]
+            reply = worker.post(f"/api/v1/worker/jobs/{job_id}/complete", json={"lease_id": lease.lease_id, "seed": 8, "images": []})
+            assert reply.status_code == 422 and "asks for seed 7" in reply.json()["detail"]
             # A failure goes back to the queue for another worker, counting an attempt.
             assert worker.post(f"/api/v1/worker/jobs/{job_id}/fail", json={"lease_id": lease.lease_id, "reason": "out of memory"}).status_code == 200
         job = server.services.jobs.get(job_id)
