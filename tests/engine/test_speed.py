@@ -44,3 +44,52 @@ def test_bf16_engine_generates_deterministically(tiny_settings) -> None:
     req = GenerationRequest(prompt="fox", steps=2, width=64, height=64, seed=3)
     a, b = engine.generate(req).images[0], engine.generate(req).images[0]
     assert a.png == b.png and a.metadata["dtype"] == "bfloat16"
+
+
+def test_model_cache_evicts_least_recently_used_by_bytes() -> None:
+    from types import SimpleNamespace
+
+    from kakumei.engine.models import ModelCache, pipeline_bytes
+
+    def fake(mb: int):
+        module = torch.nn.Linear(1, mb * 1024 * 256, bias=False)  # mb MiB of float32
+        return SimpleNamespace(pipe=SimpleNamespace(components={"unet": module}))
+
+    assert pipeline_bytes(fake(1).pipe) == 1 << 20
+    cache = ModelCache(capacity=10, budget_bytes=int(2.5 * (1 << 20)))
+    loads = []
+
+    def get(name: str):
+        return cache.get((name, "cpu", "float32"), lambda: loads.append(name) or fake(1))
+
+    get("a"), get("b"), get("a")  # a is now the most recent
+    get("c")  # a third MiB does not fit in 2.5: b (least recently used) goes
+    assert loads == ["a", "b", "c"]
+    get("a")
+    assert loads == ["a", "b", "c"]  # still cached
+    get("b")
+    assert loads == ["a", "b", "c", "b"]
+
+
+def test_model_cache_count_bound() -> None:
+    from types import SimpleNamespace
+
+    from kakumei.engine.models import ModelCache
+
+    cache = ModelCache(capacity=1)
+    loads = []
+    for name in "aab":
+        cache.get((name, "cpu", "float32"), lambda n=name: loads.append(n) or SimpleNamespace(pipe=SimpleNamespace(components={})))
+    assert loads == ["a", "b"] and len(cache.loaded()) == 1
+
+
+def test_repeated_prompts_are_encoded_once(engine) -> None:
+    from kakumei.schemas import GenerationRequest
+
+    req = GenerationRequest(prompt="a prompt seen twice, unique to this test", negative_prompt="blur",
+                            steps=2, width=64, height=64, seed=1)
+    first = engine.generate(req).images[0].png
+    hits = engine._prompts.hits
+    second = engine.generate(req.model_copy(update={"seed": 1})).images[0].png
+    assert engine._prompts.hits == hits + 1
+    assert first == second  # a cached encoding gives the same image

@@ -311,26 +311,65 @@ def _hub_sha256(repo_id: str, hashes: HashCache) -> str:
     return hashes.folder_sha256(Path(snapshot_download(repo_id, local_files_only=True)))
 
 
-class ModelCache:
-    """An LRU of loaded pipelines, keyed by (reference, device, dtype)."""
+def pipeline_bytes(pipe: Any) -> int:
+    """Bytes of a pipeline's weights (parameters and buffers of its torch modules)."""
+    total = 0
+    for component in getattr(pipe, "components", {}).values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in component.parameters())
+            total += sum(t.numel() * t.element_size() for t in component.buffers())
+    return total
 
-    def __init__(self, capacity: int = 1) -> None:
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the model cache may hold: 60% of the GPU's memory, or half of the machine's
+    RAM on a CPU; the rest is for activations, the VAE decode and everything else."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1] * 0.6)
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class ModelCache:
+    """An LRU of loaded pipelines, keyed by (reference, device, dtype), bounded both by a
+    count and by the bytes of their weights (`budget_bytes`, None = count only)."""
+
+    def __init__(self, capacity: int = 1, budget_bytes: int | None = None) -> None:
         self._capacity = max(1, capacity)
+        self._budget = budget_bytes
         self._items: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._bytes: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
+
+    def _evict_oldest(self) -> None:
+        key, evicted = self._items.popitem(last=False)
+        self._bytes.pop(key, None)
+        del evicted
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _over_budget(self, extra: int = 0) -> bool:
+        return self._budget is not None and sum(self._bytes.values()) + extra > self._budget
 
     def get(self, key: tuple[str, str, str], load: Callable[[], LoadedModel]) -> LoadedModel:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            while len(self._items) >= self._capacity:
-                _, evicted = self._items.popitem(last=False)
-                del evicted
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            # Make room first: two full-size models side by side may not fit. The newcomer's
+            # size is unknown until loaded; the largest loaded model stands in for it.
+            guess = max(self._bytes.values(), default=0)
+            while self._items and (len(self._items) >= self._capacity or self._over_budget(guess)):
+                self._evict_oldest()
             model = load()
             self._items[key] = model
+            self._bytes[key] = pipeline_bytes(model.pipe)
+            while len(self._items) > 1 and self._over_budget():
+                self._evict_oldest()
             return model
 
     def loaded(self) -> list[LoadedModel]:

@@ -26,11 +26,13 @@ from kakumei.engine.models import (
     ModelCache,
     ModelSource,
     load_model,
+    memory_budget,
     recommended_defaults,
     resolve_model,
 )
 from kakumei.engine.batching import batch_key, guidance_for, split_by
 from kakumei.engine.passes import GenerationExtras, _BatchRun, check_request_fits, prepare_inputs
+from kakumei.engine.prompt_cache import PromptCache
 from kakumei.engine.preview import latents_to_preview
 from kakumei.engine.prompts import EncodedPrompt, encode_prompts, extract_lora_tags
 from kakumei.engine.seeds import image_seeds, resolve_seed
@@ -106,11 +108,12 @@ class Engine:
     time, which is also what a single GPU does best.
     """
 
-    def __init__(self, settings: Settings, cache_size: int = 1) -> None:
+    def __init__(self, settings: Settings, cache_size: int = 3) -> None:
         self.settings = settings
         self._device = pick_device(settings.device)
         self._dtype = pick_dtype(self._device, settings.dtype)
-        self._cache = ModelCache(cache_size)
+        self._cache = ModelCache(cache_size, memory_budget(self._device))
+        self._prompts = PromptCache()
         self._hashes = HashCache(settings.home / "cache" / "hashes.json")
         self._refiners = ModelCache(1)
         self._loras = LoraLibrary(settings.models_dir, self._hashes, settings.allow_pickle)
@@ -227,6 +230,14 @@ class Engine:
                 results[i] = result
         return [r for r in results if r is not None]
 
+    def _encode(
+        self, model: LoadedModel, prompt: str, negative: str, clip_skip: int, embeddings: dict, loras: bool
+    ) -> tuple[list[EncodedPrompt], list[str]]:
+        """encode_prompts through the prompt cache. Not cached when LoRA weights are merged
+        into the text encoder or textual-inversion vectors are in play (files can change)."""
+        key = None if loras or embeddings else (model.sha256, str(model.dtype), prompt, negative, clip_skip)
+        return self._prompts.get(key, lambda: encode_prompts(model.pipe, [prompt, negative], clip_skip, embeddings))
+
     def _shared_batch(
         self,
         requests: list[GenerationRequest],
@@ -242,7 +253,7 @@ class Engine:
         encoded = []
         for req in requests:
             embeddings = self._embeddings.for_text(req.prompt + " " + req.negative_prompt, model.family)
-            (cond, uncond), used = encode_prompts(model.pipe, [req.prompt, req.negative_prompt], req.clip_skip, embeddings)
+            (cond, uncond), used = self._encode(model, req.prompt, req.negative_prompt, req.clip_skip, embeddings, False)
             encoded.append((cond, uncond, used))
         results: list[GenerationResult | None] = [None] * len(requests)
         # 2. prompts of different lengths (77-token chunks) cannot share a UNet call unpadded,
@@ -297,7 +308,7 @@ class Engine:
         loras = self._loras.resolve(tags + negative_tags, model.family)
         with apply_loras(model, loras, self._loras):
             embeddings = self._embeddings.for_text(prompt + " " + negative, model.family)
-            (cond, uncond), used = encode_prompts(model.pipe, [prompt, negative], request.clip_skip, embeddings)
+            (cond, uncond), used = self._encode(model, prompt, negative, request.clip_skip, embeddings, bool(loras))
             refiner_conds = None
             if refiner is not None:
                 refiner_conds, _ = encode_prompts(refiner.pipe, [prompt, negative], request.clip_skip, embeddings)
