@@ -74,23 +74,6 @@ class GenerationResult:
     images: list[GeneratedImage]
 
 
-def encode_text(pipe: Any, prompts: list[str], clip_skip: int) -> torch.Tensor:
-    """CLIP embeddings with A1111's clip skip (1 = last layer).
-
-    Done here rather than by diffusers' `clip_skip`, which reaches into a text-encoder layout
-    (`text_model.final_layer_norm`) that transformers 5 no longer has.
-    """
-    encoder = pipe.text_encoder
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(encoder.device)
-    out = encoder(tokens, output_hidden_states=clip_skip > 1)
-    if clip_skip == 1:
-        return out[0]
-    final_norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
-    return final_norm(out.hidden_states[-clip_skip])
-
-
 def library_versions() -> dict[str, str]:
     versions = {"kakumei": kakumei.__version__}
     for dist in ("torch", "diffusers", "transformers"):
