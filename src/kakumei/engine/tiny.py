@@ -24,7 +24,7 @@ TOKENIZER_DIR = Path(__file__).parent / "configs" / "clip_tokenizer"
 def build_tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict:
     """The components of the tiny pipeline, deterministic for a given seed."""
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -51,22 +51,7 @@ def build_tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict:
         norm_num_groups=8,
         sample_size=64,
     )
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_size=cross_attention_dim,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=cross_attention_dim,
-        )
-    )
+    text_encoder = _tiny_text_encoder(seed + 2, cross_attention_dim, with_projection=False, pad_token_id=49407)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
@@ -97,14 +82,16 @@ def clip_tokenizer(open_clip: bool = False) -> object:
     return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
 
 
-def _tiny_text_encoder(seed: int, hidden: int, with_projection: bool, act: str = "quick_gelu") -> object:
+def _tiny_text_encoder(
+    seed: int, hidden: int, with_projection: bool, act: str = "quick_gelu", pad_token_id: int = 1
+) -> object:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=1,
+        pad_token_id=pad_token_id,
         hidden_size=hidden,
         intermediate_size=37,
         layer_norm_eps=1e-05,
