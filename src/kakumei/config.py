@@ -33,6 +33,7 @@ class Settings(BaseModel):
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
     low_memory: bool = False
+    compile: bool = False
     output_dir: Path | None = None
     hf_offline: bool = False
     allow_pickle: bool = False
@@ -142,6 +143,7 @@ _ENV_FIELDS = {
     "KAKUMEI_DEVICE": "device",
     "KAKUMEI_DTYPE": "dtype",
     "KAKUMEI_LOW_MEMORY": "low_memory",
+    "KAKUMEI_COMPILE": "compile",
     "KAKUMEI_OUTPUT_DIR": "output_dir",
     "KAKUMEI_ALLOW_PICKLE": "allow_pickle",
     "KAKUMEI_HOST": "host",

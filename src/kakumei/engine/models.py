@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kakumei.engine.speed import apply_fast_path
+from kakumei.engine.speed import apply_fast_path, compile_unet
 from kakumei.engine.tiny import TINY_NAME, TINY_REF, ensure_tiny_model
 from kakumei.engine.single_file import SINGLE_FILE_SUFFIXES, load_single_file
 from kakumei.errors import InvalidRequest, KakumeiError, ModelLoadError, ModelNotFound
@@ -245,6 +245,7 @@ def load_model(
     low_memory: bool = False,
     allow_pickle: bool = False,
     auto_dtype: bool = False,
+    compile_model: bool = False,
 ) -> LoadedModel:
     """Load a resolved model onto `device`. Errors are ModelNotFound/ModelLoadError with a
     sentence saying what to do."""
@@ -280,6 +281,8 @@ def load_model(
     else:
         pipe.to(device)
     dtype = apply_fast_path(pipe, device, dtype, auto_dtype and not low_memory)
+    if compile_model:
+        compile_unet(pipe, device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(source, pipe, sha, device, dtype, base_config, architecture_of(pipe))
 

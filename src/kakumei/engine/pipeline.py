@@ -137,6 +137,7 @@ class Engine:
                 low_memory=self.settings.low_memory,
                 allow_pickle=self.settings.allow_pickle,
                 auto_dtype=self.settings.dtype == "auto",
+                compile_model=self.settings.compile,
             ),
         )
 
@@ -324,6 +325,7 @@ class Engine:
                 offline=self.settings.hf_offline, low_memory=self.settings.low_memory,
                 allow_pickle=self.settings.allow_pickle,
                 auto_dtype=self.settings.dtype == "auto",
+                compile_model=self.settings.compile,
             ),
         )
 

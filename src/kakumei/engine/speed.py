@@ -62,3 +62,12 @@ def apply_fast_path(pipe: Any, device: torch.device, dtype: torch.dtype, auto_dt
         if isinstance(module, torch.nn.Module):
             module.to(memory_format=torch.channels_last)
     return dtype
+
+
+def compile_unet(pipe: Any, device: torch.device) -> None:
+    """torch.compile the UNet in place (`nn.Module.compile`, so module names, and with them
+    LoRA merging, stay as they are). On CUDA "reduce-overhead" also captures CUDA graphs for
+    each fixed shape. Weights are not frozen into the graph, so merged LoRAs take effect."""
+    unet = getattr(pipe, "unet", None)
+    if isinstance(unet, torch.nn.Module):
+        unet.compile(mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
