@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     worker.add_argument("--model", "-m", action="append", dest="models", help="a model this worker runs; repeat for several (default: the configured model)")
     worker.add_argument("--max-pixels", type=int, metavar="N", help="take only jobs of at most N pixels (width x height)")
     worker.add_argument("--max-batch", type=int, metavar="N", help="take only jobs of at most N images")
+    worker.add_argument("--batch-jobs", type=int, default=1, metavar="N",
+                        help="run up to N compatible jobs of different users as one batch (pays on a GPU; default 1)")
     worker.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="as for generate")
     worker.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="as for generate")
     worker.add_argument("--low-memory", action="store_true", default=None, help="as for generate")
@@ -95,7 +97,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         quiet_libraries()
         engine = Engine(settings)
         caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
-        worker = Worker(source, engine, info["name"], capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0)
+        if args.batch_jobs < 1:
+            raise ConfigError(f"--batch-jobs must be 1 or more, got {args.batch_jobs}")
+        worker = Worker(
+            source, engine, info["name"], capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
+            max_batch_jobs=args.batch_jobs,
+        )
         while not stop.is_set():
             if not worker.run_one(stop):
                 stop.wait(worker.poll_seconds)

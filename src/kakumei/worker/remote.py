@@ -118,15 +118,26 @@ class HttpJobSource:
         return info
 
     def claim(self, worker_id: str, caps: Capabilities) -> Lease | None:
+        reply = self._claim_call("/claim", _caps_body(caps))
+        if reply is None or reply.status_code == 204:
+            return None
+        return self._lease(reply.json())
+
+    def claim_batch(
+        self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
+    ) -> list[Lease]:
+        """Several compatible jobs in one claim (the server applies its own fairness slack;
+        `slack` is the in-process protocol's and unused here)."""
+        body = {**_caps_body(caps), "max_jobs": max_jobs, "prefer_model": prefer_model}
+        reply = self._claim_call("/claim-batch", body)
+        return [] if reply is None else [self._lease(data) for data in reply.json()["leases"]]
+
+    def _claim_call(self, path: str, body: dict[str, Any]) -> httpx.Response | None:
+        """POST a claim; None while the server is away (with backoff before the next try)."""
         if self.backoff:
             self.sleep(self.backoff)
-        body = {
-            "models": None if caps.models is None else list(caps.models),
-            "max_pixels": caps.max_pixels,
-            "max_batch": caps.max_images,
-        }
         try:
-            reply = self._call("POST", "/claim", body)
+            reply = self._call("POST", path, body)
         except ServerAway as exc:
             self.backoff = min(max(self.backoff * 2, FIRST_BACKOFF), MAX_BACKOFF)
             log.warning("%s; next try in %.0f s", exc, self.backoff)
@@ -134,11 +145,11 @@ class HttpJobSource:
         if self.backoff:
             log.info("%s is back", self.server)
         self.backoff = 0.0
-        if reply.status_code == 204:
-            return None
-        if reply.status_code != 200:
+        if reply.status_code not in (200, 204):
             raise WorkerRefused(f"claim refused: {_detail(reply)}")
-        data = reply.json()
+        return reply
+
+    def _lease(self, data: dict[str, Any]) -> Lease:
         self.lease_seconds = float(data["lease_seconds"])
         return Lease(job=_job(data), lease_id=data["lease_id"], expires_at=time.time() + self.lease_seconds)
 
@@ -207,6 +218,14 @@ def _image(image: ImageResult) -> dict[str, Any]:
         "index": image.index,
         "infotext": image.infotext,
         "metadata": image.metadata,
+    }
+
+
+def _caps_body(caps: Capabilities) -> dict[str, Any]:
+    return {
+        "models": None if caps.models is None else list(caps.models),
+        "max_pixels": caps.max_pixels,
+        "max_batch": caps.max_images,
     }
 
 

@@ -44,6 +44,11 @@ class ClaimIn(BaseModel):
     max_batch: int | None = Field(None, ge=1, description="most images in one job it takes")
 
 
+class ClaimBatchIn(ClaimIn):
+    max_jobs: int = Field(1, ge=1, le=16, description="most jobs to lease at once; the server may give fewer")
+    prefer_model: str | None = Field(None, description="the model this worker has loaded (model affinity)")
+
+
 class LeaseOut(BaseModel):
     job_id: str
     lease_id: str
@@ -199,6 +204,36 @@ def claim(body: ClaimIn, svc: Svc, worker: Active) -> Any:
         cost=lease.job.cost,
         attempts=lease.job.attempts,
     )
+
+
+class LeasesOut(BaseModel):
+    leases: list[LeaseOut]
+
+
+@router.post("/claim-batch", response_model=LeasesOut)
+def claim_batch(body: ClaimBatchIn, svc: Svc, worker: Active) -> LeasesOut:
+    """Lease up to `max_jobs` jobs that can share one batch, preferring `prefer_model`, both
+    within the server's fairness slack (JobStore.claim_batch); an empty list when none."""
+    svc.workers.seen(worker.id, body.model_dump())
+    caps = Capabilities(
+        models=None if body.models is None else tuple(body.models),
+        max_pixels=body.max_pixels,
+        max_images=body.max_batch,
+    )
+    leases = svc.jobs.claim_batch(
+        worker.lease_owner,
+        caps,
+        max_jobs=min(body.max_jobs, svc.settings.worker_batch_jobs),
+        prefer_model=body.prefer_model,
+        slack=svc.settings.fairness_slack,
+    )
+    return LeasesOut(leases=[
+        LeaseOut(
+            job_id=lease.job.id, lease_id=lease.lease_id, lease_seconds=svc.settings.lease_seconds,
+            model=lease.job.model, request=lease.job.request, cost=lease.job.cost, attempts=lease.job.attempts,
+        )
+        for lease in leases
+    ])
 
 
 @router.get("/jobs/{job_id}", response_model=LeaseOut)
