@@ -183,27 +183,30 @@ def me(svc: Svc, worker: Annotated[WorkerRecord, Depends(current_worker)]) -> Wo
     )
 
 
-@router.post("/claim", response_model=LeaseOut, responses={204: {"description": "nothing to run now"}})
-def claim(body: ClaimIn, svc: Svc, worker: Active) -> Any:
-    """Lease the fair next job this worker can run; 204 when there is none."""
+def _seen_caps(body: ClaimIn, svc: Services, worker: WorkerRecord) -> Capabilities:
+    """Record the worker's visit and the capabilities it announced; both claims start here."""
     svc.workers.seen(worker.id, body.model_dump())
-    caps = Capabilities(
+    return Capabilities(
         models=None if body.models is None else tuple(body.models),
         max_pixels=body.max_pixels,
         max_images=body.max_batch,
     )
-    lease = svc.jobs.claim(worker.lease_owner, caps)
+
+
+def _lease_out(svc: Services, job: Job, lease_id: str) -> LeaseOut:
+    return LeaseOut(
+        job_id=job.id, lease_id=lease_id, lease_seconds=svc.settings.lease_seconds, model=job.model,
+        request=job.request, cost=job.cost, attempts=job.attempts,
+    )
+
+
+@router.post("/claim", response_model=LeaseOut, responses={204: {"description": "nothing to run now"}})
+def claim(body: ClaimIn, svc: Svc, worker: Active) -> Any:
+    """Lease the fair next job this worker can run; 204 when there is none."""
+    lease = svc.jobs.claim(worker.lease_owner, _seen_caps(body, svc, worker))
     if lease is None:
         return Response(status_code=204)
-    return LeaseOut(
-        job_id=lease.job.id,
-        lease_id=lease.lease_id,
-        lease_seconds=svc.settings.lease_seconds,
-        model=lease.job.model,
-        request=lease.job.request,
-        cost=lease.job.cost,
-        attempts=lease.job.attempts,
-    )
+    return _lease_out(svc, lease.job, lease.lease_id)
 
 
 class LeasesOut(BaseModel):
@@ -214,36 +217,20 @@ class LeasesOut(BaseModel):
 def claim_batch(body: ClaimBatchIn, svc: Svc, worker: Active) -> LeasesOut:
     """Lease up to `max_jobs` jobs that can share one batch, preferring `prefer_model`, both
     within the server's fairness slack (JobStore.claim_batch); an empty list when none."""
-    svc.workers.seen(worker.id, body.model_dump())
-    caps = Capabilities(
-        models=None if body.models is None else tuple(body.models),
-        max_pixels=body.max_pixels,
-        max_images=body.max_batch,
-    )
     leases = svc.jobs.claim_batch(
         worker.lease_owner,
-        caps,
+        _seen_caps(body, svc, worker),
         max_jobs=min(body.max_jobs, svc.settings.worker_batch_jobs),
         prefer_model=body.prefer_model,
         slack=svc.settings.fairness_slack,
     )
-    return LeasesOut(leases=[
-        LeaseOut(
-            job_id=lease.job.id, lease_id=lease.lease_id, lease_seconds=svc.settings.lease_seconds,
-            model=lease.job.model, request=lease.job.request, cost=lease.job.cost, attempts=lease.job.attempts,
-        )
-        for lease in leases
-    ])
+    return LeasesOut(leases=[_lease_out(svc, lease.job, lease.lease_id) for lease in leases])
 
 
 @router.get("/jobs/{job_id}", response_model=LeaseOut)
 def leased_job(job_id: str, svc: Svc, worker: Active) -> LeaseOut:
     """A job this worker holds (to pick up after a reconnect); 404 for any other job."""
-    job = _leased_to(svc, worker, job_id)
-    return LeaseOut(
-        job_id=job.id, lease_id="", lease_seconds=svc.settings.lease_seconds, model=job.model,
-        request=job.request, cost=job.cost, attempts=job.attempts,
-    )
+    return _lease_out(svc, _leased_to(svc, worker, job_id), "")
 
 
 @router.post("/jobs/{job_id}/heartbeat", response_model=HeartbeatOut)
