@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kakumei.engine.batching import PerImageScale, batch_key, guidance_for
+from kakumei.engine.batching import PerImageScale, guidance_for
 from kakumei.schemas import GenerationRequest
 
 
@@ -63,10 +63,10 @@ def test_incompatible_requests_run_apart_in_order(engine) -> None:
 
 
 def test_batch_key() -> None:
-    assert batch_key(req("a")) == batch_key(req("b", cfg_scale=3, seed=9, negative_prompt="x"))
-    assert batch_key(req("a")) != batch_key(req("a", steps=4))
-    assert batch_key(req("a", n_iter=2)) is None
-    assert batch_key(req("a", enable_hr=True, denoising_strength=0.5)) is None
+    assert req("a").batch_key() == req("b", cfg_scale=3, seed=9, negative_prompt="x").batch_key()
+    assert req("a").batch_key() != req("a", steps=4).batch_key()
+    assert req("a", n_iter=2).batch_key() is None
+    assert req("a", enable_hr=True, denoising_strength=0.5).batch_key() is None
 
 
 def test_per_image_scale() -> None:

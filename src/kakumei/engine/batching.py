@@ -1,6 +1,7 @@
 """Cross-user batching: several compatible requests (same model, size, sampler, schedule,
 steps) run as one batch, each image with its own prompt, CFG scale and seed, and each equal
-to the image it would get alone within float tolerance.
+to the image it would get alone within float tolerance. Which requests are compatible is
+GenerationRequest.batch_key() (pure data, so the store can index it without torch).
 
 Batching pays where one UNet call on N latents costs less than N calls: on a GPU by far, on
 a CPU a little (benchmarks/batching.py measures both).
@@ -12,13 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
-from kakumei.schemas import GenerationRequest
-
-def batch_key(request: GenerationRequest) -> str | None:
-    """The compatibility key of a resolved request (GenerationRequest.batch_key), or None
-    when it must run alone."""
-    return request.batch_key()
 
 
 class PerImageScale:

@@ -30,8 +30,8 @@ from kakumei.engine.models import (
     recommended_defaults,
     resolve_model,
 )
-from kakumei.engine.batching import batch_key, guidance_for, split_by
-from kakumei.engine.passes import GenerationExtras, _BatchRun, check_request_fits, prepare_inputs
+from kakumei.engine.batching import guidance_for, split_by
+from kakumei.engine.passes import GenerationExtras, Inputs, _BatchRun, check_request_fits, prepare_inputs
 from kakumei.engine.prompt_cache import PromptCache
 from kakumei.engine.preview import latents_to_preview
 from kakumei.engine.prompts import EncodedPrompt, encode_prompts, extract_lora_tags
@@ -72,6 +72,14 @@ class GenerationResult:
     request: GenerationRequest  # with the resolved seed and model
     seed: int
     images: list[GeneratedImage]
+
+
+def _stack(encodings: list[EncodedPrompt], counts: list[int]) -> EncodedPrompt:
+    """One row per image: each request's encoding repeated for its batch_size images."""
+    embeds = torch.cat([e.embeds.repeat(n, 1, 1) for e, n in zip(encodings, counts)])
+    if encodings[0].pooled is None:
+        return EncodedPrompt(embeds, None)
+    return EncodedPrompt(embeds, torch.cat([e.pooled.repeat(n, 1) for e, n in zip(encodings, counts)]))
 
 
 def library_versions() -> dict[str, str]:
@@ -202,7 +210,7 @@ class Engine:
         results: list[GenerationResult | None] = [None] * len(resolved)
 
         def group_key(i: int) -> Any:
-            key = batch_key(resolved[i])
+            key = resolved[i].batch_key()
             return ("alone", i) if key is None else key
 
         for group in split_by(range(len(resolved)), group_key):
@@ -240,29 +248,23 @@ class Engine:
             (cond, uncond), used = self._encode(model, req.prompt, req.negative_prompt, req.clip_skip, embeddings, False)
             encoded.append((cond, uncond, used))
         results: list[GenerationResult | None] = [None] * len(requests)
+        no_inputs = Inputs()  # batch_key() admits text-to-image only: no input images
         # 2. prompts of different lengths (77-token chunks) cannot share a UNet call unpadded,
         #    and padding would change the image: one sub-batch per length
         for sub in split_by(encoded, lambda e: tuple(e[0].embeds.shape)):
             reqs = [requests[i] for i in sub]
             seeds = [s for r in reqs for s in image_seeds(r.seed, r.batch_size, 0)]
-            cond = EncodedPrompt(
-                torch.cat([encoded[i][0].embeds.repeat(requests[i].batch_size, 1, 1) for i in sub]),
-                None if encoded[sub[0]][0].pooled is None
-                else torch.cat([encoded[i][0].pooled.repeat(requests[i].batch_size, 1) for i in sub]),
-            )
-            uncond = EncodedPrompt(
-                torch.cat([encoded[i][1].embeds.repeat(requests[i].batch_size, 1, 1) for i in sub]),
-                None if encoded[sub[0]][1].pooled is None
-                else torch.cat([encoded[i][1].pooled.repeat(requests[i].batch_size, 1) for i in sub]),
-            )
+            counts = [r.batch_size for r in reqs]
+            cond = _stack([encoded[i][0] for i in sub], counts)
+            uncond = _stack([encoded[i][1] for i in sub], counts)
             # 3. one denoising loop for all, each image with its own CFG scale and seed
-            run = _BatchRun(reqs[0], model, None, cond, uncond, None, prepare_inputs(reqs[0]), seeds, 0, on_step, cancelled)
+            run = _BatchRun(reqs[0], model, None, cond, uncond, None, no_inputs, seeds, 0, on_step, cancelled)
             run.guidance = guidance_for([r.cfg_scale for r in reqs for _ in range(r.batch_size)])
             images = iter(run.images())
             # 4. back to their requests, with each request's own metadata
             for i, req in zip(sub, reqs):
                 extras = GenerationExtras(
-                    loras=[], embeddings=[self._embeddings.info(n) for n in encoded[i][2]], refiner=None, inputs=prepare_inputs(req)
+                    loras=[], embeddings=[self._embeddings.info(n) for n in encoded[i][2]], refiner=None, inputs=no_inputs
                 )
                 finished = [
                     self._finish(next(images), req, model, pos, seed, versions, users[i], extras)
