@@ -21,24 +21,26 @@ TINY_RECIPE_VERSION = "1"
 TOKENIZER_DIR = Path(__file__).parent / "configs" / "clip_tokenizer"
 
 
+# The UNet every tiny family shares: two blocks, the second with cross-attention.
+TINY_UNET = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+}
+
+
 def build_tiny_components(seed: int = 0, cross_attention_dim: int = 32) -> dict:
     """The components of the tiny pipeline, deterministic for a given seed."""
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET, cross_attention_dim=cross_attention_dim, attention_head_dim=8)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         block_out_channels=(8, 16, 16, 16),
@@ -141,13 +143,7 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> object:
     refiner = family == "sdxl-refiner"
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **TINY_UNET,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -155,7 +151,6 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> object:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=(32 + 5 * 8) if refiner else (32 + 6 * 8),
         cross_attention_dim=32 if refiner else 16 + 32,
-        norm_num_groups=8,
     )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
