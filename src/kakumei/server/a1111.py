@@ -166,7 +166,7 @@ class CallerOptions:
 
     @staticmethod
     def key(who: Caller) -> tuple[int, str | None]:
-        return (who.user.id, who.client_addr if who.user.is_anonymous else None)
+        return (who.user.id, who.scope_addr)
 
     def get(self, who: Caller) -> dict[str, Any]:
         with self._lock:

@@ -17,6 +17,12 @@ class Caller:
     user: User
     client_addr: str | None
 
+    @property
+    def scope_addr(self) -> str | None:
+        """The address that scopes this caller's own jobs, images and settings: anonymous
+        visitors share one user and are told apart by address; registered users are not."""
+        return self.client_addr if self.user.is_anonymous else None
+
     def owns(self, user_id: int, client_addr: str | None) -> bool:
         # Anonymous visitors share one user; each sees only what its own address submitted.
         if user_id != self.user.id:

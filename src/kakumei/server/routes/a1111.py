@@ -105,7 +105,7 @@ async def img2img(body: Img2ImgRequest, request: Request, svc: SvcDep, who: Call
 
 
 def _current(svc: Services, who: Caller) -> tuple[ActiveJob | None, int]:
-    addr = who.client_addr if who.user.is_anonymous else None
+    addr = who.scope_addr
     jobs = active_jobs(svc.db, who.user.id, addr)
     return (jobs[0] if jobs else None), len(jobs)
 

@@ -39,7 +39,7 @@ def my_images(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Gallery:
     """Your images, newest first, each with the request that made it."""
-    addr = who.client_addr if who.user.is_anonymous else None
+    addr = who.scope_addr
     found = svc.images.for_user(who.user.id, client_addr=addr, limit=limit)
     return Gallery(
         images=[

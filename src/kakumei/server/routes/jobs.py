@@ -81,7 +81,7 @@ def my_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
     """Your jobs, newest first."""
-    addr = who.client_addr if who.user.is_anonymous else None
+    addr = who.scope_addr
     return JobList(jobs=[job_out(svc, j) for j in svc.jobs.for_user(who.user.id, client_addr=addr, limit=limit)])
 
 

@@ -77,7 +77,7 @@ def me_out(svc: Services, who: Caller) -> Me:
     caps = admission.caps_now(counts.total) if free else None
     refusal = admission.standing(user, who.client_addr)
     version = terms_version(svc.settings)
-    addr = who.client_addr if user.is_anonymous else None
+    addr = who.scope_addr
     earned, spent = totals(svc.db, user.id)
     return Me(
         name=user.name,
@@ -128,5 +128,5 @@ def accept_terms(
         raise HTTPException(400, "send {\"accepted\": true} to accept the terms; without them you cannot submit jobs")
     if body.version != version:
         raise HTTPException(409, f"the terms changed (now version {version}); read them again at GET /api/v1/me")
-    svc.moderation.accept_terms(who.user.id, who.client_addr if who.user.is_anonymous else None, version)
+    svc.moderation.accept_terms(who.user.id, who.scope_addr, version)
     return me_out(svc, who)
