@@ -168,8 +168,17 @@ class Engine:
         """
         if only_batch is not None and not 0 <= only_batch < request.n_iter:
             raise InvalidRequest(f"only_batch must be between 0 and {request.n_iter - 1}, got {only_batch}")
-        resolved = self._resolve(request)
-        seed = resolved.seed
+        return self._generate_resolved(self._resolve(request), on_step, cancelled, on_image, user, only_batch)
+
+    def _generate_resolved(
+        self,
+        resolved: GenerationRequest,
+        on_step: Callable[[StepProgress], None] | None,
+        cancelled: Callable[[], bool] | None,
+        on_image: Callable[[GeneratedImage], None] | None,
+        user: str | None,
+        only_batch: int | None,
+    ) -> GenerationResult:
         images: list[GeneratedImage] = []
         try:
             for image in self._iter_images(resolved, on_step, cancelled, user, only_batch):
@@ -179,7 +188,7 @@ class Engine:
         except GenerationCancelled as exc:
             exc.images = images
             raise
-        return GenerationResult(request=resolved, seed=seed, images=images)
+        return GenerationResult(request=resolved, seed=resolved.seed, images=images)
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request as it will run: seed picked, model named, few-step defaults filled."""
@@ -216,7 +225,7 @@ class Engine:
         for group in split_by(range(len(resolved)), group_key):
             if len(group) == 1:
                 i = group[0]
-                results[i] = self.generate(resolved[i], on_step=on_step, cancelled=cancelled, user=who[i])
+                results[i] = self._generate_resolved(resolved[i], on_step, cancelled, None, who[i], None)
                 continue
             for i, result in zip(group, self._shared_batch([resolved[i] for i in group], [who[i] for i in group], on_step, cancelled)):
                 results[i] = result
