@@ -59,6 +59,14 @@ def test_merit_weight_grows_with_balance_and_saturates() -> None:
     assert current_share(1.0, [1.0, 2.0]) == 0.25
 
 
+def test_an_admin_weight_or_flag_takes_anyone_out_of_the_free_tier() -> None:
+    assert is_free_tier(is_anonymous=True, balance=0, override=None)
+    assert is_free_tier(is_anonymous=True, balance=50, override=None)  # anonymous credit buys nothing
+    assert not is_free_tier(is_anonymous=True, balance=0, override=2.0)
+    assert not is_free_tier(is_anonymous=False, balance=0, override=0.5)
+    assert not is_free_tier(is_anonymous=False, balance=0, override=None, is_admin=True)
+
+
 def test_only_coming_back_before_retry_after_is_an_offence() -> None:
     buckets = TokenBuckets(per_minute=60, burst=1)
     assert buckets.take("k", 0.0) == 0.0

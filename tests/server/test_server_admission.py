@@ -172,3 +172,27 @@ def test_bans_and_timeouts_hold_across_a_restart(stores, tmp_path) -> None:
         assert actions == ["ban-ip", "ban-user"]
     finally:
         db.close()
+
+
+def test_free_tier_is_one_rule_for_the_caller_and_the_address_counts(stores, tmp_path) -> None:
+    """An admin weight takes a user out of the free tier, the shared anonymous user included:
+    the caller's own caps and the per-address free-tier counts follow the same rule."""
+    adm = admission(stores, tmp_path, free_queued_per_ip=2, anonymous_max_queued=100, **NO_RATES)
+    ledger = Ledger(stores.db, clock=stores.clock)
+    anon = stores.users.anonymous()
+    rider, giver, weighted, admin = (stores.users.add(n)[0] for n in ("rider", "giver", "weighted", "admin"))
+    ledger.add(giver.id, 10.0, EARN_WORK, job_id="w-1")
+    adm.moderation.set_weight(ledger, weighted.id, "weighted", 3.0, "test")
+    adm.moderation.set_admin(admin.id, "admin", True, "test")
+    adm.moderation.set_weight(ledger, anon.id, "anonymous", 2.0, "test")
+    users = (anon, rider, giver, weighted, admin)
+    for user in users:
+        assert submit(stores, adm, user, "203.0.113.5") is None
+    counted = adm.queue_state(stores.users.get(rider.id), "203.0.113.5").free_users_at_addr
+    assert {u.id for u in users if adm.free(stores.users.get(u.id))} == {rider.id} == counted
+    # The anonymous visitors' admin weight stands them apart: their jobs at this address do
+    # not use up the free-tier jobs of the registered free rider there.
+    assert submit(stores, adm, anon, "203.0.113.5") is None
+    assert submit(stores, adm, rider, "203.0.113.5") is None
+    assert "free-tier users at your address" in assert_explained(
+        submit(stores, adm, rider, "203.0.113.5")).message

@@ -52,7 +52,12 @@ def weight_source(*, is_anonymous: bool, override: float | None) -> str:
 
 
 def is_free_tier(*, is_anonymous: bool, balance: float, override: float | None, is_admin: bool = False) -> bool:
-    """Users who give nothing back (no balance, no admin weight) get the free-tier caps."""
+    """Users who give nothing back get the free-tier caps: anonymous visitors, and registered
+    users without a positive balance. An admin weight, or being an admin, takes a user out of
+    it, the shared anonymous user included: the operator chose that user's standing.
+
+    The one definition: admission applies it to the caller and store/quotas.py to the users
+    counted per address."""
     if is_admin or override is not None:
         return False
     return is_anonymous or balance <= 0

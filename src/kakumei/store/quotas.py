@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kakumei.fairness.credits import is_free_tier
 from kakumei.store.db import Database
 
-# Free tier: anonymous, or registered with no balance and no admin weight (credits.py).
-_FREE = "(u.is_anonymous = 1 OR (u.balance <= 0 AND u.weight_override IS NULL AND u.is_admin = 0))"
-
-# Queued jobs per free-tier user from one address; reads jobs_queued_by_addr.
-FREE_QUEUED_AT_ADDR = f"""
-SELECT j.user_id, COUNT(*) AS n FROM jobs j JOIN users u ON u.id = j.user_id
-WHERE j.client_addr = ? AND j.state = 'queued' AND {_FREE}
-GROUP BY j.user_id
+# Queued jobs per user from one address, with the columns that decide the user's tier: the
+# free-tier rule is credits.is_free_tier alone, applied to these rows, so it cannot drift
+# from the one admission applies to the caller. Reads jobs_queued_by_addr; one row per user.
+QUEUED_AT_ADDR_BY_USER = """
+SELECT j.user_id, u.is_anonymous, u.balance, u.weight_override, u.is_admin, COUNT(*) AS n
+FROM jobs j JOIN users u ON u.id = j.user_id
+WHERE j.client_addr = ? AND j.state = 'queued'
+GROUP BY j.user_id, u.is_anonymous, u.balance, u.weight_override, u.is_admin
 """
 
 QUEUED_OF_USER_AT_ADDR = "SELECT COUNT(*) AS n FROM jobs WHERE client_addr = ? AND user_id = ? AND state = 'queued'"
@@ -44,7 +45,10 @@ def queue_counts(db: Database, user_id: int, addr: str | None, anonymous: bool) 
             own = int(tx.scalar(QUEUED_OF_USER_AT_ADDR, (addr or "", user_id)) or 0)
         else:
             own = int(tx.scalar(QUEUED_OF_USER, (user_id,)) or 0)
-        rows = tx.all(FREE_QUEUED_AT_ADDR, (addr,)) if addr else []
+        at_addr = tx.all(QUEUED_AT_ADDR_BY_USER, (addr,)) if addr else []
+    rows = [r for r in at_addr if is_free_tier(
+        is_anonymous=bool(r["is_anonymous"]), balance=float(r["balance"]),
+        override=r["weight_override"], is_admin=bool(r["is_admin"]))]
     return QueueCounts(
         total=total,
         own=own,
