@@ -1,7 +1,9 @@
 """Generated images: PNG files under the data dir, one row each in `images`.
 
-Files are written before the completing transaction and named by a fresh id, so a
-completion that loses its race leaves at most an unreferenced file, never a wrong image.
+A file is always written before the transaction whose row names it commits, and under a
+fresh name, so a row never points at a missing or half-written file: a completion that
+loses its race leaves no row and its files are deleted (`discard`), and a verifier's
+replacement is a new file that its row names from the commit on (`write_replacements`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,10 +55,24 @@ class PendingImage:
     metadata: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """A new file for an existing image (same id, so same URL), waiting for its row."""
+
+    image_id: str
+    old_path: Path
+    path: Path
+    infotext: str
+    metadata: dict[str, Any]
+
+
 INSERT_IMAGE = """
 INSERT INTO images (id, job_id, user_id, idx, seed, path, infotext, metadata, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# Only if the row still names the file the replacement was made for (not deleted meanwhile).
+REPLACE_IMAGE = "UPDATE images SET path = ?, infotext = ?, metadata = ? WHERE id = ? AND path = ?"
 
 _COLUMNS = "id, job_id, user_id, idx, seed, path, infotext, metadata, created_at"
 
@@ -81,15 +97,14 @@ class ImageStore:
         self.root = root
 
     def write_files(self, job_id: str, images: Sequence[ImageResult]) -> list[PendingImage]:
+        """Write a job's PNGs before the transaction that completes it (`insert_rows`)."""
         folder = self.root / job_id[:2]
         folder.mkdir(parents=True, exist_ok=True)
         pending = []
         for image in images:
             image_id = uuid.uuid4().hex
             path = folder / f"{image_id}.png"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(image.png)
-            tmp.replace(path)
+            _write_atomically(path, image.png)
             pending.append(
                 PendingImage(image_id, image.index, image.seed, path, image.infotext, image.metadata)
             )
@@ -110,6 +125,44 @@ class ImageStore:
                  image.infotext, json.dumps(image.metadata), now),
             )
 
+    # -- replacing a job's images (a verifier's re-run after a mismatch) --------------------
+
+    @staticmethod
+    def write_replacements(
+        current: Sequence[StoredImage], corrected: Mapping[int, tuple[bytes, str, dict[str, Any]]]
+    ) -> list[Replacement]:
+        """Write new files (index -> png, infotext, metadata) next to the current ones, before
+        the transaction that points the rows at them (`replace_rows`)."""
+        written = []
+        for image in current:
+            if image.index in corrected:
+                png, infotext, metadata = corrected[image.index]
+                path = image.path.parent / f"{uuid.uuid4().hex}.png"
+                _write_atomically(path, png)
+                written.append(Replacement(image.id, image.path, path, infotext, metadata))
+        return written
+
+    @staticmethod
+    def replace_rows(tx: Transaction, replacements: Sequence[Replacement]) -> list[Replacement]:
+        """Point the rows at their new files; return the replacements whose row was there."""
+        return [
+            r for r in replacements
+            if tx.run(REPLACE_IMAGE, (str(r.path), r.infotext, json.dumps(r.metadata), r.image_id, str(r.old_path)))
+        ]
+
+    @staticmethod
+    def settle_replacements(written: Sequence[Replacement], applied: Sequence[Replacement]) -> None:
+        """After the transaction: the files no row names any more go (old ones of the applied
+        replacements, new ones of the rest, all new ones when it rolled back: `applied` empty)."""
+        done = {r.image_id for r in applied}
+        for r in written:
+            (r.old_path if r.image_id in done else r.path).unlink(missing_ok=True)
+
+    @staticmethod
+    def job_images(tx: Transaction, job_id: str) -> list[StoredImage]:
+        rows = tx.all(f"SELECT {_COLUMNS} FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [_stored(r) for r in rows]
+
     def get(self, image_id: str) -> StoredImage | None:
         with self.db.transaction(write=False) as tx:
             row = tx.one(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (image_id,))
@@ -117,8 +170,7 @@ class ImageStore:
 
     def for_job(self, job_id: str) -> list[StoredImage]:
         with self.db.transaction(write=False) as tx:
-            rows = tx.all(f"SELECT {_COLUMNS} FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [_stored(r) for r in rows]
+            return self.job_images(tx, job_id)
 
     # -- gallery (the web UI's "my images") -----------------------------------------------
 
@@ -153,6 +205,13 @@ class ImageStore:
             tx.run("DELETE FROM images WHERE id = ?", (image_id,))
         Path(row["path"]).unlink(missing_ok=True)
         return True
+
+
+def _write_atomically(path: Path, png: bytes) -> None:
+    # A reader of the final name sees the whole file or none of it.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(png)
+    tmp.replace(path)
 
 
 @dataclass(frozen=True)

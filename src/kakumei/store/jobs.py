@@ -24,6 +24,7 @@ from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.ledger import SPEND_GENERATION, Ledger
+from kakumei.store.users import BACKLOGGED_MIN_COUNTER, UserStore
 
 
 class JobState(StrEnum):
@@ -187,18 +188,9 @@ UPDATE jobs SET state = 'leased', worker_id = ?, lease_id = ?, lease_expires_at 
 WHERE seq = ? AND state = 'queued'
 """
 
-# Serving a job advances its owner's counter by cost / weight (charged at claim).
-CHARGE_USER = """
-UPDATE users SET virtual_counter = virtual_counter + ?,
-    queued_jobs = queued_jobs - 1,
-    queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END
-WHERE id = ?
-"""
-
-# Where a user coming back with nothing queued starts (no banking of idle time).
-BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE queued_jobs > 0"
+# The counters themselves (queued_jobs, queued_cost, virtual_counter) are written only by
+# UserStore's queue bookkeeping (store/users.py): enqueue, charge, dequeue, refund.
 COUNTER_BEFORE_CLAIM = "SELECT u.virtual_counter - j.charged FROM users u JOIN jobs j ON j.user_id = u.id WHERE j.id = ?"
-SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM users"
 
 EXPIRED_LEASES = """
 SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost FROM jobs
@@ -350,18 +342,7 @@ class JobStore:
                         "use a new key for a new request"
                     )
                 return _job(row), False
-        user = tx.one(
-            "SELECT virtual_counter, queued_jobs FROM users WHERE id = ? {for_update}", (new.user_id,)
-        )
-        if user is None:
-            raise ValueError(f"no user with id {new.user_id}")
-        counter = float(user["virtual_counter"])
-        if int(user["queued_jobs"]) == 0:
-            counter = shares.lifted_counter(
-                counter,
-                tx.scalar(BACKLOGGED_MIN_COUNTER),
-                tx.scalar(SYSTEM_MAX_COUNTER),
-            )
+        UserStore.enqueue(tx, new.user_id, new.cost)
         job_id = uuid.uuid4().hex
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
@@ -373,11 +354,6 @@ class JobStore:
                 new.request.steps, new.request.image_count, new.cost, new.priority,
                 self.max_attempts, now, new.request.batch_key(new.model),
             ),
-        )
-        tx.execute(
-            "UPDATE users SET queued_jobs = queued_jobs + 1, queued_cost = queued_cost + ?, "
-            "virtual_counter = ? WHERE id = ?",
-            (new.cost, counter, new.user_id),
         )
         add_event(tx, job_id, "queued", {"attempts": 0}, now)
         row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -469,7 +445,7 @@ class JobStore:
                 charged = shares.charge(cost, float(user["weight"]))
                 if tx.run(LEASE_JOB, (worker_id, lease_id, expires, now, charged, job["seq"])) != 1:
                     continue
-                tx.run(CHARGE_USER, (charged, cost, user["id"]))
+                UserStore.charge(tx, int(user["id"]), cost, charged)
                 add_event(tx, job["id"], "leased", {"worker": worker_id}, now)
                 row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (job["seq"],))
                 assert row is not None
@@ -554,15 +530,16 @@ class JobStore:
         after: Callable[[Transaction], None] | None = None,
     ) -> bool:
         now = self.clock()
-        with self.db.transaction() as tx:
-            row = tx.one(
-                "SELECT user_id, started_at, claimed_at, cost, image_count, worker_id FROM jobs "
-                "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
-                (job_id, lease_id),
-            )
-            if row is None:
-                finished = False
-            else:
+        finished = False
+        try:
+            with self.db.transaction() as tx:
+                row = tx.one(
+                    "SELECT user_id, started_at, claimed_at, cost, image_count, worker_id FROM jobs "
+                    "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
+                    (job_id, lease_id),
+                )
+                if row is None:
+                    return False  # the lease is lost: another report or the reaper won
                 started = row["started_at"] or row["claimed_at"] or now
                 tx.run(
                     "UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
@@ -581,9 +558,12 @@ class JobStore:
                 add_event(tx, job_id, state.value, data, now)
                 if after is not None:
                     after(tx)
-                finished = True
-        if not finished:
-            self.images.discard(images)
+            finished = True  # committed
+        finally:
+            # The files were written before this transaction; no row names them unless it
+            # committed the completion.
+            if not finished:
+                self.images.discard(images)
         return finished
 
     def _spend(self, tx: Transaction, job_id: str, row: dict, state: JobState, delivered: int) -> None:
@@ -655,12 +635,7 @@ class JobStore:
             (state.value, attempts, error, None if state == JobState.QUEUED else now, row["seq"]),
         )
         if state == JobState.QUEUED:
-            # The owner paid for a run that did not happen: give it back.
-            tx.run(
-                "UPDATE users SET virtual_counter = virtual_counter - ?, queued_jobs = queued_jobs + 1, "
-                "queued_cost = queued_cost + ? WHERE id = ?",
-                (float(row["charged"]), float(row["cost"]), row["user_id"]),
-            )
+            UserStore.refund(tx, int(row["user_id"]), float(row["cost"]), float(row["charged"]))
             add_event(tx, row["id"], "queued", {"attempts": attempts, "reason": reason}, now)
         elif state == JobState.FAILED:
             add_event(tx, row["id"], "failed", {"reason": error}, now)
@@ -684,11 +659,7 @@ class JobStore:
                     "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ? WHERE seq = ?",
                     (now, row["seq"]),
                 )
-                tx.run(
-                    "UPDATE users SET queued_jobs = queued_jobs - 1, "
-                    "queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END WHERE id = ?",
-                    (float(row["cost"]), row["user_id"]),
-                )
+                UserStore.dequeue(tx, int(row["user_id"]), float(row["cost"]))
                 add_event(tx, job_id, "cancelled", {"image_ids": []}, now)
             elif row["state"] in (JobState.LEASED, JobState.RUNNING):
                 tx.run("UPDATE jobs SET cancel_requested = 1 WHERE seq = ?", (row["seq"],))

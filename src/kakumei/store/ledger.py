@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from kakumei.fairness.credits import MeritPolicy, merit_weight
 from kakumei.store.db import Database, Transaction
+from kakumei.store.users import UserStore
 
 # Reasons: what a row is for.
 EARN_WORK = "work"  # a worker owned by the user delivered compute units (issue 6)
@@ -81,11 +82,7 @@ class Ledger:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (user_id, amount, reason, job_id, worker_id, note, self.clock()),
         )
-        row = tx.one(
-            "UPDATE users SET balance = balance + ?, earned = earned + ?, spent = spent + ? "
-            "WHERE id = ? RETURNING is_anonymous, balance, weight_override",
-            (amount, max(0.0, amount), max(0.0, -amount), user_id),
-        )
+        row = UserStore.add_to_totals(tx, user_id, amount)
         if row is None:
             raise ValueError(f"no user with id {user_id}")
         self.apply_weight(tx, user_id, row)
@@ -98,7 +95,7 @@ class Ledger:
             balance=float(row["balance"]),
             override=row["weight_override"],
         )
-        tx.run("UPDATE users SET weight = ? WHERE id = ? AND weight <> ?", (weight, user_id, weight))
+        UserStore.write_weight(tx, user_id, weight)
 
     def balance(self, user_id: int) -> float:
         """The sum of the user's rows (0 for a user with none)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from kakumei.fairness.limits import TimeoutPolicy, timeout_seconds
 from kakumei.store.db import Database, Transaction
+from kakumei.store.users import UserStore
 
 USER = "user"
 IP = "ip"
@@ -211,8 +212,7 @@ class Moderation:
         if weight is not None and not weight > 0:
             raise ValueError(f"weight must be above 0, got {weight}")
         with self.db.transaction() as tx:
-            row = tx.one("UPDATE users SET weight_override = ? WHERE id = ? "
-                         "RETURNING is_anonymous, balance, weight_override", (weight, user_id))
+            row = UserStore.set_weight_override(tx, user_id, weight)
             if row is None:
                 raise ValueError(f"no user with id {user_id}")
             ledger.apply_weight(tx, user_id, row)
@@ -220,5 +220,5 @@ class Moderation:
 
     def set_admin(self, user_id: int, name: str, admin: bool, actor: str) -> None:
         with self.db.transaction() as tx:
-            tx.run("UPDATE users SET is_admin = ? WHERE id = ?", (int(admin), user_id))
+            UserStore.set_admin(tx, user_id, admin)
             self.audit(tx, actor, "admin" if admin else "revoke-admin", name, {})

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from kakumei.store.db import Database, Transaction
+from kakumei.store.images import ImageStore, Replacement
 from kakumei.store.ledger import EARN_WORK, Ledger
 from kakumei.store.users import hash_key
 
@@ -270,46 +270,44 @@ class WorkerStore:
         images with the verifier's, so the user gets the picture they asked for.
         """
         now = self.clock()
-        replaced: list[tuple[Path, bytes]] = []
-        with self.db.transaction() as tx:
-            worker = tx.one(
-                "SELECT id, user_id, status, streak, mismatches FROM workers WHERE id = ? {for_update}",
-                (check.worker_id,),
-            )
-            assert worker is not None
-            state = "unverifiable" if distance is None else ("passed" if passed else "failed")
-            tx.run(
-                "UPDATE verifications SET state = ?, distance = ?, finished_at = ? WHERE id = ?",
-                (state, distance, now, check.id),
-            )
-            status = WorkerStatus(worker["status"])
-            if passed:
-                if distance is not None:
-                    status = self._passed(tx, worker, status)
-                self._pay(tx, int(worker["user_id"]), check.units, check.job_id, check.worker_id)
-            else:
-                mismatches = int(worker["mismatches"]) + 1
-                status = (
-                    WorkerStatus.QUARANTINED if mismatches >= self.policy.quarantine_after else WorkerStatus.SUSPECT
+        written: list[Replacement] = []
+        if not passed and corrected:
+            # The verifier's files exist before the rows that name them commit.
+            with self.db.transaction(write=False) as tx:
+                written = ImageStore.write_replacements(ImageStore.job_images(tx, check.job_id), corrected)
+        replaced: list[Replacement] = []
+        applied: list[Replacement] = []
+        try:
+            with self.db.transaction() as tx:
+                worker = tx.one(
+                    "SELECT id, user_id, status, streak, mismatches FROM workers WHERE id = ? {for_update}",
+                    (check.worker_id,),
                 )
+                assert worker is not None
+                state = "unverifiable" if distance is None else ("passed" if passed else "failed")
                 tx.run(
-                    "UPDATE workers SET mismatches = ?, streak = 0, status = ? WHERE id = ?",
-                    (mismatches, status.value, check.worker_id),
+                    "UPDATE verifications SET state = ?, distance = ?, finished_at = ? WHERE id = ?",
+                    (state, distance, now, check.id),
                 )
-                for image in tx.all("SELECT id, idx, path FROM images WHERE job_id = ?", (check.job_id,)):
-                    if corrected and int(image["idx"]) in corrected:
-                        png, infotext, metadata = corrected[int(image["idx"])]
-                        tx.run(
-                            "UPDATE images SET infotext = ?, metadata = ? WHERE id = ?",
-                            (infotext, json.dumps(metadata), image["id"]),
-                        )
-                        replaced.append((Path(image["path"]), png))
-        # After the commit: the rows already describe the verifier's images. Each file is
-        # replaced atomically, so a reader sees the old picture or the new one, never half.
-        for path, png in replaced:
-            tmp = path.with_suffix(".verified.tmp")
-            tmp.write_bytes(png)
-            tmp.replace(path)
+                status = WorkerStatus(worker["status"])
+                if passed:
+                    if distance is not None:
+                        status = self._passed(tx, worker, status)
+                    self._pay(tx, int(worker["user_id"]), check.units, check.job_id, check.worker_id)
+                else:
+                    mismatches = int(worker["mismatches"]) + 1
+                    status = (
+                        WorkerStatus.QUARANTINED if mismatches >= self.policy.quarantine_after else WorkerStatus.SUSPECT
+                    )
+                    tx.run(
+                        "UPDATE workers SET mismatches = ?, streak = 0, status = ? WHERE id = ?",
+                        (mismatches, status.value, check.worker_id),
+                    )
+                    replaced = ImageStore.replace_rows(tx, written)
+            applied = replaced  # committed: from now on the rows name the new files
+        finally:
+            # The files no row names any more (all new ones if the transaction failed).
+            ImageStore.settle_replacements(written, applied)
         return status
 
     def _pay(self, tx: Transaction, user_id: int, units: float, job_id: str, worker_id: int) -> None:
