@@ -192,6 +192,14 @@ WHERE seq = ? AND state = 'queued'
 # UserStore's queue bookkeeping (store/users.py): enqueue, charge, dequeue, refund.
 COUNTER_BEFORE_CLAIM = "SELECT u.virtual_counter - j.charged FROM users u JOIN jobs j ON j.user_id = u.id WHERE j.id = ?"
 
+# A job as its lease holder's report finds it: only while that lease still holds it, so a
+# report on a lost lease (expired and re-queued, or already finished) finds nothing.
+HELD_JOB = """
+SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost, started_at,
+    claimed_at, image_count, worker_id FROM jobs
+WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}
+"""
+
 EXPIRED_LEASES = """
 SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost FROM jobs
 WHERE state IN ('leased', 'running') AND lease_expires_at < ?
@@ -533,11 +541,7 @@ class JobStore:
         finished = False
         try:
             with self.db.transaction() as tx:
-                row = tx.one(
-                    "SELECT user_id, started_at, claimed_at, cost, image_count, worker_id FROM jobs "
-                    "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
-                    (job_id, lease_id),
-                )
+                row = tx.one(HELD_JOB, (job_id, lease_id))
                 if row is None:
                     return False  # the lease is lost: another report or the reaper won
                 started = row["started_at"] or row["claimed_at"] or now
@@ -586,11 +590,7 @@ class JobStore:
         and after max_attempts the job fails with `reason`.
         """
         with self.db.transaction() as tx:
-            row = tx.one(
-                "SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost "
-                "FROM jobs WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}",
-                (job_id, lease_id),
-            )
+            row = tx.one(HELD_JOB, (job_id, lease_id))
             if row is None:
                 return False
             self._lost(tx, row, count_attempt=count_attempt, reason=reason)
