@@ -145,10 +145,12 @@ class ImageStore:
     @staticmethod
     def replace_rows(tx: Transaction, replacements: Sequence[Replacement]) -> list[Replacement]:
         """Point the rows at their new files; return the replacements whose row was there."""
-        return [
-            r for r in replacements
-            if tx.run(REPLACE_IMAGE, (str(r.path), r.infotext, json.dumps(r.metadata), r.image_id, str(r.old_path)))
-        ]
+        applied = []
+        for r in replacements:
+            params = (str(r.path), r.infotext, json.dumps(r.metadata), r.image_id, str(r.old_path))
+            if tx.run(REPLACE_IMAGE, params):
+                applied.append(r)
+        return applied
 
     @staticmethod
     def settle_replacements(written: Sequence[Replacement], applied: Sequence[Replacement]) -> None:

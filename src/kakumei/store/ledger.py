@@ -20,7 +20,7 @@ from kakumei.store.db import Database, Transaction
 from kakumei.store.users import UserStore
 
 # Reasons: what a row is for.
-EARN_WORK = "work"  # a worker owned by the user delivered compute units (issue 6)
+EARN_WORK = "work"  # a worker owned by the user delivered compute units
 SPEND_GENERATION = "generation"  # the user's job completed
 GRANT = "grant"  # an admin gave (or, negative, took back) credit
 REFUND = "refund"  # money back for a job that was paid but not delivered
@@ -87,8 +87,9 @@ class Ledger:
             raise ValueError(f"no user with id {user_id}")
         self.apply_weight(tx, user_id, row)
 
-    def apply_weight(self, tx: Transaction, user_id: int, row: dict) -> None:
-        """Write the weight of a user row (is_anonymous, balance, weight_override) under the policy."""
+    def apply_weight(self, tx: Transaction, user_id: int, row: dict) -> float:
+        """Write the weight of a user row (is_anonymous, balance, weight_override) under the
+        policy; return it."""
         weight = merit_weight(
             self.policy,
             is_anonymous=bool(row["is_anonymous"]),
@@ -96,6 +97,7 @@ class Ledger:
             override=row["weight_override"],
         )
         UserStore.write_weight(tx, user_id, weight)
+        return weight
 
     def balance(self, user_id: int) -> float:
         """The sum of the user's rows (0 for a user with none)."""
@@ -123,9 +125,5 @@ class Ledger:
         changed = 0
         with self.db.transaction() as tx:
             for row in tx.all("SELECT id, is_anonymous, balance, weight_override, weight FROM users"):
-                before = float(row["weight"])
-                self.apply_weight(tx, int(row["id"]), row)
-                weight = merit_weight(self.policy, is_anonymous=bool(row["is_anonymous"]),
-                                      balance=float(row["balance"]), override=row["weight_override"])
-                changed += weight != before
+                changed += self.apply_weight(tx, int(row["id"]), row) != float(row["weight"])
         return changed

@@ -172,7 +172,8 @@ class UserStore:
             raise ValueError(f"no user with id {user_id}")
         counter = float(user["virtual_counter"])
         if int(user["queued_jobs"]) == 0:
-            counter = shares.lifted_counter(counter, tx.scalar(BACKLOGGED_MIN_COUNTER), tx.scalar(SYSTEM_MAX_COUNTER))
+            lowest, highest = tx.scalar(BACKLOGGED_MIN_COUNTER), tx.scalar(SYSTEM_MAX_COUNTER)
+            counter = shares.lifted_counter(counter, lowest, highest)
         tx.run(ENQUEUE_JOB, (cost, counter, user_id))
 
     @staticmethod
