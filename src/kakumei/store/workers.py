@@ -269,45 +269,51 @@ class WorkerStore:
         mismatch, `corrected` (image index -> png, infotext, metadata) replaces the job's
         images with the verifier's, so the user gets the picture they asked for.
         """
-        now = self.clock()
         written: list[Replacement] = []
         if not passed and corrected:
             # The verifier's files exist before the rows that name them commit.
             with self.db.transaction(write=False) as tx:
-                written = ImageStore.write_replacements(ImageStore.job_images(tx, check.job_id), corrected)
-        replaced: list[Replacement] = []
+                current = ImageStore.job_images(tx, check.job_id)
+            written = ImageStore.write_replacements(current, corrected)
         applied: list[Replacement] = []
         try:
             with self.db.transaction() as tx:
-                worker = tx.one(
-                    "SELECT id, user_id, status, streak, mismatches FROM workers WHERE id = ? {for_update}",
-                    (check.worker_id,),
-                )
-                assert worker is not None
-                state = "unverifiable" if distance is None else ("passed" if passed else "failed")
-                tx.run(
-                    "UPDATE verifications SET state = ?, distance = ?, finished_at = ? WHERE id = ?",
-                    (state, distance, now, check.id),
-                )
-                status = WorkerStatus(worker["status"])
-                if passed:
-                    if distance is not None:
-                        status = self._passed(tx, worker, status)
-                    self._pay(tx, int(worker["user_id"]), check.units, check.job_id, check.worker_id)
-                else:
-                    mismatches = int(worker["mismatches"]) + 1
-                    status = (
-                        WorkerStatus.QUARANTINED if mismatches >= self.policy.quarantine_after else WorkerStatus.SUSPECT
-                    )
-                    tx.run(
-                        "UPDATE workers SET mismatches = ?, streak = 0, status = ? WHERE id = ?",
-                        (mismatches, status.value, check.worker_id),
-                    )
-                    replaced = ImageStore.replace_rows(tx, written)
+                status = self._record_outcome(tx, check, distance, passed)
+                replaced = ImageStore.replace_rows(tx, written)
             applied = replaced  # committed: from now on the rows name the new files
         finally:
-            # The files no row names any more (all new ones if the transaction failed).
+            # Remove the files no row names (every new one if the transaction failed).
             ImageStore.settle_replacements(written, applied)
+        return status
+
+    def _record_outcome(
+        self, tx: Transaction, check: Verification, distance: float | None, passed: bool
+    ) -> WorkerStatus:
+        """The check's row, the worker's status, and its owner's pay, in one transaction."""
+        worker = tx.one(
+            "SELECT id, user_id, status, streak, mismatches FROM workers WHERE id = ? {for_update}",
+            (check.worker_id,),
+        )
+        assert worker is not None
+        state = "unverifiable" if distance is None else ("passed" if passed else "failed")
+        tx.run(
+            "UPDATE verifications SET state = ?, distance = ?, finished_at = ? WHERE id = ?",
+            (state, distance, self.clock(), check.id),
+        )
+        status = WorkerStatus(worker["status"])
+        if passed:
+            if distance is not None:
+                status = self._passed(tx, worker, status)
+            self._pay(tx, int(worker["user_id"]), check.units, check.job_id, check.worker_id)
+        else:
+            mismatches = int(worker["mismatches"]) + 1
+            status = (
+                WorkerStatus.QUARANTINED if mismatches >= self.policy.quarantine_after else WorkerStatus.SUSPECT
+            )
+            tx.run(
+                "UPDATE workers SET mismatches = ?, streak = 0, status = ? WHERE id = ?",
+                (mismatches, status.value, check.worker_id),
+            )
         return status
 
     def _pay(self, tx: Transaction, user_id: int, units: float, job_id: str, worker_id: int) -> None:
