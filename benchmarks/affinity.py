@@ -26,12 +26,13 @@ def run(mode: str, models: list[str], args: argparse.Namespace, home: Path) -> t
     from kakumei.engine.pipeline import Engine
     from kakumei.fairness.cost import request_cost
     from kakumei.schemas import GenerationRequest
+    from kakumei.server.job_source import StoreJobSource
     from kakumei.store.db import Database
     from kakumei.store.images import ImageStore
     from kakumei.store.jobs import JobStore, NewJob
     from kakumei.store.migrate import migrate
     from kakumei.store.users import UserStore
-    from kakumei.worker import StoreJobSource, Worker
+    from kakumei.worker import Worker
 
     db_dir = Path(tempfile.mkdtemp(dir=home))
     db = Database(f"sqlite:///{db_dir / 'q.db'}")

@@ -28,13 +28,15 @@ from typing import Any  # noqa: E402
 import psycopg  # noqa: E402
 
 from kakumei.fairness.cost import request_cost  # noqa: E402
+from kakumei.protocol import Capabilities  # noqa: E402
 from kakumei.schemas import GenerationRequest  # noqa: E402
+from kakumei.server.job_source import StoreJobSource  # noqa: E402
 from kakumei.store.db import Database  # noqa: E402
 from kakumei.store.images import ImageStore  # noqa: E402
-from kakumei.store.jobs import SELECT_NEXT_USER, SELECT_USER_NEXT_JOB, Capabilities, JobStore, NewJob, _with_caps  # noqa: E402
+from kakumei.store.jobs import SELECT_NEXT_USER, SELECT_USER_NEXT_JOB, JobStore, NewJob, _with_caps  # noqa: E402
 from kakumei.store.migrate import migrate  # noqa: E402
 from kakumei.store.users import UserStore  # noqa: E402
-from kakumei.worker import StoreJobSource, Worker  # noqa: E402
+from kakumei.worker import Worker  # noqa: E402
 
 REQUEST = GenerationRequest(prompt="bench", width=64, height=64, steps=2)
 COST = request_cost(REQUEST, "m")

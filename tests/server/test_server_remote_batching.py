@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from kakumei.store.jobs import Capabilities, JobState
+from kakumei.protocol import Capabilities
+from kakumei.store.jobs import JobState
 from kakumei.worker import Worker
 from kakumei.worker.remote import HttpJobSource
 

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
+from kakumei.protocol import Capabilities
+from kakumei.server.verification import Verifier
 from kakumei.store.ledger import Ledger
 from kakumei.store.workers import WorkerStatus
 from kakumei.worker import Worker
 from kakumei.worker.remote import HttpJobSource, WorkerRefused
-from kakumei.worker.verify import Verifier
-from kakumei.store.jobs import Capabilities
 
 JOB = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 7}
 
@@ -50,7 +50,7 @@ def test_a_worker_sees_only_its_own_leases_and_late_results_are_refused(make_ser
     a, b = HttpJobSource(server.url, key_a), HttpJobSource(server.url, key_b)
     try:
         lease = a.claim("a", Capabilities())
-        assert lease is not None and lease.job.id == job_id
+        assert lease is not None and lease.job_id == job_id
         with server.client(key_b) as other:
             assert other.get(f"/api/v1/worker/jobs/{job_id}").status_code == 404
             stolen = other.post(f"/api/v1/worker/jobs/{job_id}/complete", json={"lease_id": lease.lease_id, "images": []})
@@ -62,7 +62,7 @@ def test_a_worker_sees_only_its_own_leases_and_late_results_are_refused(make_ser
             tx.run("UPDATE jobs SET lease_expires_at = 0 WHERE id = ?", (job_id,))
         assert server.services.jobs.expire_leases() == 1
         assert Worker(b, engine, "b", capabilities=Capabilities()).run_one()
-        late = engine.generate(lease.job.request.model_copy(update={"model": lease.job.model}))
+        late = engine.generate(lease.request_to_run())
         images = [Worker._image(i) for i in late.images]
         assert not a.complete(job_id, lease.lease_id, images, late.seed)
         with server.client(key_a) as mine:

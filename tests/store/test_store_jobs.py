@@ -7,9 +7,10 @@ import threading
 import pytest
 
 from kakumei.fairness.cost import request_cost
+from kakumei.protocol import Capabilities, Progress
 from kakumei.schemas import GenerationRequest
 from kakumei.store.images import ImageResult
-from kakumei.store.jobs import Capabilities, IdempotencyConflict, JobState, NewJob
+from kakumei.store.jobs import IdempotencyConflict, JobState, NewJob
 from kakumei.store.migrate import migrate
 
 REQUEST = GenerationRequest(prompt="a fox", width=64, height=64, steps=2)
@@ -72,7 +73,7 @@ def test_a_job_completes_exactly_once(stores) -> None:
     alice, _ = stores.users.add("alice")
     job = stores.jobs.submit(new_job(alice.id))[0]
     lease = stores.jobs.claim("w")
-    assert stores.jobs.heartbeat(job.id, lease.lease_id, step=1, total=2).ok
+    assert stores.jobs.heartbeat(job.id, lease.lease_id, Progress(step=1, total=2)).ok
     assert stores.jobs.get(job.id).state == JobState.RUNNING
     files = stores.images.write_files(job.id, [ImageResult(png=b"png", seed=7, index=0)])
     assert stores.jobs.complete(job.id, lease.lease_id, files, seed=7)
@@ -140,7 +141,7 @@ def test_cancel_works_in_every_state(stores) -> None:
     assert stores.users.get(alice.id).queued_jobs == 1
     lease = stores.jobs.claim("w")
     assert lease.job.id == running.id
-    stores.jobs.heartbeat(running.id, lease.lease_id, step=1, total=2)
+    stores.jobs.heartbeat(running.id, lease.lease_id, Progress(step=1, total=2))
     asked = stores.jobs.cancel(running.id)
     assert asked.state == JobState.RUNNING and asked.cancel_requested
     assert stores.jobs.heartbeat(running.id, lease.lease_id).cancel_requested

@@ -19,6 +19,7 @@ import httpx
 from PIL import Image
 from playwright.sync_api import expect
 
+from kakumei.protocol import Progress
 from kakumei.store.db import Database
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
@@ -317,7 +318,7 @@ def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_pa
         lease = store.claim("web-test-worker")
         assert lease is not None and lease.job.request.prompt == running
         preview = preview_png()
-        store.heartbeat(lease.job.id, lease.lease_id, step=1, total=4, preview=preview)
+        store.heartbeat(lease.job.id, lease.lease_id, Progress(step=1, total=4, preview=preview))
         expect(card.locator(".job-detail")).to_have_text("Step 1 of 4")
         expect(card.locator(".job-state")).to_have_text("Generating…")
         assert card.locator(".job-progress").evaluate("e => [e.value, e.max]") == [1, 4]
@@ -328,7 +329,7 @@ def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_pa
         page.keyboard.press("Enter")
         expect(card.locator(".job-state")).to_have_text("Cancelling…")
         expect(card.get_by_role("button", name="Cancel")).to_be_focused()
-        assert store.heartbeat(lease.job.id, lease.lease_id, step=2, total=4).cancel_requested
+        assert store.heartbeat(lease.job.id, lease.lease_id, Progress(step=2, total=4)).cancel_requested
         store.acknowledge_cancel(lease.job.id, lease.lease_id)
         expect(card.locator(".job-state")).to_have_text("Cancelled.")
         expect(card.get_by_role("button", name="Dismiss")).to_be_focused()

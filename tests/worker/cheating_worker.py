@@ -15,7 +15,7 @@ from typing import Any
 
 from kakumei.config import load_settings
 from kakumei.engine.pipeline import Engine
-from kakumei.store.jobs import Capabilities
+from kakumei.protocol import Capabilities
 from kakumei.worker import Worker
 from kakumei.worker.remote import HttpJobSource, WorkerRefused
 

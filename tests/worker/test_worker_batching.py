@@ -10,7 +10,8 @@ from PIL import Image
 from kakumei.fairness.cost import request_cost
 from kakumei.schemas import GenerationRequest
 from kakumei.store.jobs import JobState, NewJob
-from kakumei.worker import StoreJobSource, Worker
+from kakumei.server.job_source import StoreJobSource
+from kakumei.worker import Worker
 
 MODEL = "kakumei:tiny"
 
@@ -55,10 +56,10 @@ def test_cancelling_one_job_of_a_batch_keeps_the_others(stores, engine) -> None:
     source = StoreJobSource(stores.jobs, stores.images)
     original = source.heartbeat
 
-    def heartbeat(job_id, lease_id, **kw):
-        if job_id == drop and kw.get("step") == 2:
+    def heartbeat(job_id, lease_id, progress=None):
+        if job_id == drop and progress is not None and progress.step == 2:
             stores.jobs.cancel(drop)  # the owner cancels while the batch runs
-        return original(job_id, lease_id, **kw)
+        return original(job_id, lease_id, progress)
 
     source.heartbeat = heartbeat  # type: ignore[method-assign]
     worker = Worker(source, engine, "w1", max_batch_jobs=4, fairness_slack=100.0, progress_interval=0.0)

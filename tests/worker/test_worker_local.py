@@ -7,7 +7,8 @@ import threading
 from kakumei.fairness.cost import request_cost
 from kakumei.schemas import GenerationRequest
 from kakumei.store.jobs import JobState, NewJob
-from kakumei.worker import StoreJobSource, Worker
+from kakumei.server.job_source import StoreJobSource
+from kakumei.worker import Worker
 
 REQUEST = GenerationRequest(prompt="a cat", width=64, height=64, steps=2, seed=11, batch_size=2)
 
@@ -42,9 +43,9 @@ def test_stopping_the_worker_gives_the_job_back(stores, engine) -> None:
     source = StoreJobSource(stores.jobs, stores.images)
     original = source.heartbeat
 
-    def heartbeat(*args, **kwargs):
-        reply = original(*args, **kwargs)
-        if kwargs.get("step") is not None:
+    def heartbeat(job_id, lease_id, progress=None):
+        reply = original(job_id, lease_id, progress)
+        if progress is not None and progress.step is not None:
             stop.set()  # shut down once the job is really running
         return reply
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from kakumei.store.images import ImageResult
-from kakumei.store.jobs import Capabilities
+from kakumei.protocol import Capabilities, ImageReport
 from kakumei.worker.remote import FIRST_BACKOFF, MAX_BACKOFF, HttpJobSource
 
 
@@ -35,7 +34,7 @@ def test_a_result_is_retried_until_the_server_takes_it() -> None:
     transport, seen = flaky(3, httpx.Response(200, json={"ok": True}))
     slept: list[float] = []
     source = HttpJobSource("http://server", "kkw_x", transport=transport, sleep=slept.append)
-    image = ImageResult(png=b"\x89PNG", seed=1, index=0)
+    image = ImageReport.of_png(b"\x89PNG", seed=1, index=0)
     assert source.complete("job", "lease", [image], 1)
     assert seen == ["/api/v1/worker/jobs/job/complete"] * 4 and slept == [1.0, 2.0, 4.0]
 

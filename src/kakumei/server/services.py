@@ -108,8 +108,9 @@ class Services:
                 log.exception("expiring leases failed; retrying")
 
     def _work(self) -> None:
-        from kakumei.worker import StoreJobSource, Worker
-        from kakumei.worker.verify import Verifier
+        from kakumei.server.job_source import StoreJobSource
+        from kakumei.server.verification import Verifier
+        from kakumei.worker import Worker
 
         if self.engine is None:
             from kakumei.engine.pipeline import Engine

@@ -15,11 +15,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from kakumei.fairness import shares
+from kakumei.protocol import Capabilities, HeartbeatReply, Progress
 from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
@@ -69,29 +70,12 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    """What a worker can run. None means "anything"."""
-
-    models: tuple[str, ...] | None = None
-    max_pixels: int | None = None
-    max_images: int | None = None  # images in one job (a remote worker's --max-batch)
-
-
-@dataclass(frozen=True)
 class Lease:
     """A claimed job and the token that every report about it must carry."""
 
     job: Job
     lease_id: str
     expires_at: float
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """A worker's answer from the store: keep going, or stop."""
-
-    ok: bool  # False: the lease is gone (expired and re-queued, or the job finished)
-    cancel_requested: bool
 
 
 @dataclass(frozen=True)
@@ -397,7 +381,7 @@ class JobStore:
         if prefer_model is not None and (caps.models is None or prefer_model in caps.models):
             bound = self._lowest_backlogged_counter()
             if bound is not None:
-                preferred = replace(caps, models=(prefer_model,))
+                preferred = caps.model_copy(update={"models": (prefer_model,)})
                 sql, params = _with_caps(SELECT_NEXT_USER_WITHIN, preferred)
                 first = self._claim(worker_id, preferred, sql, [bound + slack, *params])
         if first is None:
@@ -412,7 +396,7 @@ class JobStore:
             # the first owner's counter before this claim charged it
             before = tx.scalar(COUNTER_BEFORE_CLAIM, (first.job.id,))
         bound = float(before or 0.0) + slack
-        mates = replace(caps, models=(first.job.model,))
+        mates = caps.model_copy(update={"models": (first.job.model,)})
         head_sql, head_params = _with_caps(HEAD_BATCH_KEY, mates)
         while len(leases) < max_jobs:
             with self.db.transaction() as tx:
@@ -462,20 +446,14 @@ class JobStore:
 
     # -- reports from the worker --------------------------------------------------------
 
-    def heartbeat(
-        self,
-        job_id: str,
-        lease_id: str,
-        *,
-        step: int | None = None,
-        total: int | None = None,
-        image_offset: int = 0,
-        preview: str | None = None,
-    ) -> Heartbeat:
+    def heartbeat(self, job_id: str, lease_id: str, progress: Progress | None = None) -> HeartbeatReply:
         """Extend the lease; the first heartbeat marks the job running.
 
-        `preview` is a small image as a data URL; it rides on the progress event.
+        A `progress` with a step becomes a progress event; its preview (a small image as a
+        data URL) rides on it.
         """
+        progress = progress or Progress()
+        step, total = progress.step, progress.total
         now = self.clock()
         with self.db.transaction() as tx:
             row = tx.one(
@@ -483,7 +461,7 @@ class JobStore:
                 (job_id, lease_id),
             )
             if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
-                return Heartbeat(ok=False, cancel_requested=True)
+                return HeartbeatReply(ok=False, cancel_requested=True)
             if row["state"] == JobState.LEASED:
                 tx.run(
                     "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job_id)
@@ -495,11 +473,11 @@ class JobStore:
                 (now + self.lease_seconds, step, total, job_id),
             )
             if step is not None:
-                data: dict[str, Any] = {"step": step, "total": total, "image_offset": image_offset}
-                if preview is not None:
-                    data["preview"] = preview
+                data: dict[str, Any] = {"step": step, "total": total, "image_offset": progress.image_offset}
+                if progress.preview is not None:
+                    data["preview"] = progress.preview
                 add_event(tx, job_id, "progress", data, now)
-            return Heartbeat(ok=True, cancel_requested=bool(row["cancel_requested"]))
+            return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
 
     def complete(
         self,

@@ -1,10 +1,10 @@
 """Workers: claim a job, run it on the engine, report back.
 
-`JobSource` is the worker's whole view of the server. The in-process worker of
-`kakumei serve` uses `StoreJobSource`; a remote worker speaks the same calls over HTTP.
+A worker knows only the protocol (`kakumei.protocol`): `JobSource` is its whole view of the
+server. The in-process worker of `kakumei serve` gets the server's store-backed source
+(`server/job_source.py`); a remote worker speaks the same calls over HTTP (`remote.py`).
 """
 
 from kakumei.worker.loop import Worker
-from kakumei.worker.source import JobSource, StoreJobSource
 
-__all__ = ["JobSource", "StoreJobSource", "Worker"]
+__all__ = ["Worker"]

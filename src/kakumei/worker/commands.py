@@ -63,7 +63,7 @@ def _settings(settings: Settings, **overrides: Any) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from kakumei.store.jobs import Capabilities
+    from kakumei.protocol import Capabilities
     from kakumei.worker.loop import Worker
     from kakumei.worker.remote import HttpJobSource, WorkerRefused
 
@@ -96,7 +96,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
         quiet_libraries()
         engine = Engine(settings)
-        caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
+        try:  # the protocol's limits, checked here rather than refused by the server
+            caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
+        except ValueError as exc:
+            raise ConfigError(f"invalid worker capabilities: {exc}") from None
         if args.batch_jobs < 1:
             raise ConfigError(f"--batch-jobs must be 1 or more, got {args.batch_jobs}")
         worker = Worker(

@@ -14,9 +14,7 @@ import time
 from typing import Any, Protocol
 
 from kakumei.errors import GenerationCancelled, KakumeiError
-from kakumei.store.images import ImageResult
-from kakumei.store.jobs import Capabilities, Lease
-from kakumei.worker.source import JobSource
+from kakumei.protocol import Capabilities, ImageReport, JobSource, LeasedJob, Progress
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,7 @@ def preview_data_url(image: Any, max_side: int = 128) -> str:
 class _JobRun:
     """State of one running job, shared by the engine callbacks and the keep-alive thread."""
 
-    def __init__(self, source: JobSource, lease: Lease, stop: threading.Event) -> None:
+    def __init__(self, source: JobSource, lease: LeasedJob, stop: threading.Event) -> None:
         self.source = source
         self.lease = lease
         self.stop = stop
@@ -47,9 +45,9 @@ class _JobRun:
         self.last_report = 0.0
         self._lock = threading.Lock()
 
-    def beat(self, **progress: Any) -> None:
+    def beat(self, progress: Progress | None = None) -> None:
         with self._lock:
-            reply = self.source.heartbeat(self.lease.job.id, self.lease.lease_id, **progress)
+            reply = self.source.heartbeat(self.lease.job_id, self.lease.lease_id, progress)
             self.last_report = time.monotonic()
         if not reply.ok:
             self.lease_lost = True
@@ -111,7 +109,7 @@ class Worker:
             self._run_batch(leases, stop)
         return True
 
-    def _claim(self) -> list[Lease]:
+    def _claim(self) -> list[LeasedJob]:
         claim_batch = getattr(self.source, "claim_batch", None)
         loaded = getattr(self.engine, "loaded_model_refs", None)
         if claim_batch is None or (self.max_batch_jobs <= 1 and loaded is None):
@@ -128,7 +126,7 @@ class Worker:
             slack=self.fairness_slack,
         )
 
-    def _run_batch(self, leases: list[Lease], stop: threading.Event) -> None:
+    def _run_batch(self, leases: list[LeasedJob], stop: threading.Event) -> None:
         """Compatible jobs of several users as one engine batch; each job is still reported,
         cancelled and failed on its own."""
         runs = [_JobRun(self.source, lease, stop) for lease in leases]
@@ -138,7 +136,7 @@ class Worker:
         keepalives = [threading.Thread(target=self._keepalive, args=(run, done), daemon=True) for run in runs]
         for thread in keepalives:
             thread.start()
-        requests = [lease.job.request.model_copy(update={"model": lease.job.model}) for lease in leases]
+        requests = [lease.request_to_run() for lease in leases]
         try:
             results = self.engine.generate_batch(  # type: ignore[attr-defined]
                 requests,
@@ -163,7 +161,7 @@ class Worker:
             for thread in keepalives:
                 thread.join()
         for run, result in zip(runs, results):
-            job_id, lease_id = run.lease.job.id, run.lease.lease_id
+            job_id, lease_id = run.lease.job_id, run.lease.lease_id
             if run.acknowledged or run.lease_lost:
                 continue
             images = [self._image(i) for i in result.images]
@@ -178,22 +176,21 @@ class Worker:
                 continue
             if run.cancel_requested:
                 # Cancelled while its batch mates go on: the job ends now, its image is dropped.
-                self.source.acknowledge_cancel(run.lease.job.id, run.lease.lease_id, [])
+                self.source.acknowledge_cancel(run.lease.job_id, run.lease.lease_id, [])
                 run.acknowledged = True
                 continue
             self._on_step(run, progress)
 
-    def _run(self, lease: Lease, stop: threading.Event) -> None:
-        job = lease.job
+    def _run(self, lease: LeasedJob, stop: threading.Event) -> None:
+        job_id = lease.job_id
         run = _JobRun(self.source, lease, stop)
         run.beat()  # leased -> running, and the "started" event
         done = threading.Event()
         keepalive = threading.Thread(target=self._keepalive, args=(run, done), daemon=True)
         keepalive.start()
         try:
-            request = job.request.model_copy(update={"model": job.model})
             result = self.engine.generate(
-                request, on_step=lambda p: self._on_step(run, p), cancelled=run.should_stop
+                lease.request_to_run(), on_step=lambda p: self._on_step(run, p), cancelled=run.should_stop
             )
         except GenerationCancelled as exc:
             done.set()
@@ -201,22 +198,22 @@ class Worker:
             return
         except KakumeiError as exc:
             done.set()
-            self.source.fail(job.id, lease.lease_id, str(exc))
+            self.source.fail(job_id, lease.lease_id, str(exc))
             return
         except Exception as exc:  # a crash in one job fails that job, not the worker
             done.set()
-            log.exception("job %s failed", job.id)
-            self.source.fail(job.id, lease.lease_id, f"internal error: {type(exc).__name__}: {exc}")
+            log.exception("job %s failed", job_id)
+            self.source.fail(job_id, lease.lease_id, f"internal error: {type(exc).__name__}: {exc}")
             return
         finally:
             done.set()
             keepalive.join()
         images = [self._image(i) for i in result.images]
-        if not self.source.complete(job.id, lease.lease_id, images, result.seed):
-            log.warning("job %s: finished after its lease was lost; result dropped", job.id)
+        if not self.source.complete(job_id, lease.lease_id, images, result.seed):
+            log.warning("job %s: finished after its lease was lost; result dropped", job_id)
 
-    def _stopped(self, run: _JobRun, images: list[ImageResult]) -> None:
-        job_id, lease_id = run.lease.job.id, run.lease.lease_id
+    def _stopped(self, run: _JobRun, images: list[ImageReport]) -> None:
+        job_id, lease_id = run.lease.job_id, run.lease.lease_id
         if run.lease_lost:
             return
         if run.cancel_requested:
@@ -230,7 +227,7 @@ class Worker:
                 try:
                     run.beat()
                 except Exception:
-                    log.exception("heartbeat for job %s failed", run.lease.job.id)
+                    log.exception("heartbeat for job %s failed", run.lease.job_id)
 
     def _on_step(self, run: _JobRun, progress: Any) -> None:
         step, total = progress.step, progress.total
@@ -242,10 +239,10 @@ class Worker:
         if with_preview:
             image = progress.preview()
             preview = None if image is None else preview_data_url(image)
-        run.beat(step=step, total=total, image_offset=progress.image_offset, preview=preview)
+        run.beat(Progress(step=step, total=total, image_offset=progress.image_offset, preview=preview))
 
     @staticmethod
-    def _image(image: Any) -> ImageResult:
-        return ImageResult(
-            png=image.png, seed=image.seed, index=image.index, infotext=image.infotext, metadata=image.metadata
+    def _image(image: Any) -> ImageReport:
+        return ImageReport.of_png(
+            image.png, seed=image.seed, index=image.index, infotext=image.infotext, metadata=image.metadata
         )

@@ -8,7 +8,6 @@ refuse it anyway (409: the job went back to the queue).
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -17,10 +16,23 @@ from typing import Any
 
 import httpx
 
+from pydantic import BaseModel
+
 from kakumei.errors import KakumeiError
-from kakumei.schemas import GenerationRequest
-from kakumei.store.images import ImageResult
-from kakumei.store.jobs import Capabilities, Heartbeat, Job, JobState, Lease
+from kakumei.protocol import (
+    MAX_REASON,
+    BatchClaim,
+    Capabilities,
+    FailureReport,
+    HeartbeatReply,
+    HeartbeatReport,
+    ImageReport,
+    ImagesReport,
+    Lease,
+    LeasedJob,
+    LeasedJobs,
+    Progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +81,11 @@ class HttpJobSource:
 
     # -- transport ----------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    def _call(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
+        json = None if body is None else body.model_dump(mode="json")
         try:
             with self._lock:
-                reply = self.client.request(method, API + path, json=body)
+                reply = self.client.request(method, API + path, json=json)
         except httpx.TransportError as exc:
             raise ServerAway(f"{self.server} unreachable: {exc}") from None
         if reply.status_code >= 500:
@@ -81,7 +94,7 @@ class HttpJobSource:
             raise WorkerRefused(f"the server refused this worker: {_detail(reply)}")
         return reply
 
-    def _retrying(self, method: str, path: str, body: dict[str, Any], *, for_seconds: float) -> httpx.Response | None:
+    def _retrying(self, method: str, path: str, body: BaseModel, *, for_seconds: float) -> httpx.Response | None:
         """`_call`, retried with backoff while the server is away, for up to `for_seconds`."""
         deadline = time.monotonic() + for_seconds
         wait = FIRST_BACKOFF
@@ -117,22 +130,25 @@ class HttpJobSource:
         self.lease_seconds = float(info["lease_seconds"])
         return info
 
-    def claim(self, worker_id: str, caps: Capabilities) -> Lease | None:
-        reply = self._claim_call("/claim", _caps_body(caps))
+    def claim(self, worker_id: str, caps: Capabilities) -> LeasedJob | None:
+        reply = self._claim_call("/claim", caps)
         if reply is None or reply.status_code == 204:
             return None
-        return self._lease(reply.json())
+        return self._leased(LeasedJob.model_validate(reply.json()))
 
     def claim_batch(
         self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
-    ) -> list[Lease]:
+    ) -> list[LeasedJob]:
         """Several compatible jobs in one claim (the server applies its own fairness slack;
         `slack` is the in-process protocol's and unused here)."""
-        body = {**_caps_body(caps), "max_jobs": max_jobs, "prefer_model": prefer_model}
+        body = BatchClaim(
+            models=caps.models, max_pixels=caps.max_pixels, max_images=caps.max_images, max_jobs=max_jobs,
+            prefer_model=prefer_model,
+        )
         reply = self._claim_call("/claim-batch", body)
-        return [] if reply is None else [self._lease(data) for data in reply.json()["leases"]]
+        return [] if reply is None else [self._leased(job) for job in LeasedJobs.model_validate(reply.json()).leases]
 
-    def _claim_call(self, path: str, body: dict[str, Any]) -> httpx.Response | None:
+    def _claim_call(self, path: str, body: Capabilities) -> httpx.Response | None:
         """POST a claim; None while the server is away (with backoff before the next try)."""
         if self.backoff:
             self.sleep(self.backoff)
@@ -149,47 +165,36 @@ class HttpJobSource:
             raise WorkerRefused(f"claim refused: {_detail(reply)}")
         return reply
 
-    def _lease(self, data: dict[str, Any]) -> Lease:
-        self.lease_seconds = float(data["lease_seconds"])
-        return Lease(job=_job(data), lease_id=data["lease_id"], expires_at=time.time() + self.lease_seconds)
+    def _leased(self, job: LeasedJob) -> LeasedJob:
+        self.lease_seconds = job.lease_seconds
+        return job
 
-    def heartbeat(
-        self,
-        job_id: str,
-        lease_id: str,
-        *,
-        step: int | None = None,
-        total: int | None = None,
-        image_offset: int = 0,
-        preview: str | None = None,
-    ) -> Heartbeat:
-        body = {"lease_id": lease_id, "step": step, "total": total, "image_offset": image_offset, "preview": preview}
+    def heartbeat(self, job_id: str, lease_id: str, progress: Progress | None = None) -> HeartbeatReply:
+        body = HeartbeatReport(lease_id=lease_id, **(progress or Progress()).model_dump())
         try:
             reply = self._call("POST", f"/jobs/{job_id}/heartbeat", body)
         except ServerAway as exc:
             # Keep working: the server may be back before the lease runs out.
             log.warning("heartbeat for job %s not delivered: %s", job_id, exc)
-            return Heartbeat(ok=True, cancel_requested=False)
+            return HeartbeatReply(ok=True, cancel_requested=False)
         if reply.status_code == 200:
-            return Heartbeat(ok=True, cancel_requested=bool(reply.json()["cancel_requested"]))
+            return HeartbeatReply.model_validate(reply.json())
         log.warning("job %s: %s", job_id, _detail(reply))
-        return Heartbeat(ok=False, cancel_requested=True)
+        return HeartbeatReply(ok=False, cancel_requested=True)
 
-    def complete(self, job_id: str, lease_id: str, images: Sequence[ImageResult], seed: int | None) -> bool:
-        body = {"lease_id": lease_id, "seed": seed, "images": [_image(i) for i in images]}
-        return self._report(job_id, "complete", body)
+    def complete(self, job_id: str, lease_id: str, images: Sequence[ImageReport], seed: int | None) -> bool:
+        return self._report(job_id, "complete", ImagesReport(lease_id=lease_id, seed=seed, images=list(images)))
 
     def fail(self, job_id: str, lease_id: str, reason: str) -> bool:
-        return self._report(job_id, "fail", {"lease_id": lease_id, "reason": reason[:2000]})
+        return self._report(job_id, "fail", FailureReport(lease_id=lease_id, reason=reason[:MAX_REASON]))
 
-    def acknowledge_cancel(self, job_id: str, lease_id: str, images: Sequence[ImageResult]) -> bool:
-        body = {"lease_id": lease_id, "seed": None, "images": [_image(i) for i in images]}
-        return self._report(job_id, "cancelled", body)
+    def acknowledge_cancel(self, job_id: str, lease_id: str, images: Sequence[ImageReport]) -> bool:
+        return self._report(job_id, "cancelled", ImagesReport(lease_id=lease_id, seed=None, images=list(images)))
 
     def release(self, job_id: str, lease_id: str) -> bool:
-        return self._report(job_id, "release", {"lease_id": lease_id}, patient=False)
+        return self._report(job_id, "release", Lease(lease_id=lease_id), patient=False)
 
-    def _report(self, job_id: str, what: str, body: dict[str, Any], *, patient: bool = True) -> bool:
+    def _report(self, job_id: str, what: str, body: BaseModel, *, patient: bool = True) -> bool:
         # Retried while the lease could still be alive; a release on shutdown tries briefly,
         # since the lease running out hands the job back anyway.
         reply = self._retrying(
@@ -210,33 +215,3 @@ def _detail(reply: httpx.Response) -> str:
         detail = None
     return str(detail or f"HTTP {reply.status_code}")
 
-
-def _image(image: ImageResult) -> dict[str, Any]:
-    return {
-        "png_base64": base64.b64encode(image.png).decode("ascii"),
-        "seed": image.seed,
-        "index": image.index,
-        "infotext": image.infotext,
-        "metadata": image.metadata,
-    }
-
-
-def _caps_body(caps: Capabilities) -> dict[str, Any]:
-    return {
-        "models": None if caps.models is None else list(caps.models),
-        "max_pixels": caps.max_pixels,
-        "max_batch": caps.max_images,
-    }
-
-
-def _job(data: dict[str, Any]) -> Job:
-    """The part of a job a worker needs; the rest stays on the server."""
-    now = time.time()
-    return Job(
-        id=data["job_id"], user_id=0, state=JobState.LEASED,
-        request=GenerationRequest.model_validate(data["request"]), model=data["model"],
-        cost=float(data["cost"]), priority=0, attempts=int(data["attempts"]), max_attempts=0,
-        worker_id=None, lease_expires_at=None, cancel_requested=False, progress_step=None,
-        progress_total=None, seed=None, error=None, idempotency_key=None, client_addr=None,
-        created_at=now, started_at=None, finished_at=None,
-    )

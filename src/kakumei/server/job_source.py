@@ -1,0 +1,66 @@
+"""The worker protocol on the store directly, for the worker inside the server process.
+
+Also the conversions between the store's rows and the protocol's types, which the worker
+routes (`routes/worker_api.py`) share: a worker never sees a store row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kakumei.protocol import Capabilities, HeartbeatReply, ImageReport, LeasedJob, Progress
+from kakumei.store.images import ImageResult, ImageStore, PendingImage
+from kakumei.store.jobs import Job, JobStore
+
+
+def leased_job(job: Job, lease_id: str, lease_seconds: float) -> LeasedJob:
+    """The part of a leased job's row that its worker needs."""
+    return LeasedJob(
+        job_id=job.id, lease_id=lease_id, lease_seconds=lease_seconds, model=job.model, request=job.request,
+        cost=job.cost, attempts=job.attempts,
+    )
+
+
+def image_result(report: ImageReport, png: bytes | None = None) -> ImageResult:
+    """A reported image for the image store; `png` when the caller has decoded it already."""
+    return ImageResult(
+        png=report.png() if png is None else png, seed=report.seed, index=report.index, infotext=report.infotext,
+        metadata=report.metadata,
+    )
+
+
+class StoreJobSource:
+    """`JobSource` (and `BatchJobSource`) on `JobStore` and `ImageStore`."""
+
+    def __init__(self, jobs: JobStore, images: ImageStore) -> None:
+        self.jobs = jobs
+        self.images = images
+
+    def claim(self, worker_id: str, caps: Capabilities) -> LeasedJob | None:
+        lease = self.jobs.claim(worker_id, caps)
+        return None if lease is None else leased_job(lease.job, lease.lease_id, self.jobs.lease_seconds)
+
+    def claim_batch(
+        self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
+    ) -> list[LeasedJob]:
+        """Several compatible jobs at once, preferring the loaded model (JobStore.claim_batch)."""
+        leases = self.jobs.claim_batch(worker_id, caps, max_jobs=max_jobs, prefer_model=prefer_model, slack=slack)
+        return [leased_job(lease.job, lease.lease_id, self.jobs.lease_seconds) for lease in leases]
+
+    def heartbeat(self, job_id: str, lease_id: str, progress: Progress | None = None) -> HeartbeatReply:
+        return self.jobs.heartbeat(job_id, lease_id, progress)
+
+    def complete(self, job_id: str, lease_id: str, images: Sequence[ImageReport], seed: int | None) -> bool:
+        return self.jobs.complete(job_id, lease_id, self._write(job_id, images), seed=seed)
+
+    def fail(self, job_id: str, lease_id: str, reason: str) -> bool:
+        return self.jobs.fail(job_id, lease_id, reason)
+
+    def acknowledge_cancel(self, job_id: str, lease_id: str, images: Sequence[ImageReport]) -> bool:
+        return self.jobs.acknowledge_cancel(job_id, lease_id, self._write(job_id, images))
+
+    def release(self, job_id: str, lease_id: str) -> bool:
+        return self.jobs.release(job_id, lease_id)
+
+    def _write(self, job_id: str, images: Sequence[ImageReport]) -> list[PendingImage]:
+        return self.images.write_files(job_id, [image_result(image) for image in images])
