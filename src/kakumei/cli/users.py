@@ -56,7 +56,7 @@ def register_moderation(users_sub: Any) -> None:
 
 def _stores(args: argparse.Namespace, settings: Settings) -> Any:
     from kakumei.server.admission import merit_policy
-    from kakumei.server.commands import _apply, _open
+    from kakumei.cli.serve import _apply, _open
     from kakumei.store.ledger import Ledger
     from kakumei.store.moderation import Moderation
     from kakumei.store.users import UserStore

@@ -1,4 +1,4 @@
-"""`kakumei serve` and `kakumei users`, registered into the CLI by cli.py."""
+"""`kakumei serve` and `kakumei users`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     listing = users_sub.add_parser("list", help="list users with their share and queue")
     listing.add_argument("--database", metavar="URL", help="as for serve")
     listing.set_defaults(func=cmd_users_list)
-    from kakumei.server.moderation_commands import register_moderation
+    from kakumei.cli.users import register_moderation
 
     register_moderation(users_sub)
 

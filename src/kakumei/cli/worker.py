@@ -1,5 +1,5 @@
 """`kakumei worker` (lend this machine to a server) and `kakumei workers` (the operator's view
-of worker keys and records), registered into the CLI by cli.py."""
+of worker keys and records)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def _on_ctrl_c(stop: threading.Event, *also: threading.Event) -> None:
 
 
 def _open(settings: Settings, database: str | None) -> Any:
-    from kakumei.server.commands import _open as open_database
+    from kakumei.cli.serve import _open as open_database
 
     return open_database(_settings(settings, database=database))
 
