@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kakumei import __version__
-from kakumei.cli import generate, models, serve, worker
+from kakumei.cli import generate, models, serve, users, worker
 from kakumei.cli.common import EXIT_ERROR, EXIT_INTERRUPTED
 from kakumei.config import load_settings
 from kakumei.errors import KakumeiError
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kakumei {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (generate, models, serve, worker):
+    for group in (generate, models, serve, users, worker):
         group.register(sub)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from kakumei.config import Settings
@@ -35,3 +36,8 @@ def open_database(settings: Settings) -> Any:
         db.close()
         raise ConfigError(f"cannot open database {redact(settings.database_url)}: {exc}".strip()) from None
     return db
+
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    """`--database URL` for the operator's commands, which work on the server's database."""
+    parser.add_argument("--database", metavar="URL", help="as for serve")
