@@ -59,17 +59,17 @@ def _add_generate(sub: Any) -> None:
     p.set_defaults(func=cmd_generate)
 
 
-def register(sub: Any) -> None:
-    """Add `generate` and `info` to the CLI's subparsers."""
-    _add_generate(sub)
-    _add_info(sub)
-
-
 def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="print the generation metadata of a PNG")
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="print only kakumei's JSON metadata")
     p.set_defaults(func=cmd_info)
+
+
+def register(sub: Any) -> None:
+    """Add `generate` and `info` to the CLI's subparsers."""
+    _add_generate(sub)
+    _add_info(sub)
 
 
 class _CtrlC:
