@@ -27,15 +27,20 @@ def test_every_environment_variable_is_documented(var: str) -> None:
 
 
 def _flags() -> list[tuple[str, str]]:
+    """(command path, flag) for every long option at every level of subcommands."""
     found = []
-    parser = build_parser()
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                for opt in sub._actions:
-                    for flag in opt.option_strings:
-                        if flag.startswith("--") and flag != "--help":
-                            found.append((name, flag))
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}".strip())
+            elif path:
+                for flag in action.option_strings:
+                    if flag.startswith("--") and flag != "--help":
+                        found.append((path, flag))
+
+    walk(build_parser(), "")
     return found
 
 

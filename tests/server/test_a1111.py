@@ -13,6 +13,9 @@ import httpx
 from PIL import Image
 
 from kakumei.engine.metadata import parse_infotext, read_metadata
+from kakumei.fairness.shares import Place
+from kakumei.server.a1111.mapping import progress_response, reported_options
+from kakumei.store.activity import ActiveJob
 
 # What a typical client (e.g. the webuiapi package) sends: A1111's neutral values for the
 # fields kakumei does not implement, and a key A1111 does not know.
@@ -188,3 +191,26 @@ def test_listing_endpoints_answer_in_a1111_shapes(live_server) -> None:
         assert client.post("/sdapi/v1/skip").status_code == 200
         assert client.get("/sdapi/v1/progress").json()["progress"] == 0
         assert client.post("/sdapi/v1/png-info", json={"image": ""}).json()["info"] == ""
+
+
+# -- the pure mapping, without a server ---------------------------------------------------------
+
+
+def test_reported_options_put_the_callers_own_over_kakumeis() -> None:
+    own = reported_options({"sd_model_checkpoint": "mine", "CLIP_stop_at_last_layers": 2}, "kakumei:tiny")
+    assert own["sd_model_checkpoint"] == "mine" and own["CLIP_stop_at_last_layers"] == 2
+    assert own["eta_ddim"] == 0.0 and own["samples_format"] == "png"
+    fresh = reported_options({}, "kakumei:tiny")
+    assert fresh["sd_model_checkpoint"] == "kakumei:tiny" and fresh["CLIP_stop_at_last_layers"] == 1
+
+
+def test_progress_of_a_running_and_of_a_queued_job() -> None:
+    running = ActiveJob(id="j1", state="running", step=5, total=10, cancel_requested=False, created_at=0.0)
+    answer = progress_response(running, 2, (Place(jobs_ahead=0, cost_ahead=0.0), 3.0), "data:image/png;base64,AAAA")
+    assert answer.progress == 0.5 and answer.eta_relative == 3.0 and answer.current_image == "AAAA"
+    assert answer.state.job == "j1" and answer.state.job_count == 2 and answer.state.sampling_step == 5
+    assert answer.textinfo is None
+    queued = ActiveJob(id="j2", state="queued", step=None, total=None, cancel_requested=False, created_at=0.0)
+    waiting = progress_response(queued, 1, (Place(jobs_ahead=3, cost_ahead=1.5), 12.0), None)
+    assert waiting.progress == 0.0 and waiting.eta_relative == 12.0 and waiting.current_image is None
+    assert waiting.textinfo == "In queue: 3 job(s) before yours"

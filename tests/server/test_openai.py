@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import io
 
+import pytest
 from PIL import Image
 
 from kakumei.engine.metadata import parse_infotext, read_metadata
+from kakumei.schemas import MAX_BATCH_SIZE
+from kakumei.server.openai_mapping import ImagesGenerate, Refused, to_generation_request
 
 
 def test_generations_round_trip_b64_and_url(live_server) -> None:
@@ -55,3 +58,33 @@ def test_errors_have_the_openai_shape(live_server) -> None:
         wrong_key = client.post("/v1/images/generations", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-nope"})
         assert wrong_key.status_code == 401 and wrong_key.json()["error"]["code"] == "invalid_api_key"
         assert client.get("/api/v1/jobs").json()["jobs"] == []
+
+
+# -- the pure mapping, without a server ---------------------------------------------------------
+
+
+def test_openai_request_maps_onto_a_generation_request() -> None:
+    known = ["kakumei:tiny", "my-model"]
+    gen = to_generation_request(ImagesGenerate(prompt="a fox", model="dall-e-3", size="64x128", n=2), known)
+    assert gen.prompt == "a fox" and gen.model is None  # OpenAI's names: the server's default
+    assert (gen.width, gen.height, gen.batch_size, gen.n_iter) == (64, 128, 2, 1)
+    assert to_generation_request(ImagesGenerate(prompt="a fox", model="my-model"), known).model == "my-model"
+    default = to_generation_request(ImagesGenerate(prompt="a fox", size="auto"), known)
+    assert (default.width, default.height) == (512, 512)
+    many = to_generation_request(ImagesGenerate(prompt="a fox", n=MAX_BATCH_SIZE + 1), known)
+    assert (many.batch_size, many.n_iter) == (1, MAX_BATCH_SIZE + 1)
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"model": "nobody/nothing"}, "model"),
+        ({"size": "big"}, "size"),
+        ({"response_format": "jpeg"}, "response_format"),
+        ({"output_format": "webp"}, "output_format"),
+    ],
+)
+def test_openai_fields_kakumei_cannot_honour_are_refused_by_name(fields: dict, param: str) -> None:
+    with pytest.raises(Refused) as refused:
+        to_generation_request(ImagesGenerate(prompt="a fox", **fields), ["kakumei:tiny"])
+    assert refused.value.param == param and param in str(refused.value)

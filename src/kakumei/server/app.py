@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 
 import kakumei
 from kakumei.config import Settings
-from kakumei.server.routes import a1111, events, gallery, health, images, jobs, metrics, openai, options, web
+from kakumei.server.a1111 import routes as a1111
+from kakumei.server.routes import events, gallery, health, images, jobs, metrics, openai, options, web
 from kakumei.server.services import Services
 
 

@@ -1,8 +1,4 @@
-"""kakumei generate | info | serve | users ... : the command line.
-
-Every command turns a KakumeiError into one sentence on stderr and a non-zero exit;
-a traceback appears only with --debug.
-"""
+"""kakumei generate PROMPT | info IMAGE: generation on this machine, and reading a PNG's recipe."""
 
 from __future__ import annotations
 
@@ -11,18 +7,13 @@ import json
 import signal
 import sys
 import threading
-import traceback
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kakumei import __version__
-from kakumei.config import Settings, load_settings
+from kakumei.cli.common import EXIT_INTERRUPTED
+from kakumei.config import Settings
 from kakumei.errors import GenerationCancelled, KakumeiError
 from kakumei.schemas import MAX_SIDE, SAMPLER_NAMES, SCHEDULE_NAMES
-
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 # CLI flag -> GenerationRequest field, for the flags that override `--from`.
 _REQUEST_FLAGS = {
@@ -75,30 +66,10 @@ def _add_info(sub: Any) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kakumei", description="Stable Diffusion for everyone.")
-    parser.add_argument("--version", action="version", version=f"kakumei {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def register(sub: Any) -> None:
+    """Add `generate` and `info` to the CLI's subparsers."""
     _add_generate(sub)
     _add_info(sub)
-    for register in _extra_commands():
-        register(sub)
-    return parser
-
-
-def _extra_commands() -> list[Callable[[Any], None]]:
-    """Command groups that live beside the subsystem they drive."""
-    registers: list[Callable[[Any], None]] = []
-    for module in ("kakumei.engine.model_commands", "kakumei.server.commands", "kakumei.worker.commands"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if not (exc.name and (module + ".").startswith(exc.name + ".")):
-                raise  # a real missing dependency, not an absent command module
-            continue
-        registers.append(mod.register)
-    return registers
 
 
 class _CtrlC:
@@ -208,36 +179,3 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
         print()
         print(json.dumps(meta.kakumei, indent=2, ensure_ascii=False))
     return 0
-
-
-def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("model", "device", "dtype", "low_memory")
-    values = {k: getattr(args, k, None) for k in keys}
-    if getattr(args, "out", None) is not None:
-        values["output_dir"] = args.out
-    return values
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_ERROR
-    try:
-        settings = load_settings(_settings_overrides(args))
-        return int(args.func(args, settings) or 0)
-    except KakumeiError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `kakumei info x.png | head`: the reader left, nothing to report
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

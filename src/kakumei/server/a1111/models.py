@@ -4,7 +4,7 @@ Every field A1111 accepts is declared here with A1111's own default, so that `pa
 in a response echoes the request the way A1111 does and a client that leaves a field out gets
 A1111's behaviour, not kakumei's (A1111 defaults to 50 steps and sampler Euler, for example).
 Keys A1111 does not know are ignored, as A1111 ignores them. Whether kakumei can honour a
-field is decided in server/a1111.py, not here.
+field is decided in mapping.py, not here.
 """
 
 from __future__ import annotations

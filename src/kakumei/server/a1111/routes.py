@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -22,8 +21,9 @@ from pydantic import ValidationError
 from kakumei import schemas
 from kakumei.images import decode_image_b64
 from kakumei.schemas import validation_message
-from kakumei.server import a1111
-from kakumei.server.a1111_models import (
+from kakumei.server.a1111 import mapping
+from kakumei.server.a1111.auth import a1111_caller
+from kakumei.server.a1111.models import (
     EmbeddingItem,
     EmbeddingsResponse,
     Img2ImgRequest,
@@ -43,6 +43,7 @@ from kakumei.server.a1111_models import (
     Txt2ImgRequest,
     UpscalerItem,
 )
+from kakumei.server.a1111.options import caller_options
 from kakumei.server.deps import Caller, services
 from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
@@ -51,7 +52,7 @@ from kakumei.store.activity import ActiveJob, active_jobs, latest_preview
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
 
 SvcDep = Annotated[Services, Depends(services)]
-CallerDep = Annotated[Caller, Depends(a1111.a1111_caller)]
+CallerDep = Annotated[Caller, Depends(a1111_caller)]
 
 
 def _unprocessable(exc: ValidationError) -> JSONResponse:
@@ -62,10 +63,10 @@ async def _generate(
     svc: Services, who: Caller, request: Request, body: Txt2ImgRequest | Img2ImgRequest
 ) -> ImageResponse | JSONResponse:
     # 1. map the A1111 request onto kakumei's, with the caller's options
-    options = a1111.caller_options(request).get(who)
+    options = caller_options(request).get(who)
     try:
-        gen = a1111.to_generation_request(body, options, svc.known_models())
-    except a1111.Unsupported as exc:
+        gen = mapping.to_generation_request(body, options, svc.known_models())
+    except mapping.Unsupported as exc:
         raise HTTPException(400, str(exc)) from None
     except ValidationError as exc:
         return _unprocessable(exc)
@@ -83,7 +84,7 @@ async def _generate(
     if final == "failed":
         raise HTTPException(500, f"generation failed: {job.error}")
     encoded = await to_thread.run_sync(lambda: [image_b64(i) for i in images]) if body.send_images else []
-    return ImageResponse(images=encoded, parameters=a1111.echoed_parameters(body), info=a1111.job_info(job, gen, images))
+    return ImageResponse(images=encoded, parameters=mapping.echoed_parameters(body), info=mapping.job_info(job, gen, images))
 
 
 def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
@@ -117,25 +118,9 @@ def progress(svc: SvcDep, who: CallerDep, skip_current_image: Annotated[bool, Qu
     if job is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
     placed = svc.jobs.place(job.id)
-    eta = placed[1] if placed is not None else 0.0
     running = job.state != "queued"
-    fraction = (job.step or 0) / job.total if running and job.total else 0.0
-    textinfo = None
-    if not running and placed is not None:
-        textinfo = f"In queue: {placed[0].jobs_ahead} job(s) before yours"
-    image = None
-    if running and not skip_current_image:
-        preview = latest_preview(svc.db, job.id)
-        image = preview.split(",", 1)[1] if preview else None
-    state = ProgressState(
-        interrupted=job.cancel_requested,
-        job=job.id,
-        job_count=count,
-        job_timestamp=time.strftime("%Y%m%d%H%M%S", time.gmtime(job.created_at)),
-        sampling_step=job.step or 0,
-        sampling_steps=job.total or 0,
-    )
-    return ProgressResponse(progress=fraction, eta_relative=eta, state=state, current_image=image, textinfo=textinfo)
+    preview = latest_preview(svc.db, job.id) if running and not skip_current_image else None
+    return mapping.progress_response(job, count, placed, preview)
 
 
 @router.post("/interrupt")
@@ -155,21 +140,10 @@ def skip(svc: SvcDep, who: CallerDep) -> None:
         svc.jobs.cancel(job.id)
 
 
-def _model_title(svc: Services, who: Caller, request: Request) -> str:
-    return a1111.caller_options(request).get(who).get("sd_model_checkpoint") or svc.settings.model
-
-
 @router.get("/options")
 def get_options(request: Request, svc: SvcDep, who: CallerDep) -> dict[str, Any]:
     """The caller's options: A1111's option names, at the values kakumei generates with."""
-    return {
-        **a1111.IMAGE_OPTIONS,
-        **a1111.REPORTED_OPTIONS,
-        "CLIP_stop_at_last_layers": 1,
-        "sd_checkpoint_hash": "",
-        **a1111.caller_options(request).get(who),
-        "sd_model_checkpoint": _model_title(svc, who, request),
-    }
+    return mapping.reported_options(caller_options(request).get(who), svc.settings.model)
 
 
 @router.post("/options")
@@ -179,43 +153,28 @@ def set_options(
     """Set the caller's own options (other users are not affected). sd_model_checkpoint and
     CLIP_stop_at_last_layers apply to the caller's next generations; options that would change
     images in a way kakumei cannot reproduce are refused; the rest are kept and echoed."""
-    known = svc.known_models()
     try:
-        checked = {key: a1111.check_option(key, value, known) for key, value in body.items()}
-    except a1111.Unsupported as exc:
+        checked = mapping.checked_options(body, svc.known_models())
+    except mapping.Unsupported as exc:
         raise HTTPException(400, str(exc)) from None
-    a1111.caller_options(request).update(who, checked)
+    caller_options(request).update(who, checked)
 
 
 @router.get("/cmd-flags")
 def cmd_flags(svc: SvcDep, who: CallerDep) -> dict[str, Any]:
-    s = svc.settings
-    return {
-        "api": True,
-        "nowebui": False,
-        "listen": s.host not in ("127.0.0.1", "localhost", "::1"),
-        "port": s.port,
-        "api_auth": None,
-        "api_server_stop": False,
-        "ckpt_dir": None,
-        "lora_dir": None,
-        "embeddings_dir": None,
-        "lowvram": s.low_memory,
-        "medvram": False,
-        "no_half": s.dtype == "float32",
-    }
+    return mapping.command_line_flags(svc.settings)
 
 
 @router.get("/samplers", response_model=list[SamplerItem])
 def samplers(who: CallerDep) -> list[SamplerItem]:
-    return [SamplerItem(name=n, aliases=a1111.SAMPLER_ALIASES.get(n, []), options={}) for n in schemas.SAMPLER_NAMES]
+    return [SamplerItem(name=n, aliases=mapping.SAMPLER_ALIASES.get(n, []), options={}) for n in schemas.SAMPLER_NAMES]
 
 
 @router.get("/schedulers", response_model=list[SchedulerItem])
 def schedulers(who: CallerDep) -> list[SchedulerItem]:
     return [
         SchedulerItem(name=name, label=label, aliases=aliases, default_rho=rho, need_inner_model=inner)
-        for name, label, aliases, rho, inner in a1111.SCHEDULES
+        for name, label, aliases, rho, inner in mapping.SCHEDULES
     ]
 
 
@@ -313,4 +272,4 @@ def png_info(body: PngInfoRequest, who: CallerDep) -> PngInfoResponse:
         raise HTTPException(400, str(exc)) from None
     text = {k: v for k, v in (getattr(img, "text", None) or {}).items() if isinstance(v, str)}
     info = text.pop("parameters", "")
-    return PngInfoResponse(info=info, items=text, parameters=a1111.png_info_parameters(info))
+    return PngInfoResponse(info=info, items=text, parameters=mapping.png_info_parameters(info))

@@ -1,5 +1,5 @@
 """`kakumei worker` (lend this machine to a server) and `kakumei workers` (the operator's view
-of worker keys and records), registered into the CLI by cli.py."""
+of worker keys and records)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from kakumei.cli.common import add_database_option, open_database, with_overrides
 from kakumei.config import Settings
 from kakumei.errors import ConfigError
 
@@ -39,24 +40,16 @@ def register(subparsers: Any) -> None:
     add = sub.add_parser("add", help="create a worker key owned by a user, who earns its credits (key shown once)")
     add.add_argument("owner", help="the user who owns the machine")
     add.add_argument("name", help="a name for the machine, unique on this server")
-    add.add_argument("--database", metavar="URL", help="as for serve")
+    add_database_option(add)
     add.set_defaults(func=cmd_workers_add)
     listing = sub.add_parser("list", help="every worker: status, jobs, speed, checks")
-    listing.add_argument("--database", metavar="URL", help="as for serve")
+    add_database_option(listing)
     listing.set_defaults(func=cmd_workers_list)
     status = sub.add_parser("status", help="set a worker's status: lift a quarantine, or trust a known machine")
     status.add_argument("name")
     status.add_argument("status", choices=["new", "trusted", "suspect", "quarantined"])
-    status.add_argument("--database", metavar="URL", help="as for serve")
+    add_database_option(status)
     status.set_defaults(func=cmd_workers_status)
-
-
-def _settings(settings: Settings, **overrides: Any) -> Settings:
-    values = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return Settings.model_validate({**settings.model_dump(), **values})
-    except ValueError as exc:
-        raise ConfigError(f"invalid option: {exc}") from None
 
 
 # -- kakumei worker -----------------------------------------------------------------------
@@ -67,7 +60,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from kakumei.worker.loop import Worker
     from kakumei.worker.remote import HttpJobSource, WorkerRefused
 
-    settings = _settings(
+    settings = with_overrides(
         settings, worker_server=args.server, worker_key=args.key, device=args.device, dtype=args.dtype,
         low_memory=args.low_memory,
     )
@@ -137,9 +130,7 @@ def _on_ctrl_c(stop: threading.Event, *also: threading.Event) -> None:
 
 
 def _open(settings: Settings, database: str | None) -> Any:
-    from kakumei.server.commands import _open as open_database
-
-    return open_database(_settings(settings, database=database))
+    return open_database(with_overrides(settings, database=database))
 
 
 def cmd_workers_add(args: argparse.Namespace, settings: Settings) -> int:

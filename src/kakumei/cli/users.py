@@ -1,13 +1,16 @@
-"""`kakumei users grant|weight|admin|ban|unban|ban-ip|unban-ip|pardon|audit`: the operator's
-tools on the command line, the same actions as /api/v1/admin, audited as actor "cli"."""
+"""`kakumei users add|list` (the server's users and API keys) and
+`kakumei users grant|weight|admin|ban|unban|ban-ip|unban-ip|pardon|audit`: the operator's tools
+on the command line, the same actions as /api/v1/admin, audited as actor "cli"."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import getpass
+import sys
 from typing import Any
 
+from kakumei.cli.common import add_database_option, open_database, with_overrides
 from kakumei.config import Settings
 from kakumei.errors import ConfigError
 
@@ -19,12 +22,29 @@ def _actor() -> str:
         return "cli"
 
 
-def register_moderation(users_sub: Any) -> None:
+def register(subparsers: Any) -> None:
+    """Add `users` and its actions to the CLI's subparsers."""
+    users = subparsers.add_parser("users", help="manage the server's users and API keys")
+    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    add = users_sub.add_parser("add", help="add a user and print their API key (shown once)")
+    add.add_argument("name")
+    add.add_argument("--weight", type=float, help="fixed share of the machine relative to others (default: from merit)")
+    add.add_argument("--admin", action="store_true", help="may use /api/v1/admin")
+    add_database_option(add)
+    add.set_defaults(func=cmd_users_add)
+    listing = users_sub.add_parser("list", help="list users with their share and queue")
+    add_database_option(listing)
+    listing.set_defaults(func=cmd_users_list)
+
     def sub(name: str, help: str, func: Any) -> argparse.ArgumentParser:
         parser = users_sub.add_parser(name, help=help)
-        parser.add_argument("--database", metavar="URL", help="as for serve")
+        add_database_option(parser)
         parser.set_defaults(func=func)
         return parser
+
+    def ban_options(parser: argparse.ArgumentParser, reason_help: str) -> None:
+        parser.add_argument("--reason", required=True, help=reason_help)
+        parser.add_argument("--hours", type=float, help="how long (default: until unbanned)")
 
     p = sub("grant", "give a user credit (negative: take it back)", cmd_grant)
     p.add_argument("name")
@@ -38,14 +58,12 @@ def register_moderation(users_sub: Any) -> None:
     p.add_argument("--revoke", action="store_true", help="take admin rights away")
     p = sub("ban", "ban a user", cmd_ban)
     p.add_argument("name")
-    p.add_argument("--reason", required=True, help="shown to the user with every refusal")
-    p.add_argument("--hours", type=float, help="how long (default: until unbanned)")
+    ban_options(p, "shown to the user with every refusal")
     p = sub("unban", "lift a user's ban", cmd_unban)
     p.add_argument("name")
     p = sub("ban-ip", "ban an address or range (CIDR, e.g. 203.0.113.0/24)", cmd_ban_ip)
     p.add_argument("range")
-    p.add_argument("--reason", required=True, help="shown with every refusal")
-    p.add_argument("--hours", type=float, help="how long (default: until unbanned)")
+    ban_options(p, "shown with every refusal")
     p = sub("unban-ip", "lift the bans of an address or range", cmd_unban_ip)
     p.add_argument("range")
     p = sub("pardon", "forget an address's offences and end its timeout", cmd_pardon)
@@ -54,15 +72,51 @@ def register_moderation(users_sub: Any) -> None:
     p.add_argument("--limit", type=int, default=50, help="how many entries (default 50)")
 
 
+# -- kakumei users add | list -------------------------------------------------------------
+
+
+def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.users import UserExists, UserStore
+
+    if args.weight is not None and args.weight <= 0:
+        raise ConfigError(f"--weight must be above 0, got {args.weight}")
+    db = open_database(with_overrides(settings, database=args.database))
+    try:
+        user, key = UserStore(db).add(args.name, weight=args.weight, admin=args.admin)
+    except (UserExists, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        db.close()
+    print(key)
+    print(f"added user {user.name!r}; give them this key, it is not shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.users import UserStore
+
+    db = open_database(with_overrides(settings, database=args.database))
+    try:
+        users = UserStore(db).list()
+    finally:
+        db.close()
+    print(f"{'name':<24} {'weight':>6} {'counter':>10} {'queued':>6}")
+    for user in users:
+        print(f"{user.name:<24} {user.weight:>6g} {user.virtual_counter:>10.2f} {user.queued_jobs:>6}")
+    return 0
+
+
+# -- moderation: the same actions as /api/v1/admin ------------------------------------------
+
+
 def _stores(args: argparse.Namespace, settings: Settings) -> Any:
     from kakumei.server.admission import merit_policy
-    from kakumei.server.commands import _apply, _open
     from kakumei.store.ledger import Ledger
     from kakumei.store.moderation import Moderation
     from kakumei.store.users import UserStore
 
-    settings = _apply(settings, database=args.database)
-    db = _open(settings)
+    settings = with_overrides(settings, database=args.database)
+    db = open_database(settings)
     return db, UserStore(db), Ledger(db, merit_policy(settings)), Moderation(db)
 
 

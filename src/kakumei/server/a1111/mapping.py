@@ -1,9 +1,6 @@
-"""AUTOMATIC1111 API semantics on kakumei: who the caller is, their options, and the mapping of
-an A1111 request onto a GenerationRequest.
-
-A1111 is a one-user program: POST /options changes the model for everyone. On a shared server
-each caller gets their own options instead (kept per user, and per address for anonymous
-callers), so one client choosing a checkpoint never changes another's images.
+"""AUTOMATIC1111 API semantics on kakumei, as pure functions: an A1111 request (with the
+caller's options) onto a GenerationRequest, which options kakumei can honour, and kakumei's
+jobs back into A1111's answers. No HTTP here: routes.py calls these.
 
 A field kakumei cannot honour is refused with a sentence (`Unsupported`, a 400) when ignoring
 it would change the image; otherwise it is ignored, as A1111 ignores keys it does not know.
@@ -11,23 +8,19 @@ it would change the image; otherwise it is ignored, as A1111 ignores keys it doe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import HTTPException, Request
-
 import kakumei
+from kakumei.config import Settings
 from kakumei.engine.metadata import parse_infotext
 from kakumei.errors import KakumeiError
+from kakumei.fairness.shares import Place
 from kakumei.schemas import SCHEDULE_NAMES, GenerationRequest
-from kakumei.server.a1111_models import Img2ImgRequest, Txt2ImgRequest
-from kakumei.server.deps import Caller, caller, services
+from kakumei.server.a1111.models import Img2ImgRequest, ProgressResponse, ProgressState, Txt2ImgRequest
+from kakumei.store.activity import ActiveJob
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import Job
 
@@ -111,8 +104,6 @@ REPORTED_OPTIONS: dict[str, Any] = {
     "sd_checkpoint_cache": 0,
 }
 
-MAX_REMEMBERED_CALLERS = 10_000
-
 
 def _same(value: Any, default: Any) -> bool:
     if isinstance(default, bool) or isinstance(value, bool):
@@ -120,6 +111,24 @@ def _same(value: Any, default: Any) -> bool:
     if isinstance(default, (int, float)) and isinstance(value, (int, float)):
         return float(value) == float(default)
     return value == default
+
+
+def reported_options(own: Mapping[str, Any], default_model: str) -> dict[str, Any]:
+    """GET /options: A1111's option names at the values kakumei generates with, the caller's
+    own options over them."""
+    return {
+        **IMAGE_OPTIONS,
+        **REPORTED_OPTIONS,
+        "CLIP_stop_at_last_layers": 1,
+        "sd_checkpoint_hash": "",
+        **own,
+        "sd_model_checkpoint": own.get("sd_model_checkpoint") or default_model,
+    }
+
+
+def checked_options(values: Mapping[str, Any], known_models: list[str]) -> dict[str, Any]:
+    """POST /options: the values to keep, or Unsupported for the first kakumei cannot honour."""
+    return {key: check_option(key, value, known_models) for key, value in values.items()}
 
 
 def check_option(key: str, value: Any, known_models: list[str]) -> Any:
@@ -152,65 +161,6 @@ def resolve_checkpoint(name: str, known_models: list[str]) -> str:
         if candidate in known_models:
             return candidate
     raise Unsupported(f"unknown checkpoint {name!r}; known: {', '.join(known_models)}")
-
-
-class CallerOptions:
-    """Each caller's own A1111 options, newest callers kept, at most MAX_REMEMBERED_CALLERS.
-
-    In memory: a client sets options and generates on the same server, and options are only
-    ever choices among what a request could say itself (override_settings)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_caller: OrderedDict[tuple[int, str | None], dict[str, Any]] = OrderedDict()
-
-    @staticmethod
-    def key(who: Caller) -> tuple[int, str | None]:
-        return (who.user.id, who.scope_addr)
-
-    def get(self, who: Caller) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._by_caller.get(self.key(who), {}))
-
-    def update(self, who: Caller, values: Mapping[str, Any]) -> None:
-        with self._lock:
-            key = self.key(who)
-            merged = {**self._by_caller.pop(key, {}), **values}
-            self._by_caller[key] = merged
-            while len(self._by_caller) > MAX_REMEMBERED_CALLERS:
-                self._by_caller.popitem(last=False)
-
-
-def caller_options(request: Request) -> CallerOptions:
-    """The app's CallerOptions, made on first use (created once: setdefault on the state dict
-    is atomic, so two first requests cannot each make their own)."""
-    state = request.app.state._state
-    return state.setdefault("a1111_options", CallerOptions())
-
-
-def a1111_caller(request: Request) -> Caller:
-    """The caller, by HTTP Basic (user name + API key) or Bearer key, as `a1111_auth` allows."""
-    svc = services(request)
-    mode = svc.settings.a1111_auth
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    basic_challenge = {"WWW-Authenticate": 'Basic realm="kakumei"'}
-    if scheme.lower() == "basic":
-        if mode == "key":
-            raise HTTPException(401, "this server takes API keys: 'Authorization: Bearer YOUR_KEY'", {"WWW-Authenticate": "Bearer"})
-        try:
-            name, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise HTTPException(401, "malformed HTTP Basic credentials", basic_challenge) from None
-        user = svc.users.by_key(password) if password else None
-        if user is None or user.name != name:
-            raise HTTPException(401, "Incorrect username or password (the password is your API key)", basic_challenge)
-        return Caller(user, request.client.host if request.client else None)
-    if header and mode == "basic":
-        raise HTTPException(401, "use HTTP Basic: your user name, and your API key as the password", basic_challenge)
-    if not header and not svc.settings.allow_anonymous and mode != "key":
-        raise HTTPException(401, "this server needs you to log in: HTTP Basic with your user name and API key", basic_challenge)
-    return caller(request)
 
 
 # -- request mapping ---------------------------------------------------------------------------
@@ -427,3 +377,47 @@ def png_info_parameters(infotext: str) -> dict[str, Any]:
             params[key] = value
     return params
 
+
+def progress_response(
+    job: ActiveJob, count: int, placed: tuple[Place, float] | None, preview: str | None
+) -> ProgressResponse:
+    """A1111's progress of the caller's current job: the fraction of steps done while it runs,
+    its place while it waits. `preview` is the newest preview as a data URL, if any."""
+    running = job.state != "queued"
+    fraction = (job.step or 0) / job.total if running and job.total else 0.0
+    textinfo = None
+    if not running and placed is not None:
+        textinfo = f"In queue: {placed[0].jobs_ahead} job(s) before yours"
+    state = ProgressState(
+        interrupted=job.cancel_requested,
+        job=job.id,
+        job_count=count,
+        job_timestamp=time.strftime("%Y%m%d%H%M%S", time.gmtime(job.created_at)),
+        sampling_step=job.step or 0,
+        sampling_steps=job.total or 0,
+    )
+    return ProgressResponse(
+        progress=fraction,
+        eta_relative=placed[1] if placed is not None else 0.0,
+        state=state,
+        current_image=preview.split(",", 1)[1] if preview else None,
+        textinfo=textinfo,
+    )
+
+
+def command_line_flags(settings: Settings) -> dict[str, Any]:
+    """GET /cmd-flags: the A1111 command-line flags that describe how this server runs."""
+    return {
+        "api": True,
+        "nowebui": False,
+        "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+        "port": settings.port,
+        "api_auth": None,
+        "api_server_stop": False,
+        "ckpt_dir": None,
+        "lora_dir": None,
+        "embeddings_dir": None,
+        "lowvram": settings.low_memory,
+        "medvram": False,
+        "no_half": settings.dtype == "float32",
+    }

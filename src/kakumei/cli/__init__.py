@@ -1,0 +1,60 @@
+"""The command line: `kakumei generate | info | models | serve | users | worker | workers`.
+
+One module per command group registers its subcommands here. Every command turns a
+KakumeiError into one sentence on stderr and a non-zero exit; a traceback appears only with
+--debug. Command modules import torch, the server and the store inside their command
+functions, so that `kakumei --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from kakumei import __version__
+from kakumei.cli import generate, models, serve, users, worker
+from kakumei.cli.common import EXIT_ERROR, EXIT_INTERRUPTED
+from kakumei.config import load_settings
+from kakumei.errors import KakumeiError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kakumei", description="Stable Diffusion for everyone.")
+    parser.add_argument("--version", action="version", version=f"kakumei {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in (generate, models, serve, users, worker):
+        group.register(sub)
+    return parser
+
+
+def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("model", "device", "dtype", "low_memory")
+    values = {k: getattr(args, k, None) for k in keys}
+    if getattr(args, "out", None) is not None:
+        values["output_dir"] = args.out
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        settings = load_settings(_settings_overrides(args))
+        return int(args.func(args, settings) or 0)
+    except KakumeiError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `kakumei info x.png | head`: the reader left, nothing to report
+        return 0

@@ -1,0 +1,43 @@
+"""What every command group shares: exit codes, settings overrides from flags, the database."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kakumei.config import Settings
+from kakumei.errors import ConfigError, KakumeiError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """`settings` with the flags that were given (None: not given), validated as settings are."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.model_validate({**settings.model_dump(), **values})
+    except ValueError as exc:
+        raise ConfigError(f"invalid option: {exc}") from None
+
+
+def open_database(settings: Settings) -> Any:
+    """The migrated database, or a sentence saying why it cannot be opened."""
+    # Imported here: `kakumei --help` and `kakumei generate` never touch the store.
+    from kakumei.store.db import Database, redact
+    from kakumei.store.migrate import migrate
+
+    db = Database(settings.database_url)
+    try:
+        migrate(db)
+    except KakumeiError:
+        raise
+    except Exception as exc:
+        db.close()
+        raise ConfigError(f"cannot open database {redact(settings.database_url)}: {exc}".strip()) from None
+    return db
+
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    """`--database URL` for the operator's commands, which work on the server's database."""
+    parser.add_argument("--database", metavar="URL", help="as for serve")
