@@ -48,12 +48,12 @@ class Settings(BaseModel):
     lease_seconds: float = Field(30.0, gt=0)
     # Lost leases before a job fails instead of going back to the queue.
     max_attempts: int = Field(3, ge=1)
-    # issue 9: the local worker claims up to this many compatible jobs as one batch, and
+    # The local worker claims up to this many compatible jobs as one batch, and
     # prefers jobs for its loaded model, both only within this many compute units of the
     # fairest user's counter (fairness/shares.py: counter = served cost / weight)
     worker_batch_jobs: int = Field(4, ge=1, le=16)
     fairness_slack: float = Field(2.0, ge=0)
-    # Remote workers (issue 6). Share of an untrusted worker's jobs re-run by a trusted worker
+    # Remote workers: share of an untrusted worker's jobs re-run by a trusted worker
     # (trusted ones are spot-checked at a tenth of it), the perceptual distance a re-run may
     # differ by (bf16 and fp32 machines differ slightly; wrong pictures differ by 0.08 or more),
     # matching re-runs in a row that make a worker trusted, and mismatches that quarantine it.

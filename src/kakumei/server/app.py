@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 import kakumei
 from kakumei.config import Settings
 from kakumei.server.a1111 import routes as a1111
-from kakumei.server.routes import events, gallery, health, images, jobs, metrics, openai, options, web
+from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
 
 
@@ -55,15 +55,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    from kakumei.server.routes import admin, me
-
-    for module in (me, admin):  # merit and moderation (issue 5)
+    routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers)
+    for module in routers:
         app.include_router(module.router)
-    for module in (jobs, events, images, health, gallery, options, a1111, openai, metrics, web):
-        app.include_router(module.router)
-    # Remote workers: their protocol, and their keys and records (issue 6).
-    from kakumei.server.routes import worker_api, workers
-
-    app.include_router(worker_api.router)
-    app.include_router(workers.router)
     return app

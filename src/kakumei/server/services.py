@@ -40,7 +40,7 @@ class Services:
     workers: WorkerStore
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-    # Merit and admission (issue 5); built from the others in __post_init__. Credit users
+    # Merit and admission, built from the others in __post_init__. Credit users
     # through `ledger`: it carries the server's merit policy.
     ledger: Ledger = field(init=False)
     moderation: Moderation = field(init=False)
