@@ -23,6 +23,7 @@ from kakumei.fairness import shares
 from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
+from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import SPEND_GENERATION, Ledger
 
 
@@ -111,6 +112,7 @@ class NewJob:
     idempotency_key: str | None = None
     client_addr: str | None = None
     priority: int = 0
+    inputs: tuple[bytes, ...] = ()  # image files the request names by reference (stored_form)
 
 
 class IdempotencyConflict(ValueError):
@@ -363,6 +365,7 @@ class JobStore:
                 tx.scalar(SYSTEM_MAX_COUNTER),
             )
         job_id = uuid.uuid4().hex
+        InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "model, pixels, steps, image_count, cost, priority, max_attempts, created_at, batch_key) "

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from kakumei.server.inputs import resolve_lease, resolve_leases
 from kakumei.store.images import ImageResult, ImageStore
+from kakumei.store.inputs import InputStore
 from kakumei.store.jobs import Capabilities, Heartbeat, JobStore, Lease
 
 
@@ -42,14 +44,15 @@ class StoreJobSource:
         self.images = images
 
     def claim(self, worker_id: str, caps: Capabilities) -> Lease | None:
-        return self.jobs.claim(worker_id, caps)
+        return resolve_lease(InputStore(self.jobs.db), self.jobs.claim(worker_id, caps))
 
     def claim_batch(
         self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
     ) -> list[Lease]:
         """Several compatible jobs at once, preferring the loaded model (JobStore.claim_batch).
         Optional in the protocol: a source without it gives one job per claim."""
-        return self.jobs.claim_batch(worker_id, caps, max_jobs=max_jobs, prefer_model=prefer_model, slack=slack)
+        leases = self.jobs.claim_batch(worker_id, caps, max_jobs=max_jobs, prefer_model=prefer_model, slack=slack)
+        return resolve_leases(InputStore(self.jobs.db), leases)
 
     def heartbeat(
         self,

@@ -1,0 +1,44 @@
+"""Where stored input images turn back into base64: the one seam per path out of the store.
+
+Job rows name their init images and masks by reference (store/inputs.py); the engine and
+every worker take base64 as before, so that images and their metadata stay byte for byte
+what they were. A request is resolved here when a lease is handed to a worker (in process
+or over HTTP) and when the verifier regenerates a job, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from kakumei.schemas import GenerationRequest, as_input_ref
+from kakumei.store.inputs import InputStore
+from kakumei.store.jobs import Lease
+
+
+def resolve_inputs(inputs: InputStore, request: GenerationRequest) -> GenerationRequest:
+    """`request` with each stored image reference replaced by the image as base64."""
+    return inputs.resolve(request)
+
+
+def resolve_lease(inputs: InputStore, lease: Lease | None) -> Lease | None:
+    """A lease whose job's request carries its images as base64, ready for the engine."""
+    if lease is None or not lease.job.request.input_refs():
+        return lease
+    return replace(lease, job=replace(lease.job, request=inputs.resolve(lease.job.request)))
+
+
+def resolve_leases(inputs: InputStore, leases: Sequence[Lease]) -> list[Lease]:
+    return [resolved for lease in leases if (resolved := resolve_lease(inputs, lease)) is not None]
+
+
+def referenced_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A stored request as JSON (the gallery reads the row) with every input image as its
+    reference, so that no image data travels in a listing."""
+    init_images = request.get("init_images") or []
+    mask = request.get("mask")
+    refs = [as_input_ref(v) for v in init_images]
+    if refs == init_images and (mask is None or as_input_ref(mask) == mask):
+        return request
+    return {**request, "init_images": refs, "mask": None if mask is None else as_input_ref(mask)}
