@@ -143,8 +143,7 @@ class GenerationRequest(BaseModel):
     # img2img and inpainting (A1111 names). Images travel as base64 PNG/JPEG/WebP strings
     # (a data: URL prefix is accepted), so a request stays JSON.
     init_images: list[str] = Field(
-        default_factory=list, description=f"base64 images for img2img, at most {MAX_INIT_IMAGES}; image i uses init_images[i % n] "
-        "(stored jobs name each image by reference instead: sha256:<hex>)"
+        default_factory=list, description=f"base64 images for img2img, at most {MAX_INIT_IMAGES}; image i uses init_images[i % n]"
     )
     denoising_strength: float = Field(
         0.75, ge=0.0, le=1.0, description="img2img and hires fix: 0 keeps the input, 1 replaces it"
