@@ -18,15 +18,18 @@ from kakumei.store.jobs import Lease
 
 
 def resolve_inputs(inputs: InputStore, request: GenerationRequest) -> GenerationRequest:
-    """`request` with each stored image reference replaced by the image as base64."""
-    return inputs.resolve(request)
+    """`request` with each stored image reference replaced by the image as base64. A missing
+    image raises MissingInput; it cannot happen for a committed job, whose images were
+    written in the transaction that queued it."""
+    refs = request.input_refs()
+    return request.with_inputs(inputs.get_many(refs)) if refs else request
 
 
 def resolve_lease(inputs: InputStore, lease: Lease | None) -> Lease | None:
     """A lease whose job's request carries its images as base64, ready for the engine."""
     if lease is None or not lease.job.request.input_refs():
         return lease
-    return replace(lease, job=replace(lease.job, request=inputs.resolve(lease.job.request)))
+    return replace(lease, job=replace(lease.job, request=resolve_inputs(inputs, lease.job.request)))
 
 
 def resolve_leases(inputs: InputStore, leases: Sequence[Lease]) -> list[Lease]:

@@ -70,11 +70,6 @@ class InputStore:
             raise MissingInput(f"stored input image(s) missing: {', '.join(missing)}")
         return found
 
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """`request` with its references replaced by base64, as the engine takes it."""
-        refs = request.input_refs()
-        return request.with_inputs(self.get_many(refs)) if refs else request
-
 
 def move_inline_inputs(db: Database, tx: Transaction) -> None:
     """Migration step after 0005: move the inline images of jobs queued before it into
@@ -87,7 +82,10 @@ def move_inline_inputs(db: Database, tx: Transaction) -> None:
     while rows := tx.all(_LEGACY_JOBS, (last,)):
         for row in rows:
             last = int(row["seq"])
-            request = GenerationRequest.model_validate_json(row["request"])
+            try:
+                request = GenerationRequest.model_validate_json(row["request"])
+            except ValueError:  # a row no request validates as: left as it is, not lost
+                continue
             stored, files = request.stored_form()
             if not files:
                 continue
