@@ -13,27 +13,28 @@ from dataclasses import replace
 from typing import Any
 
 from kakumei.schemas import GenerationRequest, as_input_ref
+from kakumei.store.db import Database
 from kakumei.store.inputs import InputStore
 from kakumei.store.jobs import Lease
 
 
-def resolve_inputs(inputs: InputStore, request: GenerationRequest) -> GenerationRequest:
+def resolve_inputs(db: Database, request: GenerationRequest) -> GenerationRequest:
     """`request` with each stored image reference replaced by the image as base64. A missing
     image raises MissingInput; it cannot happen for a committed job, whose images were
     written in the transaction that queued it."""
     refs = request.input_refs()
-    return request.with_inputs(inputs.get_many(refs)) if refs else request
+    return request.with_inputs(InputStore(db).get_many(refs)) if refs else request
 
 
-def resolve_lease(inputs: InputStore, lease: Lease | None) -> Lease | None:
+def resolve_lease(db: Database, lease: Lease) -> Lease:
     """A lease whose job's request carries its images as base64, ready for the engine."""
-    if lease is None or not lease.job.request.input_refs():
+    if not lease.job.request.input_refs():
         return lease
-    return replace(lease, job=replace(lease.job, request=resolve_inputs(inputs, lease.job.request)))
+    return replace(lease, job=replace(lease.job, request=resolve_inputs(db, lease.job.request)))
 
 
-def resolve_leases(inputs: InputStore, leases: Sequence[Lease]) -> list[Lease]:
-    return [resolved for lease in leases if (resolved := resolve_lease(inputs, lease)) is not None]
+def resolve_leases(db: Database, leases: Sequence[Lease]) -> list[Lease]:
+    return [resolve_lease(db, lease) for lease in leases]
 
 
 def referenced_request(request: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from typing import Protocol
 
 from kakumei.server.inputs import resolve_lease, resolve_leases
 from kakumei.store.images import ImageResult, ImageStore
-from kakumei.store.inputs import InputStore
 from kakumei.store.jobs import Capabilities, Heartbeat, JobStore, Lease
 
 
@@ -44,7 +43,8 @@ class StoreJobSource:
         self.images = images
 
     def claim(self, worker_id: str, caps: Capabilities) -> Lease | None:
-        return resolve_lease(InputStore(self.jobs.db), self.jobs.claim(worker_id, caps))
+        lease = self.jobs.claim(worker_id, caps)
+        return None if lease is None else resolve_lease(self.jobs.db, lease)
 
     def claim_batch(
         self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
@@ -52,7 +52,7 @@ class StoreJobSource:
         """Several compatible jobs at once, preferring the loaded model (JobStore.claim_batch).
         Optional in the protocol: a source without it gives one job per claim."""
         leases = self.jobs.claim_batch(worker_id, caps, max_jobs=max_jobs, prefer_model=prefer_model, slack=slack)
-        return resolve_leases(InputStore(self.jobs.db), leases)
+        return resolve_leases(self.jobs.db, leases)
 
     def heartbeat(
         self,

@@ -14,7 +14,6 @@ from typing import Any
 from kakumei.errors import KakumeiError
 from kakumei.server.inputs import resolve_inputs
 from kakumei.store.images import ImageStore
-from kakumei.store.inputs import InputStore
 from kakumei.store.jobs import JobStore
 from kakumei.store.workers import Verification, WorkerStore
 from kakumei.worker.perceptual import png_distance
@@ -59,7 +58,7 @@ class Verifier:
             self.workers.finish_verification(check, distance=None, passed=True)
             return
         # The seed the worker reported: a request with seed -1 was resolved by the worker.
-        request = resolve_inputs(InputStore(self.jobs.db), job.request).model_copy(update={"model": job.model, "seed": job.seed})
+        request = resolve_inputs(self.jobs.db, job.request).model_copy(update={"model": job.model, "seed": job.seed})
         try:
             result = self.engine.generate(request)
         except KakumeiError as exc:

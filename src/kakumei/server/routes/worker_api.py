@@ -23,7 +23,6 @@ from kakumei.server.deps import services
 from kakumei.server.inputs import resolve_inputs
 from kakumei.server.services import Services
 from kakumei.store.images import ImageResult
-from kakumei.store.inputs import InputStore
 from kakumei.store.jobs import Capabilities, Job, JobState
 from kakumei.store.workers import WorkerRecord, WorkerStatus
 
@@ -198,7 +197,7 @@ def _seen_caps(body: ClaimIn, svc: Services, worker: WorkerRecord) -> Capabiliti
 def _lease_out(svc: Services, job: Job, lease_id: str) -> LeaseOut:
     return LeaseOut(
         job_id=job.id, lease_id=lease_id, lease_seconds=svc.settings.lease_seconds, model=job.model,
-        request=resolve_inputs(InputStore(svc.db), job.request), cost=job.cost, attempts=job.attempts,
+        request=resolve_inputs(svc.db, job.request), cost=job.cost, attempts=job.attempts,
     )
 
 
