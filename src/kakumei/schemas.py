@@ -6,7 +6,11 @@ Validation happens here, once, with messages that say what is allowed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,6 +59,10 @@ MAX_PROMPT_CHARS = 10_000
 MAX_INPUT_PIXELS = 4096 * 4096
 MAX_INPUT_BYTES = 32 * 1024 * 1024
 MAX_INIT_IMAGES = MAX_BATCH_SIZE
+# An input image stored once by content: "sha256:" + the sha256 of the image file's bytes.
+# Stored jobs carry these instead of base64, so reading a job decodes no image.
+INPUT_REF_PREFIX = "sha256:"
+_INPUT_REF = re.compile(r"sha256:[0-9a-f]{64}")
 # A1111's img2img resize modes, by number.
 RESIZE_MODES: tuple[str, ...] = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # A1111's "masked content" choices, by number.
@@ -80,6 +88,37 @@ def _legacy_sampler_split(name: str) -> tuple[str, str | None]:
         if name.endswith(suffix) and name[: -len(suffix)] in SAMPLERS:
             return name[: -len(suffix)], schedule
     return name, None
+
+
+def is_input_ref(value: str) -> bool:
+    """Whether an init image or mask value is a stored image's reference (not base64)."""
+    return value.startswith(INPUT_REF_PREFIX)
+
+
+def input_ref(raw: bytes) -> str:
+    """The reference of an image file: its bytes' sha256, so one image is stored once."""
+    return INPUT_REF_PREFIX + hashlib.sha256(raw).hexdigest()
+
+
+def as_input_ref(value: str) -> str:
+    """A validated input value (a reference, or base64 with or without a data: URL prefix)
+    as a reference."""
+    if is_input_ref(value):
+        return value
+    text = value.strip()
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    return input_ref(base64.b64decode(text, validate=True))
+
+
+def _check_input(value: str, field: str) -> None:
+    """A reference needs only its form checked (its image was checked when it was
+    submitted); base64 is decoded and checked in full."""
+    if is_input_ref(value):
+        if not _INPUT_REF.fullmatch(value):
+            raise ValueError(f"{field} is not a stored image reference (sha256: and 64 lowercase hex digits)")
+        return
+    decode_image_b64(value, field, MAX_INPUT_PIXELS, MAX_INPUT_BYTES)
 
 
 class GenerationRequest(BaseModel):
@@ -193,14 +232,14 @@ class GenerationRequest(BaseModel):
         if len(v) > MAX_INIT_IMAGES:
             raise ValueError(f"at most {MAX_INIT_IMAGES} init images, got {len(v)}")
         for i, data in enumerate(v):
-            decode_image_b64(data, f"init_images[{i}]", MAX_INPUT_PIXELS, MAX_INPUT_BYTES)
+            _check_input(data, f"init_images[{i}]")
         return v
 
     @field_validator("mask")
     @classmethod
     def _mask(cls, v: str | None) -> str | None:
         if v is not None:
-            decode_image_b64(v, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES)
+            _check_input(v, "mask")
         return v
 
     @model_validator(mode="after")
@@ -208,14 +247,19 @@ class GenerationRequest(BaseModel):
         if self.mask is not None:
             if not self.init_images:
                 raise ValueError("a mask needs an image to inpaint: give init_images as well")
-            mask_size = decode_image_b64(self.mask, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
-            for i, data in enumerate(self.init_images):
-                size = decode_image_b64(data, f"init_images[{i}]", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
-                if size != mask_size:
-                    raise ValueError(
-                        f"the mask is {mask_size[0]}x{mask_size[1]} but init_images[{i}] is {size[0]}x{size[1]}; "
-                        "a mask must have the size of the image it masks"
-                    )
+            # Sizes are compared where the images arrive as base64 (a submission); a stored
+            # request names its images by reference and was checked when it was submitted.
+            if not is_input_ref(self.mask):
+                mask_size = decode_image_b64(self.mask, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
+                for i, data in enumerate(self.init_images):
+                    if is_input_ref(data):
+                        continue
+                    size = decode_image_b64(data, f"init_images[{i}]", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
+                    if size != mask_size:
+                        raise ValueError(
+                            f"the mask is {mask_size[0]}x{mask_size[1]} but init_images[{i}] is {size[0]}x{size[1]}; "
+                            "a mask must have the size of the image it masks"
+                        )
         if self.enable_hr:
             if self.init_images:
                 raise ValueError("hires fix (enable_hr) is for text-to-image; img2img already works at full size")
@@ -280,6 +324,65 @@ class GenerationRequest(BaseModel):
             return None
         fields = [model or self.model or "", *(str(getattr(self, f)) for f in BATCH_FIELDS)]
         return hashlib.sha256("\0".join(fields).encode("utf-8")).hexdigest()[:32]
+
+    # -- input images by reference ---------------------------------------------------------
+
+    def input_refs(self) -> list[str]:
+        """The references among the input images (init images, then the mask), each once."""
+        values = [*self.init_images, *([self.mask] if self.mask is not None else [])]
+        return list(dict.fromkeys(v for v in values if is_input_ref(v)))
+
+    def stored_form(self) -> tuple[GenerationRequest, dict[str, bytes]]:
+        """This request as a job row keeps it, and the image files it no longer carries.
+
+        Each base64 input becomes the reference of its file's bytes. One whose base64 text is
+        not exactly the standard encoding of those bytes (a data: URL prefix, surrounding
+        whitespace) stays inline: the engine records the sha256 of the text it is given, and
+        a reference resolves to the standard encoding, so the image's metadata would change.
+        """
+        files: dict[str, bytes] = {}
+
+        def stored(value: str) -> str:
+            if is_input_ref(value):
+                return value
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return value
+            if base64.b64encode(raw).decode("ascii") != value:
+                return value
+            ref = input_ref(raw)
+            files[ref] = raw
+            return ref
+
+        update: dict[str, Any] = {"init_images": [stored(v) for v in self.init_images]}
+        if self.mask is not None:
+            update["mask"] = stored(self.mask)
+        return self.model_copy(update=update), files
+
+    def with_inputs(self, images: Mapping[str, str]) -> GenerationRequest:
+        """This request with each reference replaced by its base64 image from `images`
+        (ref -> base64, as InputStore.get_many answers); no image is decoded again."""
+        refs = self.input_refs()
+        if not refs:
+            return self
+        missing = [r for r in refs if r not in images]
+        if missing:
+            raise KeyError(f"no stored input image {', '.join(missing)}")
+        update: dict[str, Any] = {"init_images": [images[v] if is_input_ref(v) else v for v in self.init_images]}
+        if self.mask is not None and is_input_ref(self.mask):
+            update["mask"] = images[self.mask]
+        return self.model_copy(update=update)
+
+    def referenced(self) -> GenerationRequest:
+        """This request with every input image as a reference: what job lists show, without
+        the image data (an inline input is hashed here, not decoded as an image)."""
+        if all(is_input_ref(v) for v in [*self.init_images, *([self.mask] if self.mask is not None else [])]):
+            return self
+        update: dict[str, Any] = {"init_images": [as_input_ref(v) for v in self.init_images]}
+        if self.mask is not None:
+            update["mask"] = as_input_ref(self.mask)
+        return self.model_copy(update=update)
 
 
 def validation_message(exc: Exception) -> str:

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kakumei.protocol import Capabilities, HeartbeatReply, ImageReport, LeasedJob, Progress
+from kakumei.server.inputs import resolve_inputs
+from kakumei.store.db import Database
 from kakumei.store.images import ImageResult, ImageStore, PendingImage
 from kakumei.store.jobs import Job, JobStore
 
 
-def leased_job(job: Job, lease_id: str, lease_seconds: float) -> LeasedJob:
-    """The part of a leased job's row that its worker needs."""
+def leased_job(db: Database, job: Job, lease_id: str, lease_seconds: float) -> LeasedJob:
+    """The part of a leased job's row that its worker needs, its input images as base64."""
     return LeasedJob(
-        job_id=job.id, lease_id=lease_id, lease_seconds=lease_seconds, model=job.model, request=job.request,
+        job_id=job.id, lease_id=lease_id, lease_seconds=lease_seconds, model=job.model,
+        request=resolve_inputs(db, job.request),
         cost=job.cost, attempts=job.attempts,
     )
 
@@ -38,14 +41,14 @@ class StoreJobSource:
 
     def claim(self, worker_id: str, caps: Capabilities) -> LeasedJob | None:
         lease = self.jobs.claim(worker_id, caps)
-        return None if lease is None else leased_job(lease.job, lease.lease_id, self.jobs.lease_seconds)
+        return None if lease is None else leased_job(self.jobs.db, lease.job, lease.lease_id, self.jobs.lease_seconds)
 
     def claim_batch(
         self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
     ) -> list[LeasedJob]:
         """Several compatible jobs at once, preferring the loaded model (JobStore.claim_batch)."""
         leases = self.jobs.claim_batch(worker_id, caps, max_jobs=max_jobs, prefer_model=prefer_model, slack=slack)
-        return [leased_job(lease.job, lease.lease_id, self.jobs.lease_seconds) for lease in leases]
+        return [leased_job(self.jobs.db, lease.job, lease.lease_id, self.jobs.lease_seconds) for lease in leases]
 
     def heartbeat(self, job_id: str, lease_id: str, progress: Progress | None = None) -> HeartbeatReply:
         return self.jobs.heartbeat(job_id, lease_id, progress)

@@ -23,7 +23,9 @@ class JobOut(BaseModel):
     id: str
     state: str = Field(description="queued, leased, running, succeeded, failed or cancelled")
     model: str
-    request: GenerationRequest
+    request: GenerationRequest = Field(
+        description="the request as queued; input images (init_images, mask) appear as sha256: references"
+    )
     cost: float = Field(description="compute units: 1 = one 512x512 image at 20 steps on SD 1.5")
     queue_position: int | None = Field(
         None, description="jobs that start before this one under fair sharing (0: next); null when not queued"

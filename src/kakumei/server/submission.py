@@ -52,6 +52,10 @@ def submit_generation(
 ) -> tuple[Job, bool]:
     """Queue `request` for the caller; return the job and whether it was created (False:
     an idempotent replay). Committed before returning."""
+    if request.input_refs():
+        # A reference skips the image checks (it names an image the server stored after
+        # checking it), so from outside only the images themselves are taken.
+        raise SubmitRefused(422, "send input images (init_images, mask) as base64; sha256: references are not accepted")
     known = svc.known_models()
     model = request.model or svc.settings.model
     if model not in known:
@@ -62,13 +66,17 @@ def submit_generation(
         refusal = svc.admission.check(who.user, who.client_addr, request)
         if refusal is not None:
             raise SubmitRefused(refusal.status, refusal.message, refusal.retry_after)
+    # The row keeps references and the image files go in once, in the same transaction, so
+    # that reading or listing the job never decodes its images again.
+    stored, files = request.stored_form()
     new = NewJob(
         user_id=who.user.id,
-        request=request,
+        request=stored,
         model=model,
         cost=request_cost(request, model),
         idempotency_key=idempotency_key,
         client_addr=who.client_addr,
+        inputs=tuple(files.values()),
     )
     try:
         return svc.jobs.submit(new)

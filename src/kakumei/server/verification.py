@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from kakumei.errors import KakumeiError
+from kakumei.server.inputs import resolve_inputs
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
 from kakumei.store.workers import Verification, WorkerStore
@@ -58,7 +59,7 @@ class Verifier:
         # Files another machine wrote are not here: the check fails and counts as unverifiable.
         reported = {image.index: image.path.read_bytes() for image in stored}
         # The seed the worker reported: a request with seed -1 was resolved by the worker.
-        request = job.request.model_copy(update={"model": job.model, "seed": job.seed})
+        request = resolve_inputs(self.jobs.db, job.request).model_copy(update={"model": job.model, "seed": job.seed})
         try:
             verdict = recheck(self.engine, request, reported, max_distance=self.max_distance)
         except KakumeiError as exc:

@@ -24,6 +24,7 @@ from kakumei.protocol import Capabilities, HeartbeatReply, Progress
 from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
+from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import SPEND_GENERATION, Ledger
 from kakumei.store.users import BACKLOGGED_MIN_COUNTER, UserStore
 
@@ -96,6 +97,7 @@ class NewJob:
     idempotency_key: str | None = None
     client_addr: str | None = None
     priority: int = 0
+    inputs: tuple[bytes, ...] = ()  # image files the request names by reference (stored_form)
 
 
 class IdempotencyConflict(ValueError):
@@ -336,6 +338,7 @@ class JobStore:
                 return _job(row), False
         UserStore.enqueue(tx, new.user_id, new.cost)
         job_id = uuid.uuid4().hex
+        InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "model, pixels, steps, image_count, cost, priority, max_attempts, created_at, batch_key) "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib import resources
 
-from kakumei.store.db import Database, render
+from kakumei.store.db import Database, Transaction, render
+from kakumei.store.inputs import move_inline_inputs
 
 # Any constant: PostgreSQL servers starting together take turns migrating.
 _MIGRATION_LOCK = 7_363_001
@@ -17,6 +19,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at DOUBLE PRECISION NOT NULL
 )
 """
+
+
+# Data moves that SQL alone cannot make: version -> a step run after that version's SQL,
+# in the same transaction (so a failed step leaves the migration unapplied).
+AFTER_SQL: dict[int, Callable[[Database, Transaction], None]] = {5: move_inline_inputs}
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -49,6 +56,8 @@ def migrate(db: Database) -> list[int]:
             for statement in _statements(sql):
                 # Statements go through render() for tokens but carry no parameters.
                 tx._conn.execute(render(statement, db.dialect).replace("%%", "%"))
+            if version in AFTER_SQL:
+                AFTER_SQL[version](db, tx)
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (version, name, time.time()),

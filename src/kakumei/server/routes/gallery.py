@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from kakumei.server.deps import Caller, caller, services
+from kakumei.server.inputs import referenced_request
 from kakumei.server.services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
@@ -23,7 +24,9 @@ class GalleryItem(BaseModel):
     index: int
     seed: int = Field(description="the seed this image was made with (the job's seed + index)")
     model: str
-    request: dict[str, Any] = Field(description="the job's generation request, as submitted")
+    request: dict[str, Any] = Field(
+        description="the job's generation request, as submitted; input images appear as sha256: references"
+    )
     infotext: str = Field(description="AUTOMATIC1111 infotext: the recipe as it is in the PNG")
     created_at: float
 
@@ -50,7 +53,7 @@ def my_images(
                 index=g.image.index,
                 seed=g.image.seed,
                 model=g.model,
-                request=g.request,
+                request=referenced_request(g.request),
                 infotext=g.image.infotext,
                 created_at=g.image.created_at,
             )

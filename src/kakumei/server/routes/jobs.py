@@ -38,7 +38,7 @@ def job_out(svc: Services, job: Job) -> JobOut:
         id=job.id,
         state=job.state.value,
         model=job.model,
-        request=job.request,
+        request=job.request.referenced(),  # no image data in answers and listings
         cost=job.cost,
         queue_position=position,
         eta_seconds=eta,

@@ -132,7 +132,7 @@ def _seen(body: Capabilities, svc: Services, worker: WorkerRecord) -> Capabiliti
 
 
 def _lease_out(svc: Services, job: Job, lease_id: str) -> LeasedJob:
-    return job_source.leased_job(job, lease_id, svc.settings.lease_seconds)
+    return job_source.leased_job(svc.db, job, lease_id, svc.settings.lease_seconds)
 
 
 @router.post("/claim", response_model=LeasedJob, responses={204: {"description": "nothing to run now"}})
