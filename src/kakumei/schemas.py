@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kakumei.errors import InvalidRequest
 from kakumei.images import decode_image_b64
 
 # A1111 sampler names -> whether the sampler takes a sigma schedule (Karras, ...).
@@ -383,6 +385,37 @@ class GenerationRequest(BaseModel):
         if self.mask is not None:
             update["mask"] = as_input_ref(self.mask)
         return self.model_copy(update=update)
+
+
+def validate_request(data: dict[str, Any]) -> GenerationRequest:
+    """Build a request from untrusted data, turning pydantic errors into InvalidRequest."""
+    try:
+        return GenerationRequest(**data)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message(exc)) from None
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Refuse combinations of fields that no model can run, with what would work instead.
+
+    Not part of GenerationRequest's own validation: queued jobs are read back through it, so
+    a job accepted by an earlier version must stay readable; the engine checks this when it
+    runs a request (with the checks that need the loaded model, engine/plan.py).
+    """
+    if request.mode != "txt2img" or request.enable_hr:
+        steps = request.hr_second_pass_steps or request.steps if request.enable_hr else request.steps
+        if int(steps * request.denoising_strength) < 1:
+            # diffusers runs steps x strength steps, as A1111 does; zero steps would return noise.
+            need = math.ceil(1 / request.denoising_strength) if request.denoising_strength > 0 else None
+            hint = f"raise steps to {need} or more" if need and need <= MAX_STEPS else "raise denoising_strength"
+            raise InvalidRequest(
+                f"denoising_strength {request.denoising_strength:g} with {steps} steps leaves no denoising step "
+                f"(steps x strength < 1); {hint}"
+            )
+    if request.mode == "inpaint" and request.inpaint_full_res and len(request.init_images) > 1 and request.batch_size > 1:
+        raise InvalidRequest("'only masked' inpainting (inpaint_full_res) takes one init image per batch; use batch_size 1")
+    if request.refiner_checkpoint and (request.mode != "txt2img" or request.enable_hr):
+        raise InvalidRequest("the refiner applies to text-to-image without hires fix in this version of kakumei")
 
 
 def validation_message(exc: Exception) -> str:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from kakumei.engine.imageops import pixel_distance, resize_image
-from kakumei.engine.pipeline import validate_request
+from kakumei.schemas import validate_request
 from kakumei.errors import InvalidRequest
 from kakumei.images import encode_image_b64
 from kakumei.schemas import GenerationRequest

@@ -95,7 +95,7 @@ class _CtrlC:
 def _request_for(args: argparse.Namespace, settings: Settings) -> tuple[Any, int | None]:
     """The request to run, and (for --from) the index of the one image to regenerate."""
     from kakumei.engine.metadata import read_metadata
-    from kakumei.engine.pipeline import validate_request
+    from kakumei.schemas import validate_request
 
     overrides = {field: getattr(args, flag) for flag, field in _REQUEST_FLAGS.items() if getattr(args, flag) is not None}
     if args.prompt is not None:

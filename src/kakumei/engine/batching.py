@@ -1,7 +1,9 @@
 """Cross-user batching: several compatible requests (same model, size, sampler, schedule,
 steps) run as one batch, each image with its own prompt, CFG scale and seed, and each equal
 to the image it would get alone within float tolerance. Which requests are compatible is
-GenerationRequest.batch_key() (pure data, so the store can index it without torch).
+GenerationRequest.batch_key() (pure data, so the store can index it without torch); the
+batch itself is an ordinary plan (plan.py). This module holds what such a batch needs beyond
+a single request's: one CFG scale per image, and grouping.
 
 Batching pays where one UNet call on N latents costs less than N calls: on a GPU by far, on
 a CPU a little (benchmarks/batching.py measures both).
