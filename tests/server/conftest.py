@@ -1,4 +1,4 @@
-"""Fixtures: databases (both backends) from tests/dbfixtures.py, and a live server.
+"""Fixtures: a live server (databases on both backends come from tests/fixtures/db.py).
 
 `live_server` runs the real app under uvicorn in a thread on a free port, with the
 session's tiny-model Engine as its local worker, and answers with an httpx client.
@@ -17,7 +17,6 @@ import httpx
 import pytest
 import uvicorn
 
-from dbfixtures import FakeClock, Stores, database_url, postgres_database, stores  # noqa: F401
 from kakumei.config import Settings
 from kakumei.server.app import create_app
 

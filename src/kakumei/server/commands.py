@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import Any
 
@@ -15,6 +16,7 @@ def register(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="share this machine: HTTP API over a fair job queue")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 7860)")
+    serve.add_argument("--fd", type=int, metavar="N", help="serve on the listening socket inherited as file descriptor N, instead of --host/--port")
     serve.add_argument("--database", metavar="URL", help="sqlite:///FILE or postgresql://... (default: SQLite in the data dir)")
     serve.add_argument("--no-local-worker", action="store_true", help="do not generate in this process; only remote workers run jobs")
     serve.add_argument("--model", "-m", help="default model: hub id, diffusers folder or kakumei:tiny")
@@ -74,15 +76,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         local_worker=False if args.no_local_worker else None,
     )
     _open(settings).close()  # fail here, with a sentence, rather than inside uvicorn
+    sock = None if args.fd is None else _inherited_socket(args.fd)
+    host, port = (settings.host, settings.port) if sock is None else sock.getsockname()[:2]
     worker = f"local worker with {settings.model}" if settings.local_worker else "no local worker"
     print(
-        f"kakumei serving http://{settings.host}:{settings.port} "
+        f"kakumei serving http://{host}:{port} "
         f"(database {redact(settings.database_url)}, {worker}); API docs at /docs",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-    return 0
+    if sock is None:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        return 0
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    server.run(sockets=[sock])
+    return 0 if server.started else 3  # uvicorn.run's exit status when startup fails
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a supervisor (or a test) bound and handed over: no port to race for."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigError(f"--fd {fd} is not an open socket: {exc.strerror}") from None
 
 
 def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:

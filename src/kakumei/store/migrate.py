@@ -35,8 +35,9 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def migrate(db: Database) -> list[int]:
-    """Apply migrations the database lacks; return their versions."""
+def migrate(db: Database, target: int | None = None) -> list[int]:
+    """Apply migrations the database lacks, up to version `target` (default: all); return their
+    versions. Stopping early gives the upgrade tests a database of an older release."""
     applied_now = []
     with db.transaction() as tx:
         if db.dialect == "postgresql":
@@ -44,7 +45,7 @@ def migrate(db: Database) -> list[int]:
         tx.execute(_CREATE_TABLE)
         done = {r["version"] for r in tx.all("SELECT version FROM schema_migrations")}
         for version, name, sql in migration_files():
-            if version in done:
+            if version in done or (target is not None and version > target):
                 continue
             for statement in _statements(sql):
                 # Statements go through render() for tokens but carry no parameters.
