@@ -77,10 +77,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     _open(settings).close()  # fail here, with a sentence, rather than inside uvicorn
     sock = None if args.fd is None else _inherited_socket(args.fd)
-    host, port = (settings.host, settings.port) if sock is None else sock.getsockname()[:2]
+    if sock is not None:  # where it really listens, for this line and the A1111 cmd-flags
+        host, port = sock.getsockname()[:2]
+        settings = _apply(settings, host=host, port=port)
     worker = f"local worker with {settings.model}" if settings.local_worker else "no local worker"
     print(
-        f"kakumei serving http://{host}:{port} "
+        f"kakumei serving http://{settings.host}:{settings.port} "
         f"(database {redact(settings.database_url)}, {worker}); API docs at /docs",
         file=sys.stderr,
         flush=True,
