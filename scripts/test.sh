@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the tests need into .venv and runs them. Extra arguments go to pytest.
+# Installs everything the tests need into .venv, checks the import contracts and runs every
+# test. Extra arguments go to pytest. For the quick local loop see scripts/quick.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +22,8 @@ python -m pip install -q --upgrade pip
 # Pinned: an unpinned torch may pull a multi-GB CUDA build; 2.13.0 is the tested CPU build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e '.[test]'
-python -m pytest "$@"
+# A broken layer contract fails the run, but the tests still run and report.
+status=0
+lint-imports || status=$?
+python -m pytest "$@" || status=$?
+exit "$status"

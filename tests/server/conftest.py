@@ -1,14 +1,12 @@
-"""Fixtures: databases (both backends) from tests/dbfixtures.py, and a live server.
+"""Fixtures: a live server (databases on both backends come from tests/fixtures/db.py).
 
-`live_server` runs the real app under uvicorn in a thread on a free port, with the
+`live_server` runs the real app under uvicorn in a thread on a socket bound here, with the
 session's tiny-model Engine as its local worker, and answers with an httpx client.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,30 +15,29 @@ import httpx
 import pytest
 import uvicorn
 
-from dbfixtures import FakeClock, Stores, database_url, postgres_database, stores  # noqa: F401
 from kakumei.config import Settings
 from kakumei.server.app import create_app
+from tests.support import listening_socket, url_of, wait_for
 
 
 class LiveServer:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.settings = settings
         self.app = app
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.sock = sock
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.sock = sock = listening_socket()
+        self.url = url_of(sock)
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
+
+        def started() -> bool:
+            assert self.thread.is_alive(), "the server thread ended before it started serving"
+            return self.server.started
+
+        wait_for(started, "the server to start", seconds=30, interval=0.01)
         return self
 
     def __exit__(self, *exc: Any) -> None:

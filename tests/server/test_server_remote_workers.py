@@ -3,7 +3,6 @@ late results refused, and an honest worker on another precision passing its chec
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,43 +17,27 @@ from pathlib import Path
 import httpx
 
 from kakumei.store.db import Database
+from tests.support import listening_socket, start_serve, url_of
 
 SLOW = {"prompt": "slow", "width": 64, "height": 64, "steps": 20, "n_iter": 2, "seed": 1}
 SMALL = {"prompt": "small", "width": 64, "height": 64, "steps": 2, "batch_size": 2}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(database_url: str, home: Path, port: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(database_url: str, home: Path, sock: socket.socket, log: Path) -> tuple[subprocess.Popen, str]:
     env = {
         **os.environ,
         "KAKUMEI_HOME": str(home),
         "KAKUMEI_DEVICE": "cpu",
         "KAKUMEI_LEASE_SECONDS": "30",
     }
-    args = [sys.executable, "-m", "kakumei.cli", "serve", "--port", str(port),
-            "--database", database_url, "--model", "kakumei:tiny"]
-    proc = subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not start: " + log.read_text())
+    proc = start_serve(sock, ["--database", database_url, "--model", "kakumei:tiny"], env, log, seconds=60)
+    return proc, url_of(sock)
 
 
 def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei_home, tmp_path) -> None:
-    port, log = free_port(), tmp_path / "server.log"
-    proc, url = start_server(database_url, kakumei_home, port, log)
+    # One socket for both servers: the restarted one answers at the same address.
+    sock, log = listening_socket(), tmp_path / "server.log"
+    proc, url = start_server(database_url, kakumei_home, sock, log)
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             slow = client.post("/api/v1/jobs", json=SLOW).json()["id"]
@@ -72,7 +55,7 @@ def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei
         proc.wait(timeout=30)
         assert set(states.values()) == {"queued"}, states  # queued behind the running one
 
-        proc, url = start_server(database_url, kakumei_home, port, log)
+        proc, url = start_server(database_url, kakumei_home, sock, log)
         with httpx.Client(base_url=url, timeout=30) as client:
             deadline = time.monotonic() + 120
             jobs = {}
@@ -87,6 +70,7 @@ def test_sigkill_loses_nothing_and_completes_nothing_twice(database_url, kakumei
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        sock.close()
 
     assert {j: job["state"] for j, job in jobs.items()} == {j: "succeeded" for j in jobs}
     assert jobs[slow]["attempts"] == 1  # the run the kill interrupted counts as one attempt

@@ -4,7 +4,6 @@ reference, reading a job decodes none, and jobs queued before migration 0005 mov
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 import numpy as np

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.support import listening_socket, start_serve, stop, url_of
 
 CHROMIUM = Path(os.environ.get("KAKUMEI_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Quiet, offline Chromium: no sandbox (CI runs as root), no GPU, no calls home.
@@ -43,6 +43,7 @@ class Server:
     home: Path
     process: subprocess.Popen
     log: Path
+    sock: socket.socket
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -61,15 +62,9 @@ class Server:
         return key
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymous: bool) -> Server:
     folder.mkdir(parents=True, exist_ok=True)
-    port, log = _free_port(), folder / "server.log"
+    sock, log = listening_socket(), folder / "server.log"
     database_url = f"sqlite:///{folder / 'kakumei.db'}"
     env = {
         **os.environ,
@@ -80,31 +75,20 @@ def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymou
         "KAKUMEI_IP_RATE_PER_MINUTE": "0",
         "KAKUMEI_KEY_RATE_PER_MINUTE": "0",
     }
-    args = [sys.executable, "-m", "kakumei.cli", "serve", "--port", str(port),
-            "--database", database_url, "--model", "kakumei:tiny"]
+    options = ["--database", database_url, "--model", "kakumei:tiny"]
     if not local_worker:
-        args.append("--no-local-worker")
-    process = subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return Server(url, database_url, home, process, log)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("kakumei serve did not start: " + log.read_text())
+        options.append("--no-local-worker")
+    try:
+        process = start_serve(sock, options, env, log)
+    except BaseException:
+        sock.close()
+        raise
+    return Server(url_of(sock), database_url, home, process, log, sock)
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop(server.process)
+    server.sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,7 @@ from kakumei.store.ledger import Ledger
 from kakumei.store.migrate import migrate
 from kakumei.store.users import UserStore
 from kakumei.store.workers import WorkerStatus, WorkerStore
+from tests.support import listening_socket, log_text, spawn, start_serve, stop, url_of, wait_for
 
 HERE = Path(__file__).parent
 JOB = {"prompt": "a boat", "width": 64, "height": 64, "steps": 2}
@@ -48,30 +49,13 @@ SERVER_ENV = {
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], object], what: str, seconds: float = 120) -> object:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 class Cluster:
     def __init__(self, database_url: str, home: Path, logs: Path) -> None:
         self.database_url = database_url
         self.home = home
         self.logs = logs
         self.procs: list[subprocess.Popen] = []
+        self.sockets: list[socket.socket] = []
         self.db = Database(database_url)
         migrate(self.db)
 
@@ -79,31 +63,21 @@ class Cluster:
         return {**os.environ, **SERVER_ENV, "KAKUMEI_HOME": str(self.home), "KAKUMEI_MODEL": "kakumei:tiny", **extra}
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn(args, env, self.logs / f"{name}.log")
         self.procs.append(proc)
         return proc
 
     def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
+        return log_text(self.logs / f"{name}.log")
 
     def server(self, name: str, *, local_worker: bool = False) -> str:
-        port = free_port()
-        args = [sys.executable, "-m", "kakumei.cli", "serve", "--port", str(port), "--database", self.database_url]
+        sock = listening_socket()
+        self.sockets.append(sock)
+        options = ["--database", self.database_url]
         if not local_worker:
-            args.append("--no-local-worker")
-        proc = self._spawn(name, args, self.env())
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert proc.poll() is None, self.log(name)
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, f"server {name}")
-        return url
+            options.append("--no-local-worker")
+        self.procs.append(start_serve(sock, options, self.env(), self.logs / f"{name}.log"))
+        return url_of(sock)
 
     def worker_key(self, owner: str, name: str) -> str:
         users = UserStore(self.db)
@@ -128,17 +102,13 @@ class Cluster:
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, signal.SIGINT, timeout=60)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
             self.stop(proc)
+        for sock in self.sockets:
+            sock.close()
         self.db.close()
 
     def rows(self, sql: str, params: tuple = ()) -> list[dict]:

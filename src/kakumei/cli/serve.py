@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import Any
 
 from kakumei.cli.common import open_database, with_overrides
 from kakumei.config import Settings
+from kakumei.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -15,6 +17,7 @@ def register(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="share this machine: HTTP API over a fair job queue")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 7860)")
+    serve.add_argument("--fd", type=int, metavar="N", help="serve on the listening socket inherited as file descriptor N, instead of --host/--port")
     serve.add_argument("--database", metavar="URL", help="sqlite:///FILE or postgresql://... (default: SQLite in the data dir)")
     serve.add_argument("--no-local-worker", action="store_true", help="do not generate in this process; only remote workers run jobs")
     serve.add_argument("--model", "-m", help="default model: hub id, diffusers folder or kakumei:tiny")
@@ -35,6 +38,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         local_worker=False if args.no_local_worker else None,
     )
     open_database(settings).close()  # fail here, with a sentence, rather than inside uvicorn
+    sock = None if args.fd is None else _inherited_socket(args.fd)
+    if sock is not None:  # where it really listens, for this line and the A1111 cmd-flags
+        host, port = sock.getsockname()[:2]
+        settings = with_overrides(settings, host=host, port=port)
     worker = f"local worker with {settings.model}" if settings.local_worker else "no local worker"
     print(
         f"kakumei serving http://{settings.host}:{settings.port} "
@@ -42,5 +49,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-    return 0
+    if sock is None:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        return 0
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    server.run(sockets=[sock])
+    return 0 if server.started else 3  # uvicorn.run's exit status when startup fails
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a supervisor (or a test) bound and handed over: no port to race for."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigError(f"--fd {fd} is not an open socket: {exc.strerror}") from None

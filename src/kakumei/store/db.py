@@ -175,12 +175,3 @@ class Database:
         if self.dialect == "sqlite":
             return "\n".join(str(dict(r)["detail"]) for r in rows)
         return "\n".join(str(next(iter(dict(r).values()))) for r in rows)
-
-
-def open_database(url: str) -> Database:
-    """Open `url` and bring its schema up to date."""
-    from kakumei.store.migrate import migrate
-
-    db = Database(url)
-    migrate(db)
-    return db

@@ -13,7 +13,7 @@ import base64
 import time
 from collections.abc import Callable, Iterable
 
-from kakumei.schemas import INPUT_REF_PREFIX, GenerationRequest, input_ref
+from kakumei.schemas import INPUT_REF_PREFIX, input_ref
 from kakumei.store.db import Database, Transaction
 
 INSERT_INPUT = """
@@ -24,11 +24,6 @@ ON CONFLICT (sha256) DO NOTHING
 # Jobs queued before migration 0005 whose request may still carry an image inline
 # (pydantic writes compact JSON, so an empty list is exactly "[]"). Walked in seq order in
 # slices, so a large history is not read at once.
-_LEGACY_JOBS = """
-SELECT seq, request FROM jobs
-WHERE seq > ? AND (request NOT LIKE '%"init_images":[]%' OR request NOT LIKE '%"mask":null%')
-ORDER BY seq LIMIT 50
-"""
 
 
 class MissingInput(LookupError):
@@ -69,28 +64,3 @@ class InputStore:
         if missing:
             raise MissingInput(f"stored input image(s) missing: {', '.join(missing)}")
         return found
-
-
-def move_inline_inputs(db: Database, tx: Transaction) -> None:
-    """Migration step after 0005: move the inline images of jobs queued before it into
-    input_images, so that those jobs too are read without decoding. The idempotency hash
-    follows the request, so a replayed submission of such a job still matches it."""
-    from kakumei.store.jobs import request_hash  # jobs.py writes through this module
-
-    inputs = InputStore(db)
-    last = 0
-    while rows := tx.all(_LEGACY_JOBS, (last,)):
-        for row in rows:
-            last = int(row["seq"])
-            try:
-                request = GenerationRequest.model_validate_json(row["request"])
-            except ValueError:  # a row no request validates as: left as it is, not lost
-                continue
-            stored, files = request.stored_form()
-            if not files:
-                continue
-            inputs.put_many(tx, files.values())
-            tx.execute(
-                "UPDATE jobs SET request = ?, request_hash = ? WHERE seq = ?",
-                (stored.model_dump_json(), request_hash(stored), last),
-            )

@@ -714,3 +714,34 @@ class JobStore:
             float(rate["cost"]) / float(rate["seconds"]) if rate["seconds"] else DEFAULT_UNITS_PER_SECOND
         )
         return place, shares.eta_seconds(place.cost_ahead, cost, units_per_second, workers)
+
+
+# The jobs of an older schema, oldest first: their inline images move to input_images.
+_LEGACY_JOBS = """
+SELECT seq, request FROM jobs
+WHERE seq > ? AND (request NOT LIKE '%"init_images":[]%' OR request NOT LIKE '%"mask":null%')
+ORDER BY seq LIMIT 50
+"""
+
+
+def move_inline_inputs(db: Database, tx: Transaction) -> None:
+    """Migration step after 0005: move the inline images of jobs queued before it into
+    input_images, so that those jobs too are read without decoding. The idempotency hash
+    follows the request, so a replayed submission of such a job still matches it."""
+    inputs = InputStore(db)
+    last = 0
+    while rows := tx.all(_LEGACY_JOBS, (last,)):
+        for row in rows:
+            last = int(row["seq"])
+            try:
+                request = GenerationRequest.model_validate_json(row["request"])
+            except ValueError:  # a row no request validates as: left as it is, not lost
+                continue
+            stored, files = request.stored_form()
+            if not files:
+                continue
+            inputs.put_many(tx, files.values())
+            tx.execute(
+                "UPDATE jobs SET request = ?, request_hash = ? WHERE seq = ?",
+                (stored.model_dump_json(), request_hash(stored), last),
+            )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from importlib import resources
 
 from kakumei.store.db import Database, Transaction, render
-from kakumei.store.inputs import move_inline_inputs
+from kakumei.store.jobs import move_inline_inputs
 
 # Any constant: PostgreSQL servers starting together take turns migrating.
 _MIGRATION_LOCK = 7_363_001
@@ -42,8 +42,9 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def migrate(db: Database) -> list[int]:
-    """Apply migrations the database lacks; return their versions."""
+def migrate(db: Database, target: int | None = None) -> list[int]:
+    """Apply migrations the database lacks, up to version `target` (default: all); return their
+    versions. Stopping early gives the upgrade tests a database of an older release."""
     applied_now = []
     with db.transaction() as tx:
         if db.dialect == "postgresql":
@@ -51,7 +52,7 @@ def migrate(db: Database) -> list[int]:
         tx.execute(_CREATE_TABLE)
         done = {r["version"] for r in tx.all("SELECT version FROM schema_migrations")}
         for version, name, sql in migration_files():
-            if version in done:
+            if version in done or (target is not None and version > target):
                 continue
             for statement in _statements(sql):
                 # Statements go through render() for tokens but carry no parameters.
@@ -64,3 +65,10 @@ def migrate(db: Database) -> list[int]:
             )
             applied_now.append(version)
     return applied_now
+
+
+def open_database(url: str) -> Database:
+    """Open `url` and bring its schema up to date."""
+    db = Database(url)
+    migrate(db)
+    return db

@@ -1,0 +1,94 @@
+"""Real processes for tests: `kakumei serve` on a socket the test bound first, other
+subprocesses with their output in a log file, and waiting for any of them.
+
+The test binds and listens before the server starts and hands the socket over (`kakumei
+serve --fd N`), so no other process can take the port between choosing it and using it, and
+a restarted server keeps its address.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, seconds: float = 120, interval: float = 0.05) -> T:
+    """The first truthy value of `check()`; fails the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A TCP socket bound to a port the kernel chose, already listening: connections made
+    before a server takes it over wait in its backlog instead of being refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+def spawn(args: Sequence[str], env: dict[str, str], log: Path, pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+    """Start a process with stdout and stderr appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(list(args), env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds))
+
+
+def log_text(log: Path) -> str:
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+def start_serve(sock: socket.socket, options: Sequence[str], env: dict[str, str], log: Path, seconds: float = 120) -> subprocess.Popen:
+    """`kakumei serve OPTIONS` on `sock`, once /healthz answers; the test keeps `sock` (a
+    restart serves on the same socket) and closes it when done."""
+    args = [sys.executable, "-m", "kakumei.cli", "serve", "--fd", str(sock.fileno()), *options]
+    proc = spawn(args, env, log, pass_fds=[sock.fileno()])
+    url = url_of(sock)
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log_text(log)
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, "kakumei serve to answer /healthz", seconds, interval=0.1)
+    except AssertionError as exc:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise AssertionError(f"kakumei serve did not start: {exc}\n{log_text(log)}") from None
+    return proc
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Ask a process to stop with `sig`; kill it if it has not within `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
