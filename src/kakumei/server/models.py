@@ -149,3 +149,21 @@ class UserOut(BaseModel):
     virtual_counter: float
     queued_jobs: int
     banned: str | None  # the ban's reason while banned
+
+
+class Sampler(BaseModel):
+    name: str
+    sigma_schedules: bool
+    """Whether Karras, Exponential and Beta apply to it."""
+
+
+class Options(BaseModel):
+    samplers: list[Sampler]
+    schedules: list[str]
+    sigma_schedules: list[str]
+    hr_upscalers: list[str]
+    models: list[str]
+    default_model: str
+    allow_anonymous: bool
+    limits: dict[str, int | float]
+    defaults: dict[str, Any]

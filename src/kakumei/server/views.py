@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kakumei import schemas
+from kakumei.schemas import GenerationRequest
 from kakumei.server.deps import Caller
 from kakumei.server.inputs import referenced_request
 from kakumei.server.models import (
@@ -16,7 +18,9 @@ from kakumei.server.models import (
     ImageRef,
     JobList,
     JobOut,
+    Options,
     Progress,
+    Sampler,
     WorkerList,
     WorkerOut,
 )
@@ -147,3 +151,31 @@ def worker_out(svc: Services, record: WorkerRecord) -> WorkerOut:
 def worker_list(svc: Services, owner_id: int | None = None) -> WorkerList:
     """The workers of one owner, or (None) every worker."""
     return WorkerList(workers=[worker_out(svc, w) for w in svc.workers.list(owner_id)])
+
+
+# -- what a generation form may offer ---------------------------------------------------------
+
+
+def options_out(svc: Services) -> Options:
+    """Samplers, schedules, models and limits from the tables that validate requests."""
+    defaults = GenerationRequest().model_dump(exclude={"init_images", "mask", "model", "refiner_checkpoint"})
+    return Options(
+        samplers=[Sampler(name=n, sigma_schedules=s) for n, s in schemas.SAMPLERS.items()],
+        schedules=list(schemas.SCHEDULE_NAMES),
+        sigma_schedules=sorted(schemas.SIGMA_SCHEDULES),
+        hr_upscalers=list(schemas.HR_UPSCALERS),
+        models=svc.known_models(),
+        default_model=svc.settings.model,
+        allow_anonymous=svc.settings.allow_anonymous,
+        limits={
+            "min_side": schemas.MIN_SIDE,
+            "max_side": schemas.MAX_SIDE,
+            "max_steps": schemas.MAX_STEPS,
+            "max_batch_size": schemas.MAX_BATCH_SIZE,
+            "max_n_iter": schemas.MAX_N_ITER,
+            "max_seed": schemas.MAX_SEED,
+            "max_cfg_scale": 30.0,
+            "max_prompt_chars": schemas.MAX_PROMPT_CHARS,
+        },
+        defaults=defaults,
+    )
