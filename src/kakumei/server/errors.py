@@ -1,7 +1,7 @@
 """Refused: a request the server turns down, with the HTTP status that says why.
 
-Raised by the server's service modules (accounts.py, views.py, worker_reports.py) so that
-they decide without speaking HTTP; app.py renders it exactly as FastAPI renders an
+Raised by the server's service modules (accounts.py, worker_access.py, job_source.py) so
+that they decide without speaking HTTP; app.py renders it exactly as FastAPI renders an
 HTTPException (`{"detail": sentence}`, same status and headers), so the answers are the same.
 """
 
