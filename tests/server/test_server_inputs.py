@@ -7,12 +7,10 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import numpy as np
-from PIL import Image
+from imagehelpers import mask_b64, noise_b64
 from test_server_jobs import wait_done
 
 from kakumei.engine.metadata import read_metadata
-from kakumei.images import encode_image_b64
 from kakumei.schemas import GenerationRequest, input_ref
 from kakumei.protocol import Capabilities
 from kakumei.worker import Worker
@@ -20,17 +18,6 @@ from kakumei.worker.remote import HttpJobSource
 from kakumei.server.verification import Verifier
 
 BASE = {"prompt": "a harbour", "width": 64, "height": 64, "steps": 4, "seed": 11, "sampler_name": "Euler"}
-
-
-def noise_b64(side: int, seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    return encode_image_b64(Image.fromarray(pixels, "RGB"))
-
-
-def mask_b64(side: int = 64) -> str:
-    mask = Image.new("L", (side, side), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return encode_image_b64(mask)
 
 
 def ref_of(b64: str) -> str:

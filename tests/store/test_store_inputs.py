@@ -6,13 +6,11 @@ from __future__ import annotations
 import base64
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
+from imagehelpers import mask_b64, noise_b64
 
 from kakumei import schemas
 from kakumei.fairness.cost import request_cost
-from kakumei.images import encode_image_b64
 from kakumei.schemas import GenerationRequest
 from kakumei.store import migrate as migrate_module
 from kakumei.store.inputs import InputStore, MissingInput
@@ -23,17 +21,6 @@ from kakumei.server.job_source import StoreJobSource
 from kakumei.worker import Worker
 
 BASE = {"prompt": "a fox", "width": 64, "height": 64, "steps": 2, "seed": 5, "sampler_name": "Euler"}
-
-
-def noise_b64(side: int, seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    return encode_image_b64(Image.fromarray(pixels, "RGB"))
-
-
-def mask_b64(side: int = 64) -> str:
-    mask = Image.new("L", (side, side), 0)
-    mask.paste(255, (side // 4, side // 4, 3 * side // 4, 3 * side // 4))
-    return encode_image_b64(mask)
 
 
 def submitted(user_id: int, request: GenerationRequest, model: str = "m", **kw) -> NewJob:

@@ -13,7 +13,7 @@ from kakumei.engine.models import HashCache
 from kakumei.errors import InvalidRequest
 
 EMBEDDING_DIRS = ("embeddings",)
-_SUFFIXES = (".safetensors", ".pt", ".bin")
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
 
 def embedding_vectors(state: dict, name: str) -> dict[str, torch.Tensor]:
@@ -44,7 +44,7 @@ class EmbeddingLibrary:
         self._paths: dict[str, Path] = {}
 
     def names(self) -> dict[str, Path]:
-        return find_files(self._models_dir, EMBEDDING_DIRS, _SUFFIXES)
+        return find_files(self._models_dir, EMBEDDING_DIRS, EMBEDDING_SUFFIXES)
 
     def for_text(self, text: str, family: str) -> dict[str, dict[str, torch.Tensor]]:
         """The embeddings whose names occur in `text` (CLIP lowercases, so does the match)."""

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Where LoRAs live under the models folder: kakumei's own name and A1111's / ComfyUI's.
 LORA_DIRS = ("lora", "Lora", "loras", "LyCORIS")
-_LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class LoraLibrary:
         self._allow_pickle = allow_pickle
 
     def names(self) -> dict[str, Path]:
-        return find_files(self._models_dir, LORA_DIRS, _LORA_SUFFIXES)
+        return find_files(self._models_dir, LORA_DIRS, LORA_SUFFIXES)
 
     def resolve(self, tags: list[LoraTag], family: str) -> list[LoraFile]:
         if not tags:

@@ -9,6 +9,7 @@ written into a cache folder on first use, with the bundled CLIP tokenizer beside
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,22 +300,49 @@ def _unet_prefix_map(unet: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-def _convert_unet(unet: Any) -> dict[str, torch.Tensor]:
-    pairs = _unet_prefix_map(unet)
+def _renamed(
+    state: dict[str, torch.Tensor],
+    pairs: list[tuple[str, str]],
+    prefix: str,
+    inner: Callable[[str, str, torch.Tensor], tuple[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """`state` under LDM names: the first (diffusers prefix, LDM prefix) pair a key starts
+    with renames it, `inner` renames the rest of it (and may reshape its tensor)."""
     out = {}
-    for key, value in unet.state_dict().items():
+    for key, value in state.items():
         new = key
         for hf, sd in pairs:
             if key.startswith(hf):
-                rest = key[len(hf) :]
-                if "resnets" in hf:
-                    for a, b in _RESNET_MAP:
-                        if rest.startswith(b):
-                            rest = a + rest[len(b) :]
+                rest, value = inner(hf, key[len(hf) :], value)
                 new = sd + rest
                 break
-        out[_UNET + new] = value
+        out[prefix + new] = value
     return out
+
+
+def _unet_inner(hf: str, rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    if "resnets" in hf:
+        for a, b in _RESNET_MAP:
+            if rest.startswith(b):
+                rest = a + rest[len(b) :]
+    return rest, value
+
+
+_VAE_ATTENTION = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+
+
+def _vae_inner(hf: str, rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    if "attentions" in hf:
+        for b, a in _VAE_ATTENTION:
+            if rest.startswith(b):
+                rest = a + rest[len(b) :]
+                if value.dim() == 2:  # LDM keeps these as 1x1 convolutions
+                    value = value[:, :, None, None]
+    return rest.replace("conv_shortcut", "nin_shortcut"), value
+
+
+def _convert_unet(unet: Any) -> dict[str, torch.Tensor]:
+    return _renamed(unet.state_dict(), _unet_prefix_map(unet), _UNET, _unet_inner)
 
 
 def _convert_vae(vae: Any) -> dict[str, torch.Tensor]:
@@ -331,24 +359,7 @@ def _convert_vae(vae: Any) -> dict[str, torch.Tensor]:
     for part in ("encoder", "decoder"):
         pairs += [(f"{part}.mid_block.resnets.{k}.", f"{part}.mid.block_{k + 1}.") for k in range(2)]
         pairs += [(f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1."), (f"{part}.conv_norm_out.", f"{part}.norm_out.")]
-    attn = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
-    out = {}
-    for key, value in vae.state_dict().items():
-        new = key
-        for hf, sd in pairs:
-            if key.startswith(hf):
-                rest = key[len(hf) :]
-                if "attentions" in hf:
-                    for b, a in attn:
-                        if rest.startswith(b):
-                            rest = a + rest[len(b) :]
-                            if value.dim() == 2:  # LDM keeps these as 1x1 convolutions
-                                value = value[:, :, None, None]
-                rest = rest.replace("conv_shortcut", "nin_shortcut")
-                new = sd + rest
-                break
-        out["first_stage_model." + new] = value
-    return out
+    return _renamed(vae.state_dict(), pairs, "first_stage_model.", _vae_inner)
 
 
 def to_single_file_state_dict(pipe: Any) -> dict[str, torch.Tensor]:

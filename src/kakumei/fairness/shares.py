@@ -10,8 +10,11 @@ ETA the API shows follows the same rules as the claim.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K")
 
 
 def charge(cost: float, weight: float) -> float:
@@ -99,3 +102,9 @@ def jain_index(shares: Sequence[float]) -> float:
     total = sum(shares)
     squares = sum(s * s for s in shares)
     return 1.0 if squares == 0 else total * total / (len(shares) * squares)
+
+
+def fractions(amounts: Mapping[K, float]) -> dict[K, float]:
+    """Each key's fraction of the total (all 0 when the total is 0): who got what share."""
+    total = sum(amounts.values())
+    return {k: (v / total if total else 0.0) for k, v in amounts.items()}

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 import kakumei
 from kakumei.config import Settings
 from kakumei.server.a1111 import routes as a1111
+from kakumei.server.errors import Refused
 from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
 
@@ -31,6 +33,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     ]
     message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+
+
+async def _refused(request: Request, exc: Refused) -> Response:
+    """A service module's refusal, answered exactly as the HTTPException it stands for."""
+    return await http_exception_handler(request, HTTPException(exc.status, str(exc), exc.headers))
 
 
 def create_app(settings: Settings, engine: Any | None = None, *, local_worker: bool | None = None) -> FastAPI:
@@ -55,6 +62,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
     routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers)
     for module in routers:
         app.include_router(module.router)

@@ -1,12 +1,15 @@
-"""Request-scoped helpers: the shared services, who is calling, and owned-job lookups."""
+"""Request-scoped helpers: the shared services, who is calling, what they may act on (their
+own jobs and images, worker keys when registered, admin routes when an admin)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
 from kakumei.server.services import Services
+from kakumei.store.images import StoredImage
 from kakumei.store.jobs import Job
 from kakumei.store.users import User
 from kakumei.store.workers import WORKER_KEY_PREFIX
@@ -61,3 +64,44 @@ def owned_job(svc: Services, who: Caller, job_id: str) -> Job:
     if job is None or not who.owns(job.user_id, job.client_addr):
         raise HTTPException(404, f"no job {job_id!r} of yours")
     return job
+
+
+def owned_image(svc: Services, who: Caller, image_id: str, *, on_disk: bool = False) -> StoredImage:
+    """The caller's image (its job is theirs), or 404 like owned_job; with `on_disk`, also
+    404 when its file is gone."""
+    image = svc.images.get(image_id)
+    job = svc.jobs.get(image.job_id) if image is not None else None
+    if image is None or job is None or not who.owns(job.user_id, job.client_addr) or (
+        on_disk and not image.path.is_file()
+    ):
+        raise HTTPException(404, f"no image {image_id!r} of yours")
+    return image
+
+
+def registered(who: Caller) -> Caller:
+    """A caller with an account of their own (worker keys belong to one). Called in the route,
+    not a dependency, so that a malformed body is still answered 422 first."""
+    if who.user.is_anonymous:
+        raise HTTPException(401, "worker keys belong to a user: send 'Authorization: Bearer YOUR_KEY'")
+    return who
+
+
+def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    """An admin of this server (routes under /api/v1/admin)."""
+    if who.user.is_anonymous or not who.user.is_admin:
+        raise HTTPException(403, "admin only: use an admin's API key (kakumei users admin NAME)")
+    return who
+
+
+def workers_admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    """An admin, for every worker's record (answered in the workers routes' own words)."""
+    if not getattr(who.user, "is_admin", False):
+        raise HTTPException(403, "only an admin of this server can see every worker")
+    return who
+
+
+# The dependencies as route parameter types.
+Svc = Annotated[Services, Depends(services)]
+Who = Annotated[Caller, Depends(caller)]
+Admin = Annotated[Caller, Depends(admin)]
+WorkersAdmin = Annotated[Caller, Depends(workers_admin)]

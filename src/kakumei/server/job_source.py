@@ -1,14 +1,20 @@
 """The worker protocol on the store directly, for the worker inside the server process.
 
 Also the conversions between the store's rows and the protocol's types, which the worker
-routes (`routes/worker_api.py`) share: a worker never sees a store row.
+routes (`routes/worker_api.py`) share: a worker never sees a store row; and the checks a
+remote worker's report must pass before its images reach the store.
 """
 
 from __future__ import annotations
 
+import binascii
+import io
 from collections.abc import Sequence
 
+from PIL import Image
+
 from kakumei.protocol import Capabilities, HeartbeatReply, ImageReport, LeasedJob, Progress
+from kakumei.server.errors import Refused
 from kakumei.server.inputs import resolve_inputs
 from kakumei.store.db import Database
 from kakumei.store.images import ImageResult, ImageStore, PendingImage
@@ -30,6 +36,36 @@ def image_result(report: ImageReport, png: bytes | None = None) -> ImageResult:
         png=report.png() if png is None else png, seed=report.seed, index=report.index, infotext=report.infotext,
         metadata=report.metadata,
     )
+
+
+def check_seed(job: Job, seed: int | None) -> None:
+    """Checks re-run the reported seed, so it must be the one the request fixed."""
+    if job.request.seed != -1 and seed != job.request.seed:
+        raise Refused(422, f"job {job.id!r} asks for seed {job.request.seed}, the result says {seed}")
+
+
+def checked_images(job: Job, images: Sequence[ImageReport], *, complete: bool = True) -> list[ImageResult]:
+    """Worker-sent images, checked to be PNGs of the requested size, each index once (and
+    all of them for a completed job)."""
+    expected = job.request.image_count
+    indexes = sorted(i.index for i in images)
+    if len(set(indexes)) != len(indexes) or any(i >= expected for i in indexes) or (
+        complete and len(indexes) != expected
+    ):
+        raise Refused(422, f"job {job.id!r} has images 0..{expected - 1}, got indexes {indexes}")
+    size = job.request.hr_size if job.request.enable_hr else (job.request.width, job.request.height)
+    out = []
+    for image in images:
+        try:
+            png = image.png()
+            with Image.open(io.BytesIO(png)) as decoded:
+                fmt, got = decoded.format, decoded.size
+        except (binascii.Error, ValueError, OSError):
+            raise Refused(422, f"image {image.index} is not a readable base64 PNG") from None
+        if fmt != "PNG" or got != size:
+            raise Refused(422, f"image {image.index} is a {fmt} of {got[0]}x{got[1]}; the job asks for a PNG of {size[0]}x{size[1]}")
+        out.append(image_result(image, png))
+    return out
 
 
 class StoreJobSource:

@@ -1,6 +1,8 @@
-"""Response bodies of the native API."""
+"""Response bodies of the native API (built by views.py and accounts.py)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -50,3 +52,118 @@ class JobList(BaseModel):
 class Health(BaseModel):
     status: str
     database: str
+
+
+class GalleryItem(BaseModel):
+    id: str
+    url: str
+    job_id: str
+    index: int
+    seed: int = Field(description="the seed this image was made with (the job's seed + index)")
+    model: str
+    request: dict[str, Any] = Field(
+        description="the job's generation request, as submitted; input images appear as sha256: references"
+    )
+    infotext: str = Field(description="AUTOMATIC1111 infotext: the recipe as it is in the PNG")
+    created_at: float
+
+
+class Gallery(BaseModel):
+    images: list[GalleryItem]
+
+
+class WorkerOut(BaseModel):
+    name: str
+    owner: str
+    status: str = Field(description="new, trusted, suspect or quarantined")
+    jobs_done: int
+    jobs_failed: int
+    units_done: float = Field(description="compute units delivered")
+    units_per_second: float | None = Field(None, description="speed over its completed jobs")
+    verifications: dict[str, int] = Field(description="re-run checks by outcome: pending, passed, failed, ...")
+    capabilities: dict | None = None
+    last_seen_at: float | None = None
+    created_at: float
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+
+
+# -- accounts: /api/v1/me and the admin's view of users ---------------------------------------
+
+
+class FreeCapsOut(BaseModel):
+    max_pixels: int
+    max_steps: int
+    max_images: int
+
+
+class Limits(BaseModel):
+    max_queued_jobs: int
+    queued_jobs: int  # yours (anonymous: from your address)
+    queue_length: int  # all queued jobs on the server
+    free_caps: FreeCapsOut | None  # None: you are not on the free tier
+
+
+class Standing(BaseModel):
+    allowed: bool
+    reason: str | None = None
+    retry_after: float | None = None
+
+
+class Terms(BaseModel):
+    required: bool
+    accepted: bool
+    version: str | None = None
+    text: str | None = None
+    url: str | None = None
+    accept_url: str = "/api/v1/me/terms"
+
+
+class Me(BaseModel):
+    name: str
+    anonymous: bool
+    admin: bool
+    balance: float | None  # None for anonymous visitors, who share one account
+    earned: float | None
+    spent: float | None
+    weight: float
+    weight_source: str  # "merit", "admin" or "anonymous"
+    virtual_counter: float
+    share: float  # fraction of the machine you get while you have jobs queued
+    free_tier: bool
+    limits: Limits
+    standing: Standing
+    terms: Terms
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    anonymous: bool
+    admin: bool
+    balance: float
+    weight: float
+    weight_source: str
+    virtual_counter: float
+    queued_jobs: int
+    banned: str | None  # the ban's reason while banned
+
+
+class Sampler(BaseModel):
+    name: str
+    sigma_schedules: bool
+    """Whether Karras, Exponential and Beta apply to it."""
+
+
+class Options(BaseModel):
+    samplers: list[Sampler]
+    schedules: list[str]
+    sigma_schedules: list[str]
+    hr_upscalers: list[str]
+    models: list[str]
+    default_model: str
+    allow_anonymous: bool
+    limits: dict[str, int | float]
+    defaults: dict[str, Any]

@@ -81,6 +81,9 @@ class Services:
             names = []
         return list(dict.fromkeys([self.settings.model, *names]))
 
+    def local_worker_running(self) -> bool:
+        return any(t.name == "local-worker" and t.is_alive() for t in self.threads)
+
     def start(self, local_worker: bool) -> None:
         """Recover, then start the lease reaper and (optionally) the local worker."""
         # The merit settings may have changed since the weights were last written.

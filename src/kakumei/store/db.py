@@ -167,6 +167,11 @@ class Database:
                     self._local.conn = None
                 raise
 
+    def ping(self) -> None:
+        """Raise unless the database answers a query (what /healthz reports)."""
+        with self.transaction(write=False) as tx:
+            tx.scalar("SELECT 1 AS one")
+
     def explain(self, sql: str, params: Sequence[Any] = ()) -> str:
         """The query plan of `sql` (unrendered, as in the constants) as text."""
         prefix = "EXPLAIN QUERY PLAN " if self.dialect == "sqlite" else "EXPLAIN "

@@ -272,6 +272,13 @@ def _job(row: dict) -> Job:
     )
 
 
+JOB_EVENTS_AFTER = "SELECT id, job_id, kind, data, created_at FROM job_events WHERE job_id = ? AND id > ? ORDER BY id"
+
+
+def _event(row: dict) -> JobEvent:
+    return JobEvent(int(row["id"]), row["job_id"], row["kind"], json.loads(row["data"]), float(row["created_at"]))
+
+
 def add_event(tx: Transaction, job_id: str, kind: str, data: dict[str, Any], now: float) -> None:
     tx.execute(
         "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)",
@@ -668,15 +675,7 @@ class JobStore:
 
     def events(self, job_id: str, after: int = 0) -> list[JobEvent]:
         with self.db.transaction(write=False) as tx:
-            rows = tx.all(
-                "SELECT id, job_id, kind, data, created_at FROM job_events "
-                "WHERE job_id = ? AND id > ? ORDER BY id",
-                (job_id, after),
-            )
-        return [
-            JobEvent(int(r["id"]), r["job_id"], r["kind"], json.loads(r["data"]), float(r["created_at"]))
-            for r in rows
-        ]
+            return [_event(r) for r in tx.all(JOB_EVENTS_AFTER, (job_id, after))]
 
     def place(self, job_id: str) -> tuple[shares.Place, float] | None:
         """Jobs (and units) ahead of a queued job under fair sharing, and its ETA in seconds.

@@ -40,6 +40,17 @@ class Entry:
     created_at: float
 
 
+LATEST_ENTRIES = """
+SELECT id, user_id, amount, reason, job_id, worker_id, note, created_at FROM ledger
+WHERE user_id = ? ORDER BY id DESC LIMIT ?
+"""
+
+
+def _entry(row: dict) -> Entry:
+    return Entry(int(row["id"]), int(row["user_id"]), float(row["amount"]), row["reason"], row["job_id"],
+                 row["worker_id"], row["note"], float(row["created_at"]))
+
+
 class Ledger:
     """Credits: add rows, read balances. `policy` turns a balance into a weight."""
 
@@ -108,16 +119,7 @@ class Ledger:
     def entries(self, user_id: int, limit: int = 100) -> list[Entry]:
         """The user's latest rows, newest first."""
         with self.db.transaction(write=False) as tx:
-            rows = tx.all(
-                "SELECT id, user_id, amount, reason, job_id, worker_id, note, created_at FROM ledger "
-                "WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                (user_id, limit),
-            )
-        return [
-            Entry(int(r["id"]), int(r["user_id"]), float(r["amount"]), r["reason"], r["job_id"],
-                  r["worker_id"], r["note"], float(r["created_at"]))
-            for r in rows
-        ]
+            return [_entry(r) for r in tx.all(LATEST_ENTRIES, (user_id, limit))]
 
     def refresh_weights(self) -> int:
         """Recompute every user's weight under this policy (at start: settings may have

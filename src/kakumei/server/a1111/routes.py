@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from kakumei import schemas
+from kakumei.engine.model_files import embedding_files, lora_files
 from kakumei.images import decode_image_b64
 from kakumei.schemas import validation_message
 from kakumei.server.a1111 import mapping
@@ -204,28 +205,15 @@ def refresh_checkpoints(who: CallerDep) -> None:
     """Nothing to do: the model list is read on every /sd-models call."""
 
 
-def _model_files(svc: Services, kind: str) -> dict[str, Any]:
-    # The engine's own folder rules, so that what is listed is what a prompt can use.
-    # Imported here: the engine pulls in torch, which the API process needs only for this.
-    if kind == "lora":
-        from kakumei.engine.lora import _LORA_SUFFIXES, LORA_DIRS, find_files
-
-        return find_files(svc.settings.models_dir, LORA_DIRS, _LORA_SUFFIXES)
-    from kakumei.engine.embeddings import _SUFFIXES, EMBEDDING_DIRS
-    from kakumei.engine.lora import find_files
-
-    return find_files(svc.settings.models_dir, EMBEDDING_DIRS, _SUFFIXES)
-
-
 @router.get("/loras", response_model=list[LoraItem])
 def loras(svc: SvcDep, who: CallerDep) -> list[LoraItem]:
     """LoRA files in this server's models folder, for `<lora:name:weight>` in prompts."""
-    return [LoraItem(name=n, alias=n, path=p.name) for n, p in _model_files(svc, "lora").items()]
+    return [LoraItem(name=n, alias=n, path=p.name) for n, p in lora_files(svc.settings.models_dir).items()]
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
 def embeddings(svc: SvcDep, who: CallerDep) -> EmbeddingsResponse:
-    return EmbeddingsResponse(loaded={n: EmbeddingItem() for n in _model_files(svc, "embeddings")}, skipped={})
+    return EmbeddingsResponse(loaded={n: EmbeddingItem() for n in embedding_files(svc.settings.models_dir)}, skipped={})
 
 
 @router.get("/prompt-styles", response_model=list[PromptStyleItem])

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
-from kakumei.server.deps import Caller, caller, owned_job, services
+from kakumei.server.deps import Svc, Who, owned_job
 from kakumei.server.services import Services
-from kakumei.store.jobs import JobEvent
+from kakumei.server.views import public_event, queued_event
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -34,29 +34,6 @@ def _format(kind: str, data: dict[str, Any], event_id: int | None = None) -> str
     return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
-def _queued_data(svc: Services, job_id: str, data: dict[str, Any]) -> dict[str, Any]:
-    placed = svc.jobs.place(job_id)
-    if placed is None:
-        return data
-    place, eta = placed
-    return {**data, "queue_position": place.jobs_ahead, "eta_seconds": eta}
-
-
-def _public(svc: Services, event: JobEvent) -> dict[str, Any]:
-    data = dict(event.data)
-    if event.kind == "queued":
-        return _queued_data(svc, event.job_id, data)
-    if event.kind in ("succeeded", "cancelled"):
-        images = svc.images.for_job(event.job_id)
-        data["images"] = [
-            {"id": i.id, "url": f"/api/v1/images/{i.id}", "seed": i.seed, "index": i.index,
-             "infotext": i.infotext, "metadata": i.metadata}
-            for i in images
-        ]
-        data.pop("image_ids", None)
-    return data
-
-
 async def _stream(svc: Services, request: Request, job_id: str, after: int) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     last_sent = last_position_check = loop.time()
@@ -68,7 +45,7 @@ async def _stream(svc: Services, request: Request, job_id: str, after: int) -> A
             after = event.id
             if event.kind not in PUBLIC_KINDS:
                 continue
-            data = await to_thread.run_sync(_public, svc, event)
+            data = await to_thread.run_sync(public_event, svc, event)
             state_kind = event.kind
             last_position = data.get("queue_position", last_position)
             yield _format(event.kind, data, event.id)
@@ -78,7 +55,7 @@ async def _stream(svc: Services, request: Request, job_id: str, after: int) -> A
         now = loop.time()
         if state_kind == "queued" and now - last_position_check >= POSITION_SECONDS:
             last_position_check = now
-            data = await to_thread.run_sync(_queued_data, svc, job_id, {})
+            data = await to_thread.run_sync(queued_event, svc, job_id, {})
             if data.get("queue_position") not in (None, last_position):
                 last_position = data["queue_position"]
                 yield _format("queued", data)
@@ -99,8 +76,8 @@ async def _stream(svc: Services, request: Request, job_id: str, after: int) -> A
 def job_events(
     job_id: str,
     request: Request,
-    svc: Annotated[Services, Depends(services)],
-    who: Annotated[Caller, Depends(caller)],
+    svc: Svc,
+    who: Who,
     last_event_id: Annotated[int | None, Header()] = None,
 ) -> StreamingResponse:
     """queued (queue_position, eta_seconds), started, progress (step, total, preview every few

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from kakumei.server.deps import Caller, caller, services
-from kakumei.server.services import Services
+from kakumei.server.deps import Svc, Who, owned_image
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
 
 
 @router.get("/images/{image_id}", response_class=FileResponse, responses={200: {"content": {"image/png": {}}}})
-def get_image(
-    image_id: str, svc: Annotated[Services, Depends(services)], who: Annotated[Caller, Depends(caller)]
-) -> FileResponse:
-    image = svc.images.get(image_id)
-    job = svc.jobs.get(image.job_id) if image is not None else None
-    if image is None or job is None or not who.owns(job.user_id, job.client_addr) or not image.path.is_file():
-        raise HTTPException(404, f"no image {image_id!r} of yours")
+def get_image(image_id: str, svc: Svc, who: Who) -> FileResponse:
+    image = owned_image(svc, who, image_id, on_disk=True)
     return FileResponse(image.path, media_type="image/png", filename=f"{image.job_id}-{image.index}.png")

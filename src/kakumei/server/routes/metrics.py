@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kakumei.fairness.shares import fractions
 from kakumei.server.deps import services
 from kakumei.server.services import Services, local_worker_id
 from kakumei.store import metrics as stats
@@ -62,7 +63,7 @@ class QueueCollector(Collector):
 
         busy = stats.busy_workers(db)
         connected = set(busy)
-        if any(t.name == "local-worker" and t.is_alive() for t in self.svc.threads):
+        if self.svc.local_worker_running():
             connected.add(local_worker_id(self.svc.settings))
         yield GaugeMetricFamily("kakumei_workers_connected", "Workers known to be up (busy ones and this server's own)", value=len(connected))
         yield GaugeMetricFamily("kakumei_workers_busy", "Workers holding a job lease", value=len(busy))
@@ -77,13 +78,12 @@ class QueueCollector(Collector):
             units.add_metric([user_class], done[user_class].units if user_class in done else 0.0)
         yield units
 
-        recent = stats.recent_units_by_class(db, time.time() - SHARE_WINDOW_SECONDS)
-        total = sum(recent.values())
+        recent = fractions(stats.recent_units_by_class(db, time.time() - SHARE_WINDOW_SECONDS))
         share = GaugeMetricFamily(
             "kakumei_compute_share", "Share of compute units served in the last hour, per user class", labels=["user_class"]
         )
         for user_class in USER_CLASSES:
-            share.add_metric([user_class], recent.get(user_class, 0.0) / total if total else 0.0)
+            share.add_metric([user_class], recent.get(user_class, 0.0))
         yield share
 
 
