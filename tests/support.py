@@ -33,6 +33,18 @@ def wait_for(check: Callable[[], T], what: str, seconds: float = 120, interval: 
         time.sleep(interval)
 
 
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    """The job as the API shows it once it has finished, however it finished."""
+    job: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
 def listening_socket(host: str = "127.0.0.1") -> socket.socket:
     """A TCP socket bound to a port the kernel chose, already listening: connections made
     before a server takes it over wait in its backlog instead of being refused."""

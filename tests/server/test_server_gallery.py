@@ -3,7 +3,7 @@ on both databases: what the web UI's gallery and form are built from."""
 
 from __future__ import annotations
 
-from test_server_jobs import wait_done
+from support import wait_done
 
 from kakumei import schemas
 

@@ -8,7 +8,7 @@ import base64
 import hashlib
 
 from imagehelpers import mask_b64, noise_b64
-from test_server_jobs import wait_done
+from support import wait_done
 
 from kakumei.engine.metadata import read_metadata
 from kakumei.schemas import GenerationRequest, input_ref

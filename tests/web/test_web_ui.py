@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from support import wait_done
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -55,14 +55,6 @@ def job_card(page: Any, prompt: str) -> Any:
     return page.locator("#jobs > li", has_text=prompt)
 
 
-def wait_done(client: httpx.Client, job_id: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def sign_in(page: Any, key: str) -> None:

@@ -45,14 +45,13 @@ from kakumei.server.a1111.models import (
     UpscalerItem,
 )
 from kakumei.server.a1111.options import caller_options
-from kakumei.server.deps import Caller, services
+from kakumei.server.deps import Caller, Svc
 from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
 from kakumei.store.activity import ActiveJob, active_jobs, latest_preview
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
 
-SvcDep = Annotated[Services, Depends(services)]
 CallerDep = Annotated[Caller, Depends(a1111_caller)]
 
 
@@ -95,13 +94,13 @@ def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
 
 
 @router.post("/txt2img", response_model=ImageResponse)
-async def txt2img(body: Txt2ImgRequest, request: Request, svc: SvcDep, who: CallerDep) -> ImageResponse | JSONResponse:
+async def txt2img(body: Txt2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
     """Text to image; waits for the job and answers with base64 PNGs carrying infotext."""
     return await _generate(svc, who, request, body)
 
 
 @router.post("/img2img", response_model=ImageResponse)
-async def img2img(body: Img2ImgRequest, request: Request, svc: SvcDep, who: CallerDep) -> ImageResponse | JSONResponse:
+async def img2img(body: Img2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
     """Image to image, and inpainting with `mask`; waits for the job."""
     return await _generate(svc, who, request, body)
 
@@ -113,7 +112,7 @@ def _current(svc: Services, who: Caller) -> tuple[ActiveJob | None, int]:
 
 
 @router.get("/progress", response_model=ProgressResponse)
-def progress(svc: SvcDep, who: CallerDep, skip_current_image: Annotated[bool, Query()] = False) -> ProgressResponse:
+def progress(svc: Svc, who: CallerDep, skip_current_image: Annotated[bool, Query()] = False) -> ProgressResponse:
     """Progress of the caller's current job (their running job, else their next queued one)."""
     job, count = _current(svc, who)
     if job is None:
@@ -125,7 +124,7 @@ def progress(svc: SvcDep, who: CallerDep, skip_current_image: Annotated[bool, Qu
 
 
 @router.post("/interrupt")
-def interrupt(svc: SvcDep, who: CallerDep) -> dict[str, Any]:
+def interrupt(svc: Svc, who: CallerDep) -> dict[str, Any]:
     """Stop the caller's current job; images finished before the stop are still returned."""
     job, _ = _current(svc, who)
     if job is not None:
@@ -134,7 +133,7 @@ def interrupt(svc: SvcDep, who: CallerDep) -> dict[str, Any]:
 
 
 @router.post("/skip")
-def skip(svc: SvcDep, who: CallerDep) -> None:
+def skip(svc: Svc, who: CallerDep) -> None:
     """As interrupt: kakumei cannot skip one batch of a job and go on with the next."""
     job, _ = _current(svc, who)
     if job is not None:
@@ -142,14 +141,14 @@ def skip(svc: SvcDep, who: CallerDep) -> None:
 
 
 @router.get("/options")
-def get_options(request: Request, svc: SvcDep, who: CallerDep) -> dict[str, Any]:
+def get_options(request: Request, svc: Svc, who: CallerDep) -> dict[str, Any]:
     """The caller's options: A1111's option names, at the values kakumei generates with."""
     return mapping.reported_options(caller_options(request).get(who), svc.settings.model)
 
 
 @router.post("/options")
 def set_options(
-    request: Request, svc: SvcDep, who: CallerDep, body: Annotated[dict[str, Any], Body()]
+    request: Request, svc: Svc, who: CallerDep, body: Annotated[dict[str, Any], Body()]
 ) -> None:
     """Set the caller's own options (other users are not affected). sd_model_checkpoint and
     CLIP_stop_at_last_layers apply to the caller's next generations; options that would change
@@ -162,7 +161,7 @@ def set_options(
 
 
 @router.get("/cmd-flags")
-def cmd_flags(svc: SvcDep, who: CallerDep) -> dict[str, Any]:
+def cmd_flags(svc: Svc, who: CallerDep) -> dict[str, Any]:
     return mapping.command_line_flags(svc.settings)
 
 
@@ -195,7 +194,7 @@ def latent_upscale_modes(who: CallerDep) -> list[LatentUpscalerModeItem]:
 
 
 @router.get("/sd-models", response_model=list[SDModelItem])
-def sd_models(svc: SvcDep, who: CallerDep) -> list[SDModelItem]:
+def sd_models(svc: Svc, who: CallerDep) -> list[SDModelItem]:
     """Models jobs may name; `title` is what sd_model_checkpoint takes."""
     return [SDModelItem(title=m, model_name=m, hash=None, sha256=None, filename=m, config=None) for m in svc.known_models()]
 
@@ -206,13 +205,13 @@ def refresh_checkpoints(who: CallerDep) -> None:
 
 
 @router.get("/loras", response_model=list[LoraItem])
-def loras(svc: SvcDep, who: CallerDep) -> list[LoraItem]:
+def loras(svc: Svc, who: CallerDep) -> list[LoraItem]:
     """LoRA files in this server's models folder, for `<lora:name:weight>` in prompts."""
     return [LoraItem(name=n, alias=n, path=p.name) for n, p in lora_files(svc.settings.models_dir).items()]
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
-def embeddings(svc: SvcDep, who: CallerDep) -> EmbeddingsResponse:
+def embeddings(svc: Svc, who: CallerDep) -> EmbeddingsResponse:
     return EmbeddingsResponse(loaded={n: EmbeddingItem() for n in embedding_files(svc.settings.models_dir)}, skipped={})
 
 
