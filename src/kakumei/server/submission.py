@@ -60,6 +60,11 @@ def submit_generation(
     model = request.model or svc.settings.model
     if model not in known:
         raise SubmitRefused(400, f"unknown model {model!r}; known: {', '.join(known)}")
+    # A refiner is a model too: resolving anything else would read any path on the server
+    # or fetch any hub id, and its errors would tell a caller which paths exist.
+    refiner = request.refiner_checkpoint
+    if refiner and refiner not in known:
+        raise SubmitRefused(400, f"unknown refiner_checkpoint {refiner!r}; known: {', '.join(known)}")
     # Admission control (bans, terms, blocklist, rate limits, free-tier and queue caps) for
     # every API; an idempotent replay of an accepted job is answered without it.
     if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, idempotency_key):
