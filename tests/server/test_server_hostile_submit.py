@@ -74,3 +74,84 @@ def test_a_refiner_must_be_a_known_model_and_paths_reveal_nothing(make_server, t
         a1111 = client.post("/sdapi/v1/txt2img", json={**SMALL, "refiner_checkpoint": "/etc"})
         assert a1111.status_code == 400 and "unknown checkpoint" in a1111.json()["detail"]
         assert len(client.get("/api/v1/jobs").json()["jobs"]) == 1
+
+
+# -- queue caps: the check and the insert are one step -----------------------------------------
+
+
+def test_concurrent_submits_from_one_key_stop_exactly_at_the_cap(make_server) -> None:
+    server = make_server(local_worker=False, max_queued_jobs=20)
+    _, key = server.services.users.add("flooder")
+    clients = [_client(server, key) for _ in range(50)]
+    try:
+        responses = _all_at_once(50, lambda i: clients[i].post("/api/v1/jobs", json={**SMALL, "seed": i}))
+    finally:
+        for c in clients:
+            c.close()
+    _assert_capped(responses, 20, "20 jobs queued")
+    with _client(server, key) as client:
+        assert len(client.get("/api/v1/jobs", params={"limit": 200}).json()["jobs"]) == 20
+
+
+def test_concurrent_anonymous_submits_stop_exactly_at_the_group_cap(make_server) -> None:
+    server = make_server(local_worker=False, max_queued_jobs=1000, anonymous_max_queued=20,
+                         free_queued_per_ip=1000)
+    addrs = [f"127.0.0.{2 + i % 10}" for i in range(50)]
+    clients = [_client(server, addr=a) for a in addrs]
+    try:
+        responses = _all_at_once(50, lambda i: clients[i].post("/api/v1/jobs", json={**SMALL, "seed": i}))
+    finally:
+        for c in clients:
+            c.close()
+    _assert_capped(responses, 20, "anonymous visitors together have 20 jobs queued")
+
+
+def test_concurrent_free_accounts_at_one_address_stop_exactly_at_its_cap(make_server) -> None:
+    server = make_server(local_worker=False, free_queued_per_ip=20)
+    keys = [server.services.users.add(f"sybil{i}")[1] for i in range(50)]
+    clients = [_client(server, k) for k in keys]
+    try:
+        responses = _all_at_once(50, lambda i: clients[i].post("/api/v1/jobs", json={**SMALL, "seed": i}))
+    finally:
+        for c in clients:
+            c.close()
+    _assert_capped(responses, 20, "free-tier users at your address have 20 jobs queued")
+
+
+# -- Idempotency-Key belongs to the caller -----------------------------------------------------
+
+
+def test_anonymous_visitors_do_not_share_idempotency_keys(make_server) -> None:
+    server = make_server(local_worker=False)
+    key = {"Idempotency-Key": "same-key-for-both"}
+    secret = {**SMALL, "prompt": "first visitor's secret"}
+    with _client(server, addr="127.0.0.2") as first, _client(server, addr="127.0.0.3") as second:
+        mine = first.post("/api/v1/jobs", json=secret, headers=key)
+        assert mine.status_code == 201, mine.text
+        # Another request under the same key: not a conflict with someone else's job.
+        other = second.post("/api/v1/jobs", json={**SMALL, "prompt": "second visitor"}, headers=key)
+        assert other.status_code == 201, other.text
+        assert "Idempotent-Replayed" not in other.headers and other.json()["id"] != mine.json()["id"]
+        # The very same request under the same key: still a job of the second visitor's own.
+        copy = second.post("/api/v1/jobs", json=secret, headers={"Idempotency-Key": "guessed"})
+        assert copy.status_code == 201
+        replayed = first.post("/api/v1/jobs", json=secret, headers={"Idempotency-Key": "guessed"})
+        assert "Idempotent-Replayed" not in replayed.headers and replayed.json()["id"] != copy.json()["id"]
+        # Each replays their own job and sees only their own.
+        again = first.post("/api/v1/jobs", json=secret, headers=key)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json()["id"] == mine.json()["id"]
+        again = second.post("/api/v1/jobs", json={**SMALL, "prompt": "second visitor"}, headers=key)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json()["id"] == other.json()["id"]
+        assert second.get(f"/api/v1/jobs/{mine.json()['id']}").status_code == 404
+        assert {j["id"] for j in second.get("/api/v1/jobs").json()["jobs"]} == {other.json()["id"], copy.json()["id"]}
+
+
+def test_registered_users_keep_their_key_across_addresses(make_server) -> None:
+    server = make_server(local_worker=False)
+    _, api_key = server.services.users.add("alice")
+    key = {"Idempotency-Key": "retry-me"}
+    with _client(server, api_key, "127.0.0.2") as home, _client(server, api_key, "127.0.0.3") as phone:
+        first = home.post("/api/v1/jobs", json=SMALL, headers=key)
+        retry = phone.post("/api/v1/jobs", json=SMALL, headers=key)
+        assert first.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.json()["id"] == first.json()["id"]

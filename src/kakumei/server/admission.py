@@ -20,7 +20,18 @@ from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database
 from kakumei.store.jobs import JobStore
 from kakumei.store.moderation import Moderation
-from kakumei.store.quotas import QueueCounts, next_queued, queue_counts
+from kakumei.store.quotas import (
+    ANONYMOUS_GROUP,
+    FREE_AT_ADDR,
+    FREE_USERS_AT_ADDR,
+    OWN,
+    QueueCounts,
+    QueueFull,
+    QueueLimits,
+    first_full,
+    next_queued,
+    queue_counts,
+)
 from kakumei.store.users import User
 
 
@@ -165,11 +176,32 @@ class Admission:
     def caps_now(self, queued: int) -> FreeCaps:
         return free_caps(self.idle_caps, queued, self.settings.free_busy_queue)
 
-    def _queue_rules(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
+    def queue_limits(self, user: User, addr: str | None) -> QueueLimits:
+        """The queue caps for this caller: checked first here, then again by `JobStore.submit`
+        in the transaction that queues the job, so concurrent submits cannot all pass."""
         s = self.settings
+        free_here = self.free(user) and bool(addr)
+        return QueueLimits(
+            anonymous=user.is_anonymous,
+            own=s.max_queued_jobs,
+            anonymous_group=s.anonymous_max_queued if user.is_anonymous else None,
+            free_at_addr=s.free_queued_per_ip if free_here else None,
+            free_users_at_addr=s.free_users_per_ip if free_here else None,
+        )
+
+    def when_full(self, user: User, addr: str | None, full: QueueFull) -> Refusal:
+        """The refusal for a cap `JobStore.submit` found reached: the same as `check` gives,
+        and the rate-limit tokens `check` took are given back."""
+        now = self.clock()
+        if not user.is_anonymous:
+            self.by_key.give_back(f"user:{user.id}", now)
+        if addr:
+            self.by_ip.give_back(addr, now)
+        return self._full_refusal(user, addr, full.cap, full.counts)
+
+    def _queue_rules(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
         counts = queue_counts(self.db, user.id, addr, user.is_anonymous)
-        free = self.free(user)
-        if free:
+        if self.free(user):
             caps = self.caps_now(counts.total)
             broken = over_free_caps(request.width, request.height, request.steps, request.image_count, caps)
             if broken is not None:
@@ -180,22 +212,24 @@ class Admission:
                     return Refusal(429, f"the queue is busy: {broken}; a smaller job is accepted now, "
                                         f"or retry when the queue is shorter", wait)
                 return Refusal(403, f"{broken}; with credit (run a worker) larger jobs are allowed")
-        if counts.own >= s.max_queued_jobs:
+        cap = first_full(counts, self.queue_limits(user, addr), user.id)
+        return None if cap is None else self._full_refusal(user, addr, cap, counts)
+
+    def _full_refusal(self, user: User, addr: str | None, cap: str, counts: QueueCounts) -> Refusal:
+        if cap == OWN:
             where = " from your address" if user.is_anonymous else ""
             return Refusal(429, f"you have {counts.own} jobs queued{where}, the most this server allows; "
                                 f"retry when one has started", self._eta(user_id=user.id, addr=addr if user.is_anonymous else None))
-        if user.is_anonymous and counts.anonymous >= s.anonymous_max_queued:
+        if cap == ANONYMOUS_GROUP:
             return Refusal(429, f"anonymous visitors together have {counts.anonymous} jobs queued, the most this "
                                 f"server allows; retry later or use an API key", self._eta(user_id=user.id, addr=None))
-        if free and addr:
-            if counts.free_at_addr >= s.free_queued_per_ip:
-                return Refusal(429, f"free-tier users at your address have {counts.free_at_addr} jobs queued, the "
-                                    f"most this server allows; retry when one has started", self._eta(addr=addr))
-            if user.id not in counts.free_users_at_addr and len(counts.free_users_at_addr) >= s.free_users_per_ip:
-                return Refusal(429, f"{len(counts.free_users_at_addr)} free-tier accounts at your address already have "
-                                    f"jobs queued, the most this server allows; retry when theirs have started",
-                               self._eta(addr=addr))
-        return None
+        if cap == FREE_AT_ADDR:
+            return Refusal(429, f"free-tier users at your address have {counts.free_at_addr} jobs queued, the "
+                                f"most this server allows; retry when one has started", self._eta(addr=addr))
+        assert cap == FREE_USERS_AT_ADDR, cap
+        return Refusal(429, f"{len(counts.free_users_at_addr)} free-tier accounts at your address already have "
+                            f"jobs queued, the most this server allows; retry when theirs have started",
+                       self._eta(addr=addr))
 
     def _eta(self, *, user_id: int | None = None, addr: str | None = None) -> float | None:
         """When the first of these queued jobs should start: a fair time to retry."""

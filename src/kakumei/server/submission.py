@@ -22,7 +22,7 @@ from kakumei.server.deps import Caller
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import IdempotencyConflict, Job, NewJob
-from kakumei.store.quotas import idempotent_replay
+from kakumei.store.quotas import QueueFull, idempotent_replay
 
 FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
 # How often a waiting request looks at its job's events: short enough that a finished job is
@@ -67,7 +67,10 @@ def submit_generation(
         raise SubmitRefused(400, f"unknown refiner_checkpoint {refiner!r}; known: {', '.join(known)}")
     # Admission control (bans, terms, blocklist, rate limits, free-tier and queue caps) for
     # every API; an idempotent replay of an accepted job is answered without it.
-    if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, idempotency_key):
+    # Anonymous visitors share one user: their keys are told apart by address, so that one
+    # visitor's key can never answer with another's job.
+    scope = who.scope_addr or ""
+    if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, scope, idempotency_key):
         refusal = svc.admission.check(who.user, who.client_addr, request)
         if refusal is not None:
             raise SubmitRefused(refusal.status, refusal.message, refusal.retry_after)
@@ -80,13 +83,19 @@ def submit_generation(
         model=model,
         cost=request_cost(request, model),
         idempotency_key=idempotency_key,
+        idempotency_scope=scope,
         client_addr=who.client_addr,
         inputs=tuple(files.values()),
     )
     try:
-        return svc.jobs.submit(new)
+        # The queue caps again, in the transaction that queues the job: the check above
+        # answers most refusals cheaply, this one holds when submits race.
+        return svc.jobs.submit(new, svc.admission.queue_limits(who.user, who.client_addr))
     except IdempotencyConflict as exc:
         raise SubmitRefused(409, str(exc)) from None
+    except QueueFull as full:
+        refusal = svc.admission.when_full(who.user, who.client_addr, full)
+        raise SubmitRefused(refusal.status, refusal.message, refusal.retry_after) from None
 
 
 async def wait_finished(

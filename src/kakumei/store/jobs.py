@@ -26,6 +26,7 @@ from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import SPEND_GENERATION, Ledger
+from kakumei.store.quotas import QueueLimits, hold_queue_limits
 from kakumei.store.users import BACKLOGGED_MIN_COUNTER, UserStore
 
 
@@ -98,6 +99,9 @@ class NewJob:
     client_addr: str | None = None
     priority: int = 0
     inputs: tuple[bytes, ...] = ()  # image files the request names by reference (stored_form)
+    # Whose key space the idempotency key is in, within the user: anonymous visitors share
+    # one user, so theirs is their address; registered users' is "" (any address).
+    idempotency_scope: str = ""
 
 
 class IdempotencyConflict(ValueError):
@@ -309,15 +313,17 @@ class JobStore:
 
     # -- submit -------------------------------------------------------------------------
 
-    def submit(self, new: NewJob) -> tuple[Job, bool]:
+    def submit(self, new: NewJob, limits: QueueLimits | None = None) -> tuple[Job, bool]:
         """Queue a job; return it and whether it was created (False: idempotent replay).
 
+        With `limits`, the queue caps are counted in the same transaction, after the user's
+        row is locked, and QueueFull is raised with nothing queued when one would be broken.
         Committed before returning, so an answered submit survives a crash.
         """
         for _ in range(3):
             try:
                 with self.db.transaction() as tx:
-                    return self._submit(tx, new)
+                    return self._submit(tx, new, limits)
             except self.db.integrity_errors:
                 # Two submits raced on one idempotency key: the loser reads the winner's job.
                 continue
@@ -328,13 +334,14 @@ class JobStore:
         with self.db.transaction() as tx:
             return [self._submit(tx, new)[0] for new in jobs]
 
-    def _submit(self, tx: Transaction, new: NewJob) -> tuple[Job, bool]:
+    def _submit(self, tx: Transaction, new: NewJob, limits: QueueLimits | None = None) -> tuple[Job, bool]:
         now = self.clock()
         digest = request_hash(new.request)
         if new.idempotency_key is not None:
             row = tx.one(
-                f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs WHERE user_id = ? AND idempotency_key = ?",
-                (new.user_id, new.idempotency_key),
+                f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs "
+                "WHERE user_id = ? AND idempotency_scope = ? AND idempotency_key = ?",
+                (new.user_id, new.idempotency_scope, new.idempotency_key),
             )
             if row is not None:
                 if row["request_hash"] != digest:
@@ -343,16 +350,19 @@ class JobStore:
                         "use a new key for a new request"
                     )
                 return _job(row), False
+        if limits is not None:
+            # A replay (above) is answered whatever the caps; a new job must fit under them.
+            hold_queue_limits(tx, new.user_id, new.client_addr, limits)
         UserStore.enqueue(tx, new.user_id, new.cost)
         job_id = uuid.uuid4().hex
         InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
-            "model, pixels, steps, image_count, cost, priority, max_attempts, created_at, batch_key) "
-            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "idempotency_scope, model, pixels, steps, image_count, cost, priority, max_attempts, created_at, "
+            "batch_key) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
-                new.idempotency_key, new.model, new.request.width * new.request.height,
+                new.idempotency_key, new.idempotency_scope, new.model, new.request.width * new.request.height,
                 new.request.steps, new.request.image_count, new.cost, new.priority,
                 self.max_attempts, now, new.request.batch_key(new.model),
             ),

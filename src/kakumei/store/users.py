@@ -164,6 +164,14 @@ class UserStore:
     # -- writes inside another store's transaction ----------------------------------------
 
     @staticmethod
+    def lock(tx: Transaction, user_id: int) -> None:
+        """Hold the user's row until the transaction ends (PostgreSQL; SQLite's write
+        transactions run one at a time anyway): submits of one user then count one after
+        another."""
+        if tx.one("SELECT id FROM users WHERE id = ? {for_update}", (user_id,)) is None:
+            raise ValueError(f"no user with id {user_id}")
+
+    @staticmethod
     def enqueue(tx: Transaction, user_id: int, cost: float) -> None:
         """A job of `cost` joins the user's queue. A user who had nothing queued is lifted to
         where the others are (shares.lifted_counter), so idle time cannot be banked."""
