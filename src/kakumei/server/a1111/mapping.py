@@ -126,8 +126,34 @@ def reported_options(own: Mapping[str, Any], default_model: str) -> dict[str, An
     }
 
 
+# The option names POST /options keeps: those GET /options reports, so a client may post back
+# what it read. A1111 refuses names it does not know too, and a fixed set keeps what one
+# caller can store small.
+KEPT_OPTIONS: frozenset[str] = frozenset(
+    {*IMAGE_OPTIONS, *REPORTED_OPTIONS, "sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_checkpoint_hash"}
+)
+# Longest text an option may hold (checkpoint titles are "name [hash]", well under this).
+MAX_OPTION_TEXT = 200
+
+
+def _shown(value: Any, most: int = 60) -> str:
+    """`value` for a message, cut short: a refusal must not echo a huge value back."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def checked_options(values: Mapping[str, Any], known_models: list[str]) -> dict[str, Any]:
-    """POST /options: the values to keep, or Unsupported for the first kakumei cannot honour."""
+    """POST /options: the values to keep, or Unsupported for the first kakumei cannot honour
+    (then nothing is kept): only KEPT_OPTIONS, each a JSON scalar of bounded size."""
+    unknown = [key for key in values if key not in KEPT_OPTIONS]
+    if unknown:
+        names = ", ".join(_shown(key, 40) for key in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise Unsupported(f"unknown option {names}; kakumei keeps only: {', '.join(sorted(KEPT_OPTIONS))}")
+    for key, value in values.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise Unsupported(f"option {key} must be text, a number or true/false, got {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_OPTION_TEXT:
+            raise Unsupported(f"option {key} is {len(value)} characters long; at most {MAX_OPTION_TEXT} are kept")
     return {key: check_option(key, value, known_models) for key, value in values.items()}
 
 
@@ -137,13 +163,13 @@ def check_option(key: str, value: Any, known_models: list[str]) -> Any:
         return resolve_checkpoint(str(value), known_models)
     if key == "CLIP_stop_at_last_layers":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= int(value) <= 12:
-            raise Unsupported(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12, got {value!r}")
+            raise Unsupported(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12, got {_shown(value)}")
         return int(value)
     if key in IMAGE_OPTIONS:
         default = IMAGE_OPTIONS[key]
         if not _same(value, default) and value not in _SAME_AS_DEFAULT.get(key, ()):
             raise Unsupported(
-                f"option {key}={value!r} would change the image and kakumei cannot do it; "
+                f"option {key}={_shown(value)} would change the image and kakumei cannot do it; "
                 f"it stays {default!r} (leave it out)"
             )
     return value
@@ -160,7 +186,7 @@ def resolve_checkpoint(name: str, known_models: list[str]) -> str:
     for candidate in candidates:
         if candidate in known_models:
             return candidate
-    raise Unsupported(f"unknown checkpoint {name!r}; known: {', '.join(known_models)}")
+    raise Unsupported(f"unknown checkpoint {_shown(name)}; known: {', '.join(known_models)}")
 
 
 # -- request mapping ---------------------------------------------------------------------------

@@ -2,52 +2,38 @@
 
 A1111 is a one-user program: POST /options changes the model for everyone. On a shared server
 each caller gets their own options instead (kept per user, and per address for anonymous
-callers), so one client choosing a checkpoint never changes another's images.
+callers), so one client choosing a checkpoint never changes another's images. They live in
+the database (store/options.py): a client may set options on one server and generate on
+another, or after a restart.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
 
-from kakumei.server.deps import Caller
-
-MAX_REMEMBERED_CALLERS = 10_000
+from kakumei.server.deps import Caller, services
+from kakumei.store.options import OptionStore
 
 
 class CallerOptions:
-    """Each caller's own A1111 options, newest callers kept, at most MAX_REMEMBERED_CALLERS.
+    """The options of callers, by who they are: the user, and for anonymous visitors the
+    address that tells them apart (`Caller.scope_addr`)."""
 
-    In memory: a client sets options and generates on the same server, and options are only
-    ever choices among what a request could say itself (override_settings)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_caller: OrderedDict[tuple[int, str | None], dict[str, Any]] = OrderedDict()
-
-    @staticmethod
-    def key(who: Caller) -> tuple[int, str | None]:
-        return (who.user.id, who.scope_addr)
+    def __init__(self, store: OptionStore) -> None:
+        self.store = store
 
     def get(self, who: Caller) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._by_caller.get(self.key(who), {}))
+        return self.store.get(who.user.id, who.scope_addr or "")
 
     def update(self, who: Caller, values: Mapping[str, Any]) -> None:
-        with self._lock:
-            key = self.key(who)
-            merged = {**self._by_caller.pop(key, {}), **values}
-            self._by_caller[key] = merged
-            while len(self._by_caller) > MAX_REMEMBERED_CALLERS:
-                self._by_caller.popitem(last=False)
+        """Merge already checked values (mapping.checked_options) into the caller's own."""
+        if values:
+            self.store.update(who.user.id, who.scope_addr or "", values, bounded=who.user.is_anonymous)
 
 
 def caller_options(request: Request) -> CallerOptions:
-    """The app's CallerOptions, made on first use (created once: setdefault on the state dict
-    is atomic, so two first requests cannot each make their own)."""
-    state = request.app.state._state
-    return state.setdefault("a1111_options", CallerOptions())
+    """The options of this app's callers (the store holds no state of its own)."""
+    return CallerOptions(OptionStore(services(request).db))

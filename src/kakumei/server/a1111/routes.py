@@ -63,7 +63,7 @@ async def _generate(
     svc: Services, who: Caller, request: Request, body: Txt2ImgRequest | Img2ImgRequest
 ) -> ImageResponse | JSONResponse:
     # 1. map the A1111 request onto kakumei's, with the caller's options
-    options = caller_options(request).get(who)
+    options = await to_thread.run_sync(caller_options(request).get, who)  # a database read
     try:
         gen = mapping.to_generation_request(body, options, svc.known_models())
     except mapping.Unsupported as exc:
