@@ -67,6 +67,8 @@ def test_a_refiner_must_be_a_known_model_and_paths_reveal_nothing(make_server, t
             answers.append(detail.replace(repr(ref), "REF"))
         # The same sentence whether the path exists or not: nothing about the server's files.
         assert len(set(answers)) == 1, answers
+        huge = client.post("/api/v1/jobs", json={**SMALL, "refiner_checkpoint": "x" * 100_000})
+        assert huge.status_code == 400 and len(huge.json()["detail"]) < 300
         known = client.post("/api/v1/jobs", json={**SMALL, "refiner_checkpoint": "kakumei:tiny"})
         assert known.status_code == 201, known.text
         assert client.get("/api/v1/jobs").json()["jobs"][0]["id"] == known.json()["id"]

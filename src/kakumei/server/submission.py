@@ -47,6 +47,12 @@ class SubmitRefused(KakumeiError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
+def _shown(name: str, most: int = 80) -> str:
+    """A name for a refusal, cut short: a sentence must not echo a huge value back."""
+    text = repr(name)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def submit_generation(
     svc: Services, who: Caller, request: GenerationRequest, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
@@ -59,12 +65,12 @@ def submit_generation(
     known = svc.known_models()
     model = request.model or svc.settings.model
     if model not in known:
-        raise SubmitRefused(400, f"unknown model {model!r}; known: {', '.join(known)}")
+        raise SubmitRefused(400, f"unknown model {_shown(model)}; known: {', '.join(known)}")
     # A refiner is a model too: resolving anything else would read any path on the server
     # or fetch any hub id, and its errors would tell a caller which paths exist.
     refiner = request.refiner_checkpoint
     if refiner and refiner not in known:
-        raise SubmitRefused(400, f"unknown refiner_checkpoint {refiner!r}; known: {', '.join(known)}")
+        raise SubmitRefused(400, f"unknown refiner_checkpoint {_shown(refiner)}; known: {', '.join(known)}")
     # Admission control (bans, terms, blocklist, rate limits, free-tier and queue caps) for
     # every API; an idempotent replay of an accepted job is answered without it.
     # Anonymous visitors share one user: their keys are told apart by address, so that one
