@@ -4,6 +4,7 @@ theirs alone."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
@@ -64,7 +65,7 @@ def test_a_refiner_must_be_a_known_model_and_paths_reveal_nothing(make_server, t
             assert response.status_code == 400, (ref, response.text)
             detail = response.json()["detail"]
             assert "refiner_checkpoint" in detail and "kakumei:tiny" in detail, detail
-            answers.append(detail.replace(repr(ref), "REF"))
+            answers.append(re.sub(r"refiner_checkpoint .*?; known", "refiner_checkpoint REF; known", detail))
         # The same sentence whether the path exists or not: nothing about the server's files.
         assert len(set(answers)) == 1, answers
         huge = client.post("/api/v1/jobs", json={**SMALL, "refiner_checkpoint": "x" * 100_000})
