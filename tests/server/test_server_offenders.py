@@ -55,6 +55,12 @@ def test_a_registered_offender_is_timed_out_alone(make_server) -> None:
         assert "your account" in timed_out.json()["detail"] and "may submit again" in timed_out.json()["detail"]
         # Another user at the same address is not the offender.
         assert bob.post("/api/v1/jobs", json=SMALL).status_code == 201
+        # An admin's pardon names the user.
+        _, root_key = server.services.users.add("root", admin=True)
+        with client(server, "127.0.0.10", root_key) as root:
+            assert root.delete("/api/v1/admin/offences/alice").json() == {"pardoned": True}
+        time.sleep(1.05)  # the address's bucket, just used by bob, refills
+        assert alice.post("/api/v1/jobs", json=SMALL).status_code == 201
     with client(server, "127.0.0.7") as keyless:
         time.sleep(1.05)  # the address's bucket, shared with bob, refills
         assert keyless.post("/api/v1/jobs", json=SMALL).status_code == 201
