@@ -6,6 +6,7 @@ KAKUMEI_CONFIG), environment, CLI flags (passed as `overrides`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -105,6 +106,31 @@ class Settings(BaseModel):
     terms: str | None = None
     terms_url: str | None = None
 
+    # Hostile input: proxies whose X-Forwarded-For is believed (CIDRs; none: the header is
+    # ignored), and event streams one user (anonymous: one address) may hold open at once.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    max_event_streams_per_user: int = Field(8, ge=1)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        # The environment holds them separated by commas or spaces; TOML holds a list.
+        if isinstance(value, str):
+            return [part for part in re.split(r"[,\s]+", value) if part]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for entry in value:
+            try:
+                networks.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"trusted_proxies entry {entry!r} is not an IP address or CIDR range "
+                                 "such as 10.0.0.0/8") from None
+        return networks
+
     @field_validator("prompt_blocklist", mode="before")
     @classmethod
     def _blocklist_lines(cls, value: Any) -> Any:
@@ -184,6 +210,8 @@ _ENV_FIELDS = {
     "KAKUMEI_WORKER_SERVER": "worker_server",
     "KAKUMEI_WORKER_KEY": "worker_key",
     "KAKUMEI_A1111_AUTH": "a1111_auth",
+    "KAKUMEI_TRUSTED_PROXIES": "trusted_proxies",
+    "KAKUMEI_MAX_EVENT_STREAMS_PER_USER": "max_event_streams_per_user",
 }
 
 

@@ -26,7 +26,8 @@ class LiveServer:
         self.app = app
         self.sock = sock = listening_socket()
         self.url = url_of(sock)
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        # As `kakumei serve`: the app, not uvicorn, reads X-Forwarded-For.
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
 

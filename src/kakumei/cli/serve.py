@@ -49,10 +49,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; kakumei decides who is
+    # calling itself (server/addresses.py, `trusted_proxies`).
     if sock is None:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                    proxy_headers=False)
         return 0
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", proxy_headers=False))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # uvicorn.run's exit status when startup fails
 

@@ -66,7 +66,7 @@ def register(subparsers: Any) -> None:
     ban_options(p, "shown with every refusal")
     p = sub("unban-ip", "lift the bans of an address or range", cmd_unban_ip)
     p.add_argument("range")
-    p = sub("pardon", "forget an address's offences and end its timeout", cmd_pardon)
+    p = sub("pardon", "forget the offences of an address or a user (by name) and end the timeout", cmd_pardon)
     p.add_argument("address")
     p = sub("audit", "show the audit log of admin actions, newest first", cmd_audit)
     p.add_argument("--limit", type=int, default=50, help="how many entries (default 50)")
@@ -214,6 +214,8 @@ def cmd_unban_ip(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pardon(args: argparse.Namespace, settings: Settings) -> int:
     def act(users: Any, ledger: Any, moderation: Any) -> str:
         found = moderation.pardon(args.address, _actor())
+        if not found and (user := users.by_name(args.address)) is not None:  # a registered offender
+            found = moderation.pardon_user(user.id, user.name, _actor())
         return f"pardoned {args.address}" if found else f"no offences recorded for {args.address}"
     return _run(args, settings, act)
 

@@ -22,6 +22,10 @@ class TokenBuckets:
     """One token bucket per key (an API key, an address): `burst` tokens, refilled at
     `per_minute` a minute. Each accepted request takes one token.
 
+    A refusal tells its caller to wait; the bucket remembers that per caller (by default the
+    bucket's key; an address's bucket is shared by everyone there, so its refusals are
+    remembered per user or keyless address), to tell an offence from a client that waits.
+
     In memory: limits are per server process, which is what protects that process; queue
     caps, bans and timeouts live in the database and hold across servers and restarts.
     """
@@ -33,15 +37,18 @@ class TokenBuckets:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
-        self._told: dict[str, float] = {}  # key -> until when its last refusal said to wait
+        # caller -> (until when its last refusal said to wait, whether coming back early
+        # was already counted as an offence)
+        self._told: dict[str, tuple[float, bool]] = {}
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         return self.rate > 0 and self.burst > 0
 
-    def take(self, key: str, now: float) -> float:
-        """Take a token for `key`; 0.0 when granted, else the seconds until one is there."""
+    def take(self, key: str, now: float, *, caller: str | None = None) -> float:
+        """Take a token for `key`; 0.0 when granted, else the seconds until one is there
+        (told to `caller`, by default `key`)."""
         if not self.enabled:
             return 0.0
         with self._lock:
@@ -51,7 +58,10 @@ class TokenBuckets:
                 return 0.0
             self._buckets[key] = (tokens, now)
             wait = (1.0 - tokens) / self.rate
-            self._told[key] = now + wait
+            who = caller or key
+            until, counted = self._told.get(who, (0.0, False))
+            # Refusals within one wait belong to it: whether it was ignored carries over.
+            self._told[who] = (now + wait, counted and until > now)
             return wait
 
     def ignored_retry_after(self, key: str, now: float) -> bool:
@@ -59,7 +69,17 @@ class TokenBuckets:
         breaking a rate limit that counts as an offence (a client that waits as told, then
         sends at the limit, breaks nothing)."""
         with self._lock:
-            return self._told.get(key, 0.0) > now
+            return self._told.get(key, (0.0, False))[0] > now
+
+    def offence(self, caller: str, now: float) -> bool:
+        """Whether `caller` ignores a wait it was told and this wait was not counted yet: a
+        burst of requests that ignore one Retry-After is one offence, not one per request."""
+        with self._lock:
+            until, counted = self._told.get(caller, (0.0, False))
+            if until <= now or counted:
+                return False
+            self._told[caller] = (until, True)
+            return True
 
     def give_back(self, key: str, now: float) -> None:
         """Return a token taken for a request that a later rule refused: a refusal should
@@ -72,7 +92,7 @@ class TokenBuckets:
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (self.burst, now))
         level = min(self.burst, tokens + max(0.0, now - at) * self.rate)
-        if len(self._buckets) > self._PRUNE_AT:
+        if len(self._buckets) > self._PRUNE_AT or len(self._told) > self._PRUNE_AT:
             self._prune(now)
         return level
 
@@ -80,7 +100,39 @@ class TokenBuckets:
         full = [k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
         for key in full:
             del self._buckets[key]
-            self._told.pop(key, None)
+        for who in [w for w, (until, _) in self._told.items() if until <= now]:
+            del self._told[who]
+
+
+class Slots:
+    """At most `limit` things held at once per key (open event streams per user), in memory
+    per process: a server can only count the connections it holds itself."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> bool:
+        """Take a place for `key`; False when it already holds `limit`."""
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= self.limit:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0) - 1
+            if held > 0:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)
+
+    def held(self, key: str) -> int:
+        with self._lock:
+            return self._held.get(key, 0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +179,8 @@ def over_free_caps(width: int, height: int, steps: int, images: int, caps: FreeC
 @dataclass(frozen=True)
 class TimeoutPolicy:
     """Offences within `window` seconds count together; from the `threshold`-th on, each
-    one blocks the address for `base` seconds, doubling per further offence up to `most`."""
+    one blocks the offender (a user, or a keyless caller's address) for `base` seconds,
+    doubling per further offence up to `most`."""
 
     threshold: int = 5
     window: float = 3600.0
@@ -136,7 +189,7 @@ class TimeoutPolicy:
 
 
 def timeout_seconds(policy: TimeoutPolicy, offences: int) -> float:
-    """How long an address is blocked after its `offences`-th offence in the window."""
+    """How long an offender is blocked after their `offences`-th offence in the window."""
     if policy.threshold <= 0 or offences < policy.threshold:
         return 0.0
     return min(policy.most, policy.base * 2.0 ** (offences - policy.threshold))

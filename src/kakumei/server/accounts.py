@@ -150,6 +150,10 @@ def lift_bans(svc: Services, admin: User, kind: str, target: str) -> int:
 
 
 def pardon(svc: Services, admin: User, addr: str) -> None:
-    """Forget an address's offences and end its timeout."""
-    if not svc.moderation.pardon(addr, admin.name):
+    """Forget the offences of an address (keyless callers) or of a user by name, ending the
+    timeout."""
+    if svc.moderation.pardon(addr, admin.name):
+        return
+    user = svc.users.by_name(addr)
+    if user is None or not svc.moderation.pardon_user(user.id, user.name, admin.name):
         raise Refused(404, f"no offences recorded for {addr!r}")

@@ -106,12 +106,17 @@ class Admission:
                 return Refusal(403, f"{who} is banned from this server: {ban.reason}")
             left = ban.expires_at - now
             return Refusal(403, f"{who} is banned from this server for {_wait(left)} more: {ban.reason}", left)
-        blocked = self.moderation.blocked_until(addr)
+        # A timeout stops the offender only: a registered user's account, or the address of
+        # keyless callers; other users at that address are not the offender.
+        if user.is_anonymous:
+            blocked, who = self.moderation.blocked_until(addr), "your address"
+        else:
+            blocked, who = self.moderation.user_blocked_until(user.id), "your account"
         if blocked is not None:
             until, reason = blocked
             return Refusal(
                 403,
-                f"your address broke this server's rules {self.timeouts.threshold} or more times "
+                f"{who} broke this server's rules {self.timeouts.threshold} or more times "
                 f"(last: {reason}); it may submit again in {_wait(until - now)}",
                 until - now,
             )
@@ -135,22 +140,25 @@ class Admission:
             return refusal
         for pattern in self.blocklist:
             if pattern.search(request.prompt) or pattern.search(request.negative_prompt or ""):
-                return self._offence(addr, "blocked prompt", Refusal(
+                return self._offence(user, addr, "blocked prompt", Refusal(
                     403, "the prompt matches a pattern this server's operator does not allow; change the prompt"))
         now = self.clock()
         key = f"user:{user.id}" if not user.is_anonymous else None
-        ignored = bool(key and self.by_key.ignored_retry_after(key, now)) or bool(
-            addr and self.by_ip.ignored_retry_after(addr, now))
+        # Whom the rate limits tell to wait, and who offends by not waiting: the user, or
+        # the address of a keyless caller.
+        offender = key or addr
+        ignored = offender is not None and (
+            self.by_key.offence(offender, now) | self.by_ip.offence(offender, now))  # both: one offence
         wait = self.by_key.take(key, now) if key else 0.0
         if wait:
-            return self._rate_refusal(ignored, addr, Refusal(
+            return self._rate_refusal(ignored, user, addr, Refusal(
                 429, f"too many requests with this API key: {self.settings.key_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.key_burst}); retry in {_wait(wait)}", wait))
-        ip_wait = self.by_ip.take(addr, now) if addr else 0.0
+        ip_wait = self.by_ip.take(addr, now, caller=offender) if addr else 0.0
         if ip_wait:
             if key:
                 self.by_key.give_back(key, now)
-            return self._rate_refusal(ignored, addr, Refusal(
+            return self._rate_refusal(ignored, user, addr, Refusal(
                 429, f"too many requests from your address: {self.settings.ip_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.ip_burst}); retry in {_wait(ip_wait)}", ip_wait))
         refusal = self._queue_rules(user, addr, request)
@@ -162,11 +170,14 @@ class Admission:
                 self.by_ip.give_back(addr, now)
         return refusal
 
-    def _rate_refusal(self, ignored: bool, addr: str | None, refusal: Refusal) -> Refusal:
-        return self._offence(addr, "ignored Retry-After", refusal) if ignored else refusal
+    def _rate_refusal(self, ignored: bool, user: User, addr: str | None, refusal: Refusal) -> Refusal:
+        return self._offence(user, addr, "ignored Retry-After", refusal) if ignored else refusal
 
-    def _offence(self, addr: str | None, reason: str, refusal: Refusal) -> Refusal:
-        self.moderation.offence(addr, reason, self.timeouts)
+    def _offence(self, user: User, addr: str | None, reason: str, refusal: Refusal) -> Refusal:
+        if user.is_anonymous:
+            self.moderation.offence(addr, reason, self.timeouts)
+        else:
+            self.moderation.user_offence(user.id, reason, self.timeouts)
         return refusal
 
     def free(self, user: User) -> bool:

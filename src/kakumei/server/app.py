@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 import kakumei
 from kakumei.config import Settings
+from kakumei.fairness.limits import Slots
 from kakumei.server.a1111 import routes as a1111
 from kakumei.server.errors import Refused
 from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
@@ -63,6 +64,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
+    app.state.event_streams = Slots(settings.max_event_streams_per_user)  # routes/events.py
     routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers)
     for module in routers:
         app.include_router(module.router)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from kakumei.server.addresses import client_address
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import Job
@@ -40,7 +41,7 @@ def services(request: Request) -> Services:
 def caller(request: Request) -> Caller:
     svc = services(request)
     header = request.headers.get("authorization")
-    addr = request.client.host if request.client else None
+    addr = client_address(request, svc.settings.trusted_proxies)
     if header:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():

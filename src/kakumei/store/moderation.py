@@ -20,6 +20,9 @@ from kakumei.store.users import UserStore
 
 USER = "user"
 IP = "ip"
+# (table, key column) of each kind of offender.
+_IP_OFFENDER = ("ip_offences", "addr")
+_USER_OFFENDER = ("user_offences", "user_id")
 
 
 @dataclass(frozen=True)
@@ -143,15 +146,23 @@ class Moderation:
         return None
 
     # -- offences and timeouts ----------------------------------------------------------
+    # The offender is a registered user (user_offences, by id) or, for keyless callers, an
+    # address (ip_offences): a timeout stops whoever broke the rules, not everyone who shares
+    # their address.
 
     def offence(self, addr: str | None, reason: str, policy: TimeoutPolicy) -> float:
-        """Count a broken rule against `addr`; return until when it is blocked (0: not)."""
-        if not addr:
-            return 0.0
+        """Count a broken rule against the address `addr`; return until when it is blocked (0: not)."""
+        return self._offence(*_IP_OFFENDER, addr, reason, policy) if addr else 0.0
+
+    def user_offence(self, user_id: int, reason: str, policy: TimeoutPolicy) -> float:
+        """Count a broken rule against a registered user; return until when they are blocked (0: not)."""
+        return self._offence(*_USER_OFFENDER, user_id, reason, policy)
+
+    def _offence(self, table: str, column: str, offender: str | int, reason: str, policy: TimeoutPolicy) -> float:
         now = self.clock()
         with self.db.transaction() as tx:
-            row = tx.one("SELECT offences, last_at, blocked_until FROM ip_offences WHERE addr = ? {for_update}",
-                         (addr,))
+            row = tx.one(f"SELECT offences, last_at, blocked_until FROM {table} WHERE {column} = ? {{for_update}}",
+                         (offender,))
             if row is None or now - float(row["last_at"]) > policy.window:
                 offences = 1
             else:
@@ -160,20 +171,25 @@ class Moderation:
             previous = 0.0 if row is None else float(row["blocked_until"])
             blocked_until = max(previous, now + timeout) if timeout else previous
             if row is None:
-                tx.execute("INSERT INTO ip_offences (addr, offences, first_at, last_at, blocked_until, last_reason) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (addr, offences, now, now, blocked_until, reason))
+                tx.execute(f"INSERT INTO {table} ({column}, offences, first_at, last_at, blocked_until, last_reason) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (offender, offences, now, now, blocked_until, reason))
             else:
-                tx.run("UPDATE ip_offences SET offences = ?, last_at = ?, blocked_until = ?, last_reason = ? "
-                       "WHERE addr = ?", (offences, now, blocked_until, reason, addr))
+                tx.run(f"UPDATE {table} SET offences = ?, last_at = ?, blocked_until = ?, last_reason = ? "
+                       f"WHERE {column} = ?", (offences, now, blocked_until, reason, offender))
         return blocked_until if blocked_until > now else 0.0
 
     def blocked_until(self, addr: str | None) -> tuple[float, str] | None:
-        """(until, last reason) while `addr` is in a timeout, else None."""
-        if not addr:
-            return None
+        """(until, last reason) while the address `addr` is in a timeout, else None."""
+        return self._blocked(*_IP_OFFENDER, addr) if addr else None
+
+    def user_blocked_until(self, user_id: int) -> tuple[float, str] | None:
+        """(until, last reason) while a registered user is in a timeout, else None."""
+        return self._blocked(*_USER_OFFENDER, user_id)
+
+    def _blocked(self, table: str, column: str, offender: str | int) -> tuple[float, str] | None:
         with self.db.transaction(write=False) as tx:
-            row = tx.one("SELECT blocked_until, last_reason FROM ip_offences WHERE addr = ? AND blocked_until > ?",
-                         (addr, self.clock()))
+            row = tx.one(f"SELECT blocked_until, last_reason FROM {table} WHERE {column} = ? AND blocked_until > ?",
+                         (offender, self.clock()))
         return None if row is None else (float(row["blocked_until"]), row["last_reason"])
 
     def pardon(self, addr: str, actor: str) -> bool:
@@ -182,6 +198,14 @@ class Moderation:
             n = tx.run("DELETE FROM ip_offences WHERE addr = ?", (addr,))
             if n:
                 self.audit(tx, actor, "pardon-ip", addr, {})
+        return bool(n)
+
+    def pardon_user(self, user_id: int, name: str, actor: str) -> bool:
+        """Forget a registered user's offences (and end their timeout)."""
+        with self.db.transaction() as tx:
+            n = tx.run("DELETE FROM user_offences WHERE user_id = ?", (user_id,))
+            if n:
+                self.audit(tx, actor, "pardon-user", name, {})
         return bool(n)
 
     # -- terms --------------------------------------------------------------------------

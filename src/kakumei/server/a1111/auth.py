@@ -8,6 +8,7 @@ import binascii
 
 from fastapi import HTTPException, Request
 
+from kakumei.server.addresses import client_address
 from kakumei.server.deps import Caller, caller, services
 
 
@@ -28,7 +29,7 @@ def a1111_caller(request: Request) -> Caller:
         user = svc.users.by_key(password) if password else None
         if user is None or user.name != name:
             raise HTTPException(401, "Incorrect username or password (the password is your API key)", basic_challenge)
-        return Caller(user, request.client.host if request.client else None)
+        return Caller(user, client_address(request, svc.settings.trusted_proxies))
     if header and mode == "basic":
         raise HTTPException(401, "use HTTP Basic: your user name, and your API key as the password", basic_challenge)
     if not header and not svc.settings.allow_anonymous and mode != "key":

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from kakumei.server.deps import Svc, Who, owned_job
+from kakumei.fairness.limits import Slots
+from kakumei.server.deps import Caller, Svc, Who, owned_job
 from kakumei.server.services import Services
 from kakumei.server.views import public_event, queued_event
 
@@ -83,8 +84,41 @@ def job_events(
     """queued (queue_position, eta_seconds), started, progress (step, total, preview every few
     steps), then succeeded (images with URLs and metadata), failed (reason) or cancelled."""
     owned_job(svc, who, job_id)
-    return StreamingResponse(
+    slots: Slots = request.app.state.event_streams
+    holder = _stream_holder(who)
+    if not slots.acquire(holder):
+        raise HTTPException(
+            429,
+            f"you have {slots.limit} event streams open, the most this server allows at once; "
+            "close one (or read the job with GET /api/v1/jobs/{id}) and retry",
+            {"Retry-After": "5"},
+        )
+    return _HeldStream(
+        lambda: slots.release(holder),
         _stream(svc, request, job_id, last_event_id or 0),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _stream_holder(who: Caller) -> str:
+    # Anonymous visitors share one user; each address has the places one user has.
+    if who.user.is_anonymous:
+        return f"addr:{who.scope_addr or ''}"
+    return f"user:{who.user.id}"
+
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives its place back however it ends: finished, the client gone, or
+    cancelled before the first byte (a generator's own `finally` would not run then).
+    Counted per process: each server limits the connections it holds itself."""
+
+    def __init__(self, release: Callable[[], None], content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
