@@ -17,6 +17,7 @@ from kakumei.config import Settings
 from kakumei.server import openapi
 from kakumei.server.a1111 import routes as a1111
 from kakumei.server.errors import Refused
+from kakumei.server.method_not_allowed import method_not_allowed
 from kakumei.server.routes import admin, docs, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     openapi.install(app)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)

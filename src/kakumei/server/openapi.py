@@ -32,6 +32,19 @@ class ValidationProblem(BaseModel):
     errors: list[FieldProblem]
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """A refusal on /v1 in OpenAI's shape, which the OpenAI SDKs parse into their exceptions."""
+
+    error: OpenAIErrorBody
+
+
 DESCRIPTIONS = {
     400: "the request cannot be run as asked",
     401: "no API key, or one this server does not know",
@@ -46,13 +59,14 @@ DESCRIPTIONS = {
 }
 
 
-def problems(*statuses: int, model: type[BaseModel] = Problem) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route that answers `statuses` with a sentence."""
-    return {status: {"model": model, "description": DESCRIPTIONS[status]} for status in statuses}
-
-
-# What every route behind the caller dependency may answer (deps.caller, admission).
-CALLER = (401, 403)
+def problems(*statuses: int, model: Any = Problem) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that answers `statuses` with a sentence. A 422 declared here is
+    either body: the route's own checks refuse with a sentence, validation with fields."""
+    return {
+        status: {"model": ValidationProblem | Problem if status == 422 and model is Problem else model,
+                 "description": DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 def install(app: FastAPI) -> None:
