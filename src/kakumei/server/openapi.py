@@ -46,7 +46,7 @@ class OpenAIError(BaseModel):
 
 
 DESCRIPTIONS = {
-    400: "the request cannot be run as asked",
+    400: "the request cannot be run as asked, or its body cannot be parsed",
     401: "no API key, or one this server does not know",
     403: "not allowed: a worker key, a ban, or not an admin",
     404: "no such thing of yours",

@@ -82,7 +82,7 @@ def ban(body: BanIn, svc: Svc, who: Admin) -> BanOut:
     return BanOut(**vars(accounts.ban(svc, who.user, body.kind, body.target, body.reason, body.hours)))
 
 
-@router.delete("/bans", responses=problems(401, 403, 404))
+@router.delete("/bans", responses=problems(400, 401, 403, 404))
 def unban(
     svc: Svc, who: Admin, kind: Annotated[Literal["user", "ip"], Query()], target: Annotated[str, Query(min_length=1)]
 ) -> dict[str, int]:

@@ -59,7 +59,7 @@ def _lease_out(svc: Services, job: Job, lease_id: str) -> LeasedJob:
     return job_source.leased_job(svc.db, job, lease_id, svc.settings.lease_seconds)
 
 
-@router.post("/claim", response_model=LeasedJob, responses={204: {"description": "nothing to run now"}, **problems(401, 403, 413)})
+@router.post("/claim", response_model=LeasedJob, responses={204: {"description": "nothing to run now"}, **problems(400, 401, 403, 413)})
 def claim(body: Capabilities, svc: Svc, worker: ActiveWorker) -> Any:
     """Lease the fair next job this worker can run; 204 when there is none."""
     lease = svc.jobs.claim(worker.lease_owner, _seen(body, svc, worker))
@@ -68,7 +68,7 @@ def claim(body: Capabilities, svc: Svc, worker: ActiveWorker) -> Any:
     return _lease_out(svc, lease.job, lease.lease_id)
 
 
-@router.post("/claim-batch", response_model=LeasedJobs, responses=problems(401, 403, 413))
+@router.post("/claim-batch", response_model=LeasedJobs, responses=problems(400, 401, 403, 413))
 def claim_batch(body: BatchClaim, svc: Svc, worker: ActiveWorker) -> LeasedJobs:
     """Lease up to `max_jobs` jobs that can share one batch, preferring `prefer_model`, both
     within the server's fairness slack (JobStore.claim_batch); an empty list when none."""
@@ -88,7 +88,7 @@ def leased_job(job_id: str, svc: Svc, worker: ActiveWorker) -> LeasedJob:
     return _lease_out(svc, leased_to(svc, worker, job_id), "")
 
 
-@router.post("/jobs/{job_id}/heartbeat", response_model=HeartbeatReply, responses=problems(401, 403, 404, 409, 413))
+@router.post("/jobs/{job_id}/heartbeat", response_model=HeartbeatReply, responses=problems(400, 401, 403, 404, 409, 413))
 def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker) -> HeartbeatReply:
     """Progress (and a preview) for the job's watchers; keeps the lease. Answers whether to stop."""
     leased_to(svc, worker, job_id)
@@ -98,7 +98,7 @@ def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker
     return reply
 
 
-@router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(401, 403, 404, 409, 413, 422))
+@router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
 def complete(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The job's images. Refused (409) if the lease is gone: each job completes once."""
     job = reporting_on(svc, worker, job_id)
@@ -112,7 +112,7 @@ def complete(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) ->
     return Done()
 
 
-@router.post("/jobs/{job_id}/fail", response_model=Done, responses=problems(401, 403, 404, 409, 413))
+@router.post("/jobs/{job_id}/fail", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413))
 def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The worker could not run the job. It goes back to the queue for another worker (one
     machine's trouble is not the job's), and fails with the reason after max_attempts."""
@@ -123,7 +123,7 @@ def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Do
     return Done()
 
 
-@router.post("/jobs/{job_id}/cancelled", response_model=Done, responses=problems(401, 403, 404, 409, 413, 422))
+@router.post("/jobs/{job_id}/cancelled", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
 def cancelled(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The worker stopped a job its owner cancelled; images finished before the stop are kept."""
     job = reporting_on(svc, worker, job_id)
@@ -133,7 +133,7 @@ def cancelled(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -
     return Done()
 
 
-@router.post("/jobs/{job_id}/release", response_model=Done, responses=problems(401, 403, 404, 409, 413))
+@router.post("/jobs/{job_id}/release", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413))
 def release(job_id: str, body: Lease, svc: Svc, worker: CurrentWorker) -> Done:
     """Hand a job back untouched (the worker is shutting down); no attempt is counted."""
     reporting_on(svc, worker, job_id)

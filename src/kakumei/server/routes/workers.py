@@ -28,7 +28,7 @@ class StatusIn(BaseModel):
     status: WorkerStatus
 
 
-@router.post("/me/workers", status_code=201, response_model=NewWorkerKey, responses=problems(401, 403, 409, 413))
+@router.post("/me/workers", status_code=201, response_model=NewWorkerKey, responses=problems(400, 401, 403, 409, 413))
 def add_worker(body: NewWorker, svc: Svc, who: Who) -> NewWorkerKey:
     """A worker key for one of your machines; the credits for its work go to you."""
     try:
@@ -49,7 +49,7 @@ def all_workers(svc: Svc, who: WorkersAdmin) -> WorkerList:
     return worker_list(svc)
 
 
-@router.put("/admin/workers/{name}/status", response_model=WorkerOut, responses=problems(401, 403, 404, 413))
+@router.put("/admin/workers/{name}/status", response_model=WorkerOut, responses=problems(400, 401, 403, 404, 413))
 def set_status(name: str, body: StatusIn, svc: Svc, who: WorkersAdmin) -> WorkerOut:
     """Lift a quarantine, or trust a machine you know."""
     record = svc.workers.set_status(name, body.status) and svc.workers.by_name(name)
