@@ -92,6 +92,16 @@ def _legacy_sampler_split(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+# The JSON schema states what the validators below check, so that clients (and the OpenAPI
+# document) know the allowed values; the validators keep their own readable messages.
+SIDE_SCHEMA: dict[str, Any] = {"multipleOf": 8, "minimum": MIN_SIDE, "maximum": MAX_SIDE}
+SAMPLER_SCHEMA: dict[str, Any] = {
+    # with the names A1111 before 1.9 folded a schedule into ("DPM++ 2M Karras")
+    "enum": [*SAMPLER_NAMES, *(f"{name} {schedule}" for name, sigmas in SAMPLERS.items() if sigmas for schedule in ("Karras", "Exponential"))]
+}
+SCHEDULE_SCHEMA: dict[str, Any] = {"enum": list(SCHEDULE_NAMES)}
+
+
 def is_input_ref(value: str) -> bool:
     """Whether an init image or mask value is a stored image's reference (not base64)."""
     return value.startswith(INPUT_REF_PREFIX)
@@ -132,13 +142,13 @@ class GenerationRequest(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     steps: int = Field(20, description=f"denoising steps, 1 to {MAX_STEPS}")
     cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
-    width: int = Field(512, description=f"multiple of 8, {MIN_SIDE} to {MAX_SIDE}")
-    height: int = Field(512, description=f"multiple of 8, {MIN_SIDE} to {MAX_SIDE}")
+    width: int = Field(512, description=f"multiple of 8, {MIN_SIDE} to {MAX_SIDE}", json_schema_extra=SIDE_SCHEMA)
+    height: int = Field(512, description=f"multiple of 8, {MIN_SIDE} to {MAX_SIDE}", json_schema_extra=SIDE_SCHEMA)
     seed: int = Field(-1, description="-1 picks a random seed, which is then recorded")
     batch_size: int = Field(1, description=f"images per batch, 1 to {MAX_BATCH_SIZE}")
     n_iter: int = Field(1, description=f"number of batches, 1 to {MAX_N_ITER}; image i uses seed + i")
-    sampler_name: str = Field("Euler a", description="an AUTOMATIC1111 sampler name")
-    scheduler: str = Field("Automatic", description="an AUTOMATIC1111 schedule type")
+    sampler_name: str = Field("Euler a", description="an AUTOMATIC1111 sampler name", json_schema_extra=SAMPLER_SCHEMA)
+    scheduler: str = Field("Automatic", description="an AUTOMATIC1111 schedule type", json_schema_extra=SCHEDULE_SCHEMA)
     clip_skip: int = Field(1, ge=1, le=12, description="1 uses the last CLIP layer, 2 the one before, ...")
     model: str | None = Field(None, description="model reference; None means the configured default")
 

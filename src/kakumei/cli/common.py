@@ -24,7 +24,7 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
 def open_database(settings: Settings) -> Any:
     """The migrated database, or a sentence saying why it cannot be opened."""
     # Imported here: `kakumei --help` and `kakumei generate` never touch the store.
-    from kakumei.store.db import Database, redact
+    from kakumei.store.db import Database, redact, redact_text
     from kakumei.store.migrate import migrate
 
     db = Database(settings.database_url)
@@ -34,7 +34,9 @@ def open_database(settings: Settings) -> Any:
         raise
     except Exception as exc:
         db.close()
-        raise ConfigError(f"cannot open database {redact(settings.database_url)}: {exc}".strip()) from None
+        # Drivers may repeat the URL or a part of it; the sentence never shows its password.
+        reason = redact_text(str(exc), settings.database_url)
+        raise ConfigError(f"cannot open database {redact(settings.database_url)}: {reason}".strip()) from None
     return db
 
 

@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     worker = f"local worker with {settings.model}" if settings.local_worker else "no local worker"
     print(
         f"kakumei serving http://{settings.host}:{settings.port} "
-        f"(database {redact(settings.database_url)}, {worker}); API docs at /docs",
+        f"(database {redact(settings.database_url)}, {worker}); API docs at /docs (OpenAPI at /openapi.json)",
         file=sys.stderr,
         flush=True,
     )

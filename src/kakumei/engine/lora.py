@@ -85,9 +85,8 @@ class LoraLibrary:
             path = known.get(tag.name)
             if path is None:
                 shown = ", ".join(sorted(known)[:20]) or "none"
-                raise InvalidRequest(
-                    f"unknown LoRA {tag.name!r} in the prompt; LoRAs in {self._models_dir / 'lora'}: {shown}"
-                )
+                # Named as the prompt names it; the models folder's place on disk is the server's own.
+                raise InvalidRequest(f"unknown LoRA {tag.name!r} in the prompt; LoRAs on this machine: {shown}")
             files.append(
                 LoraFile(
                     tag.name,

@@ -151,13 +151,11 @@ def resolve_model(ref: str, models_dir: Path) -> ModelSource:
     if path.exists():
         if path.is_dir():
             if not (path / "model_index.json").is_file():
-                raise ModelNotFound(
-                    f"{path} is a folder but not a diffusers model (no model_index.json in it)"
-                )
+                raise ModelNotFound(f"{ref!r} is a folder but not a diffusers model (no model_index.json in it)")
             return ModelSource(ref, "folder", str(path.resolve()), path.resolve().name)
         if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
             return ModelSource(ref, "file", str(path.resolve()), path.stem)
-        raise ModelNotFound(f"{path} is not a model: expected a diffusers folder or a .safetensors file")
+        raise ModelNotFound(f"{ref!r} is not a model: expected a diffusers folder or a .safetensors file")
     found = find_checkpoint(ref, models_dir)
     if found is not None:
         return ModelSource(ref, "file", str(found.resolve()), found.stem)
@@ -221,6 +219,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _without_paths(text: str, location: str, models_dir: Path) -> str:
+    """A library's message without the absolute paths it names: the server's disk layout is
+    nobody's business, and the caller knows the model by the name they gave."""
+    places = [(p, "<model>") for p in (location, str(Path(location).resolve()))]
+    places += [(p, "<models>") for p in (str(models_dir), str(models_dir.resolve()))]
+    for path, shown in sorted(places, key=lambda place: len(place[0]), reverse=True):
+        text = text.replace(path, shown)
+    return text.replace(str(Path.home()), "~")
+
+
 def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool) -> Any:
     # DiffusionPipeline picks the class model_index.json names (an inpainting or refiner
     # model is not a text-to-image pipeline).
@@ -266,7 +274,7 @@ def load_model(
         raise
     except Exception as exc:  # diffusers/safetensors/torch raise many types for bad files
         raise ModelLoadError(
-            f"could not load model {source.ref!r}: {_first_line(exc)} "
+            f"could not load model {source.ref!r}: {_without_paths(_first_line(exc), location, models_dir)} "
             "(the files may be corrupt or truncated; re-download or re-import the model)"
         ) from exc
     base_config = dict(pipe.scheduler.config)

@@ -15,9 +15,11 @@ from fastapi.responses import JSONResponse, Response
 import kakumei
 from kakumei.config import Settings
 from kakumei.fairness.limits import Slots
+from kakumei.server import openapi
 from kakumei.server.a1111 import routes as a1111
 from kakumei.server.errors import Refused
-from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
+from kakumei.server.method_not_allowed import method_not_allowed
+from kakumei.server.routes import admin, docs, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
 
 
@@ -61,11 +63,16 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         version=kakumei.__version__,
         description="Stable Diffusion for everyone: a fair, shared job queue.",
         lifespan=lifespan,
+        # FastAPI's pages load scripts from a public CDN; routes/docs.py serves a local one.
+        docs_url=None,
+        redoc_url=None,
     )
+    openapi.install(app)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.state.event_streams = Slots(settings.max_event_streams_per_user)  # routes/events.py
-    routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers)
+    routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -7,6 +7,7 @@ thread gets its own connection, because neither driver shares one across threads
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,12 +22,36 @@ Dialect = Literal["sqlite", "postgresql"]
 
 
 def redact(url: str) -> str:
-    """`url` without its password, for messages and logs."""
+    """`url` without its secrets, for messages and logs: the password in the userinfo
+    (`user:***@host`) and password parameters (`?password=***`, which libpq accepts as well,
+    also in a `key=value` connection string)."""
     scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    if sep:
+        address, q, query = rest.partition("?")
+        credentials, at, host = address.rpartition("@")
+        if at and ":" in credentials:
+            address = f"{credentials.split(':', 1)[0]}:***@{host}"
+        url = f"{scheme}://{address}{q}{query}"
+    return _SECRET_PARAMETER.sub(r"\1=***", url)
+
+
+# libpq's connection parameters whose values are secrets ("sslpassword" unlocks a client key).
+_SECRET_PARAMETER = re.compile(r"(?i)\b(password|sslpassword)=[^&\s]*")
+
+
+def redact_text(text: str, url: str) -> str:
+    """`text` (a driver's message, say) with `url` and its secrets hidden, in case the driver
+    repeats them."""
+    secrets = []
+    credentials = url.partition("://")[2].partition("?")[0].rpartition("@")[0]
+    if ":" in credentials:
+        secrets.append(credentials.split(":", 1)[1])
+    secrets += [m.group(0).split("=", 1)[1] for m in _SECRET_PARAMETER.finditer(url)]
+    text = text.replace(url, redact(url))
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact(text)
+
 
 # Token -> (SQLite text, PostgreSQL text)
 _TOKENS: dict[str, tuple[str, str]] = {

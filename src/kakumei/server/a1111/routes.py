@@ -46,11 +46,13 @@ from kakumei.server.a1111.models import (
 )
 from kakumei.server.a1111.options import caller_options
 from kakumei.server.deps import Caller, Svc
+from kakumei.server.openapi import problems
 from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
 from kakumei.store.activity import ActiveJob, active_jobs, latest_preview
 
-router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
+# Every route asks who the caller is (a1111_caller), so any may answer 401 or 403.
+router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"], responses=problems(401, 403))
 
 CallerDep = Annotated[Caller, Depends(a1111_caller)]
 
@@ -93,13 +95,13 @@ def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
     return job, svc.images.for_job(job_id)
 
 
-@router.post("/txt2img", response_model=ImageResponse)
+@router.post("/txt2img", response_model=ImageResponse, responses=problems(400, 409, 413, 422, 429, 499, 500))
 async def txt2img(body: Txt2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
     """Text to image; waits for the job and answers with base64 PNGs carrying infotext."""
     return await _generate(svc, who, request, body)
 
 
-@router.post("/img2img", response_model=ImageResponse)
+@router.post("/img2img", response_model=ImageResponse, responses=problems(400, 409, 413, 422, 429, 499, 500))
 async def img2img(body: Img2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
     """Image to image, and inpainting with `mask`; waits for the job."""
     return await _generate(svc, who, request, body)
@@ -146,7 +148,7 @@ def get_options(request: Request, svc: Svc, who: CallerDep) -> dict[str, Any]:
     return mapping.reported_options(caller_options(request).get(who), svc.settings.model)
 
 
-@router.post("/options")
+@router.post("/options", responses=problems(400, 413))
 def set_options(
     request: Request, svc: Svc, who: CallerDep, body: Annotated[dict[str, Any], Body()]
 ) -> None:
@@ -248,7 +250,7 @@ def memory(who: CallerDep) -> MemoryResponse:
     return MemoryResponse(ram=ram, cuda=cuda)
 
 
-@router.post("/png-info", response_model=PngInfoResponse)
+@router.post("/png-info", response_model=PngInfoResponse, responses=problems(400, 413))
 def png_info(body: PngInfoRequest, who: CallerDep) -> PngInfoResponse:
     """The generation parameters a PNG carries, as A1111 reads them."""
     if not body.image.strip():

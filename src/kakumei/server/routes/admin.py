@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kakumei.server import accounts
 from kakumei.server.deps import Admin, Svc
 from kakumei.server.models import UserOut
+from kakumei.server.openapi import problems
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
@@ -53,35 +54,35 @@ class AuditOut(BaseModel):
     created_at: float
 
 
-@router.get("/users", response_model=list[UserOut])
+@router.get("/users", response_model=list[UserOut], responses=problems(401, 403))
 def list_users(svc: Svc, who: Admin) -> list[UserOut]:
     return accounts.all_users(svc)
 
 
-@router.post("/users/{name}/grant", response_model=UserOut)
+@router.post("/users/{name}/grant", response_model=UserOut, responses=problems(400, 401, 403, 404, 413))
 def grant(name: str, body: Grant, svc: Svc, who: Admin) -> UserOut:
     """Give credit (a negative amount takes it back)."""
     return accounts.grant(svc, who.user, name, body.amount, body.note)
 
 
-@router.put("/users/{name}/weight", response_model=UserOut)
+@router.put("/users/{name}/weight", response_model=UserOut, responses=problems(400, 401, 403, 404, 413))
 def set_weight(name: str, body: WeightIn, svc: Svc, who: Admin) -> UserOut:
     """Set a weight, or send {"weight": null} to let merit decide again."""
     return accounts.set_weight(svc, who.user, name, body.weight)
 
 
-@router.get("/bans", response_model=list[BanOut])
+@router.get("/bans", response_model=list[BanOut], responses=problems(401, 403))
 def list_bans(svc: Svc, who: Admin) -> list[BanOut]:
     return [BanOut(**vars(b)) for b in svc.moderation.active_bans()]
 
 
-@router.post("/bans", response_model=BanOut, status_code=201)
+@router.post("/bans", response_model=BanOut, status_code=201, responses=problems(400, 401, 403, 404, 413))
 def ban(body: BanIn, svc: Svc, who: Admin) -> BanOut:
     """Ban a user by name, or an address or range (CIDR)."""
     return BanOut(**vars(accounts.ban(svc, who.user, body.kind, body.target, body.reason, body.hours)))
 
 
-@router.delete("/bans")
+@router.delete("/bans", responses=problems(400, 401, 403, 404))
 def unban(
     svc: Svc, who: Admin, kind: Annotated[Literal["user", "ip"], Query()], target: Annotated[str, Query(min_length=1)]
 ) -> dict[str, int]:
@@ -89,14 +90,14 @@ def unban(
     return {"lifted": accounts.lift_bans(svc, who.user, kind, target)}
 
 
-@router.delete("/offences/{addr}")
+@router.delete("/offences/{addr}", responses=problems(401, 403, 404))
 def pardon(addr: str, svc: Svc, who: Admin) -> dict[str, bool]:
     """Forget an address's offences and end its timeout."""
     accounts.pardon(svc, who.user, addr)
     return {"pardoned": True}
 
 
-@router.get("/audit", response_model=list[AuditOut])
+@router.get("/audit", response_model=list[AuditOut], responses=problems(401, 403))
 def audit(svc: Svc, who: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditOut]:
     """Admin actions, newest first."""
     return [AuditOut(**vars(e)) for e in svc.moderation.audit_log(limit)]

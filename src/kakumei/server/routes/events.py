@@ -19,6 +19,7 @@ from kakumei.fairness.limits import Slots
 from kakumei.server.deps import Caller, Svc, Who, owned_job
 from kakumei.server.services import Services
 from kakumei.server.views import public_event, queued_event
+from kakumei.server.openapi import problems
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -72,7 +73,7 @@ async def _stream(svc: Services, request: Request, job_id: str, after: int) -> A
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 403, 404)},
 )
 def job_events(
     job_id: str,

@@ -6,11 +6,12 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from kakumei.server.deps import Svc, Who, owned_image
+from kakumei.server.openapi import problems
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
 
 
-@router.get("/images/{image_id}", response_class=FileResponse, responses={200: {"content": {"image/png": {}}}})
+@router.get("/images/{image_id}", response_class=FileResponse, responses={200: {"content": {"image/png": {}}}, **problems(401, 403, 404)})
 def get_image(image_id: str, svc: Svc, who: Who) -> FileResponse:
     image = owned_image(svc, who, image_id, on_disk=True)
     return FileResponse(image.path, media_type="image/png", filename=f"{image.job_id}-{image.index}.png")

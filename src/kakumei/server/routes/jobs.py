@@ -11,13 +11,14 @@ from kakumei.server.deps import Svc, Who, owned_job
 from kakumei.server.models import JobList, JobOut
 from kakumei.server.submission import SubmitRefused, submit_generation
 from kakumei.server.views import job_out, jobs_of
+from kakumei.server.openapi import problems
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 MAX_IDEMPOTENCY_KEY = 200
 
 
-@router.post("/jobs", status_code=201, response_model=JobOut)
+@router.post("/jobs", status_code=201, response_model=JobOut, responses=problems(400, 401, 403, 409, 413, 422, 429))
 def submit_job(
     request: GenerationRequest,
     response: Response,
@@ -36,18 +37,18 @@ def submit_job(
     return job_out(svc, job)
 
 
-@router.get("/jobs", response_model=JobList)
+@router.get("/jobs", response_model=JobList, responses=problems(401, 403))
 def my_jobs(svc: Svc, who: Who, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
     """Your jobs, newest first."""
     return jobs_of(svc, who, limit)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 403, 404))
 def get_job(job_id: str, svc: Svc, who: Who) -> JobOut:
     return job_out(svc, owned_job(svc, who, job_id))
 
 
-@router.delete("/jobs/{job_id}", response_model=JobOut)
+@router.delete("/jobs/{job_id}", response_model=JobOut, responses=problems(401, 403, 404))
 def cancel_job(job_id: str, svc: Svc, who: Who) -> JobOut:
     """Cancel in any state: a queued job at once, a running one at its next step."""
     owned_job(svc, who, job_id)

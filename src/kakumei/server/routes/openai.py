@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from kakumei.schemas import validation_message
 from kakumei.server.deps import caller, services
+from kakumei.server.openapi import OpenAIError, problems
 from kakumei.server.openai_mapping import ImagesGenerate, Refused, to_generation_request
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
 
@@ -31,7 +32,7 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-@router.post("/images/generations")
+@router.post("/images/generations", responses=problems(400, 401, 403, 409, 413, 429, 499, 500, model=OpenAIError))
 async def images_generations(request: Request) -> JSONResponse:
     """Generate `n` images for `prompt`; waits for the job, then answers
     {"created", "data": [{"url"} or {"b64_json"}, ...]}."""

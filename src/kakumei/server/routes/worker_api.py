@@ -30,13 +30,14 @@ from kakumei.server import job_source
 from kakumei.server.deps import Svc
 from kakumei.server.services import Services
 from kakumei.server.worker_access import ActiveWorker, CurrentWorker, leased_to, lost, reporting_on
+from kakumei.server.openapi import problems
 from kakumei.store.jobs import Job
 from kakumei.store.workers import WorkerRecord
 
 router = APIRouter(prefix="/api/v1/worker", tags=["worker protocol"])
 
 
-@router.get("/me", response_model=WorkerInfo)
+@router.get("/me", response_model=WorkerInfo, responses=problems(401, 403))
 def me(svc: Svc, worker: CurrentWorker) -> WorkerInfo:
     """Who this key is, and the lease time the worker must heartbeat within."""
     return WorkerInfo(
@@ -58,7 +59,7 @@ def _lease_out(svc: Services, job: Job, lease_id: str) -> LeasedJob:
     return job_source.leased_job(svc.db, job, lease_id, svc.settings.lease_seconds)
 
 
-@router.post("/claim", response_model=LeasedJob, responses={204: {"description": "nothing to run now"}})
+@router.post("/claim", response_model=LeasedJob, responses={204: {"description": "nothing to run now"}, **problems(400, 401, 403, 413)})
 def claim(body: Capabilities, svc: Svc, worker: ActiveWorker) -> Any:
     """Lease the fair next job this worker can run; 204 when there is none."""
     lease = svc.jobs.claim(worker.lease_owner, _seen(body, svc, worker))
@@ -67,7 +68,7 @@ def claim(body: Capabilities, svc: Svc, worker: ActiveWorker) -> Any:
     return _lease_out(svc, lease.job, lease.lease_id)
 
 
-@router.post("/claim-batch", response_model=LeasedJobs)
+@router.post("/claim-batch", response_model=LeasedJobs, responses=problems(400, 401, 403, 413))
 def claim_batch(body: BatchClaim, svc: Svc, worker: ActiveWorker) -> LeasedJobs:
     """Lease up to `max_jobs` jobs that can share one batch, preferring `prefer_model`, both
     within the server's fairness slack (JobStore.claim_batch); an empty list when none."""
@@ -81,13 +82,13 @@ def claim_batch(body: BatchClaim, svc: Svc, worker: ActiveWorker) -> LeasedJobs:
     return LeasedJobs(leases=[_lease_out(svc, lease.job, lease.lease_id) for lease in leases])
 
 
-@router.get("/jobs/{job_id}", response_model=LeasedJob)
+@router.get("/jobs/{job_id}", response_model=LeasedJob, responses=problems(401, 403, 404))
 def leased_job(job_id: str, svc: Svc, worker: ActiveWorker) -> LeasedJob:
     """A job this worker holds (to pick up after a reconnect); 404 for any other job."""
     return _lease_out(svc, leased_to(svc, worker, job_id), "")
 
 
-@router.post("/jobs/{job_id}/heartbeat", response_model=HeartbeatReply)
+@router.post("/jobs/{job_id}/heartbeat", response_model=HeartbeatReply, responses=problems(400, 401, 403, 404, 409, 413))
 def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker) -> HeartbeatReply:
     """Progress (and a preview) for the job's watchers; keeps the lease. Answers whether to stop."""
     leased_to(svc, worker, job_id)
@@ -97,7 +98,7 @@ def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker
     return reply
 
 
-@router.post("/jobs/{job_id}/complete", response_model=Done)
+@router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
 def complete(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The job's images. Refused (409) if the lease is gone: each job completes once."""
     job = reporting_on(svc, worker, job_id)
@@ -111,7 +112,7 @@ def complete(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) ->
     return Done()
 
 
-@router.post("/jobs/{job_id}/fail", response_model=Done)
+@router.post("/jobs/{job_id}/fail", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413))
 def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The worker could not run the job. It goes back to the queue for another worker (one
     machine's trouble is not the job's), and fails with the reason after max_attempts."""
@@ -122,7 +123,7 @@ def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Do
     return Done()
 
 
-@router.post("/jobs/{job_id}/cancelled", response_model=Done)
+@router.post("/jobs/{job_id}/cancelled", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
 def cancelled(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The worker stopped a job its owner cancelled; images finished before the stop are kept."""
     job = reporting_on(svc, worker, job_id)
@@ -132,7 +133,7 @@ def cancelled(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -
     return Done()
 
 
-@router.post("/jobs/{job_id}/release", response_model=Done)
+@router.post("/jobs/{job_id}/release", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413))
 def release(job_id: str, body: Lease, svc: Svc, worker: CurrentWorker) -> Done:
     """Hand a job back untouched (the worker is shutting down); no attempt is counted."""
     reporting_on(svc, worker, job_id)

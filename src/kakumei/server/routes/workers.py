@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from kakumei.server.deps import Svc, Who, WorkersAdmin, registered
 from kakumei.server.models import WorkerList, WorkerOut
 from kakumei.server.views import worker_list, worker_out
+from kakumei.server.openapi import problems
 from kakumei.store.workers import WorkerExists, WorkerStatus
 
 router = APIRouter(prefix="/api/v1", tags=["workers"])
@@ -27,7 +28,7 @@ class StatusIn(BaseModel):
     status: WorkerStatus
 
 
-@router.post("/me/workers", status_code=201, response_model=NewWorkerKey)
+@router.post("/me/workers", status_code=201, response_model=NewWorkerKey, responses=problems(400, 401, 403, 409, 413))
 def add_worker(body: NewWorker, svc: Svc, who: Who) -> NewWorkerKey:
     """A worker key for one of your machines; the credits for its work go to you."""
     try:
@@ -37,18 +38,18 @@ def add_worker(body: NewWorker, svc: Svc, who: Who) -> NewWorkerKey:
     return NewWorkerKey(name=record.name, key=key)
 
 
-@router.get("/me/workers", response_model=WorkerList)
+@router.get("/me/workers", response_model=WorkerList, responses=problems(401, 403))
 def my_workers(svc: Svc, who: Who) -> WorkerList:
     return worker_list(svc, registered(who).user.id)
 
 
-@router.get("/admin/workers", response_model=WorkerList)
+@router.get("/admin/workers", response_model=WorkerList, responses=problems(401, 403))
 def all_workers(svc: Svc, who: WorkersAdmin) -> WorkerList:
     """Every worker's record: jobs, speed, checks and status."""
     return worker_list(svc)
 
 
-@router.put("/admin/workers/{name}/status", response_model=WorkerOut)
+@router.put("/admin/workers/{name}/status", response_model=WorkerOut, responses=problems(400, 401, 403, 404, 413))
 def set_status(name: str, body: StatusIn, svc: Svc, who: WorkersAdmin) -> WorkerOut:
     """Lift a quarantine, or trust a machine you know."""
     record = svc.workers.set_status(name, body.status) and svc.workers.by_name(name)

@@ -1,0 +1,51 @@
+"""The CLI's banner and errors name the database without its password."""
+
+from __future__ import annotations
+
+import pytest
+
+from kakumei.cli import main
+
+
+@pytest.fixture
+def run_cli(cli_env, monkeypatch, capsys):
+    for key in ("KAKUMEI_HOME", "KAKUMEI_MODEL", "KAKUMEI_OUTPUT_DIR", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(key, cli_env.get(key, "1"))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_unreachable_database_error_hides_the_password(run_cli) -> None:
+    # Port 1: nothing listens, so the driver fails and its message is shown.
+    url = "postgresql://kim:userinfo-secret@127.0.0.1:1/k?password=query-secret&connect_timeout=2"
+    code, out, err = run_cli("users", "list", "--database", url)
+    assert code == 2, err
+    assert "cannot open database" in err
+    assert "userinfo-secret" not in out + err and "query-secret" not in out + err
+
+
+def test_unsupported_database_url_error_hides_the_password(run_cli) -> None:
+    code, _, err = run_cli("users", "list", "--database", "mysql://kim:userinfo-secret@db/k?password=query-secret")
+    assert code == 2 and "unsupported database URL" in err
+    assert "userinfo-secret" not in err and "query-secret" not in err
+
+
+def test_serve_banner_hides_a_password_parameter(run_cli, database_url, monkeypatch) -> None:
+    import uvicorn
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a password parameter is a PostgreSQL URL's")
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # the banner, not the serving
+    # The test server trusts local connections, so the password is accepted and ignored.
+    url = f"{database_url}&password=query-secret"
+    code, _, err = run_cli("serve", "--database", url, "--no-local-worker", "--port", "1")
+    assert code == 0, err
+    assert "kakumei serving" in err and "password=***" in err
+    assert "query-secret" not in err
+    assert "/docs" in err
