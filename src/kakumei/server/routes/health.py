@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from kakumei.config import Settings
+from kakumei.errors import KakumeiError
 from kakumei.server.deps import Svc
 from kakumei.server.models import Health
 
@@ -17,4 +19,20 @@ def healthz(svc: Svc) -> Health | JSONResponse:
         svc.db.ping()
     except Exception as exc:  # report, do not raise: this is what monitoring reads
         return JSONResponse({"status": "error", "database": str(exc)}, status_code=503)
-    return Health(status="ok", database=svc.db.dialect)
+    return Health(status="ok", database=svc.db.dialect, model=_model_state(svc.settings))
+
+
+def _model_state(settings: Settings) -> str | None:
+    """The local worker's default model: "ok: <ref>", or "missing: <ref>; <what to do>" so that
+    a server whose jobs would all fail says so before the first one; None without a local worker."""
+    if not settings.local_worker:
+        return None
+    from kakumei.engine.models import missing_model, resolve_model  # the local worker has torch loaded
+
+    try:
+        missing = missing_model(resolve_model(settings.model, settings.models_dir), settings.hf_offline)
+    except KakumeiError as exc:
+        missing = str(exc)
+    if missing is None:
+        return f"ok: {settings.model}"
+    return f"missing: {settings.model}; " + " ".join(missing.split())
