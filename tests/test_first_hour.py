@@ -91,3 +91,25 @@ def test_serve_warns_at_start_when_its_model_is_missing(bare_env, tmp_path: Path
     assert "warning:" in text and MISSING in text and "kakumei models pull" in text
     assert health["status"] == "ok" and "database" in health
     assert health["model"].startswith(f"missing: {MISSING}")
+
+
+def test_hub_unreachable_is_the_same_two_lines_without_diffusers_text(monkeypatch) -> None:
+    import torch
+
+    from kakumei.engine import models
+    from kakumei.errors import ModelNotFound
+
+    def no_network(location: str, dtype: object, local_only: bool) -> None:
+        raise OSError(
+            f"Cannot load model {location}: model is not cached locally and an error occurred while trying to "
+            "fetch metadata from the Hub. Please check out the root cause in the stacktrace above."
+        )
+
+    monkeypatch.setattr(models, "_load_pipeline", no_network)
+    source = models.ModelSource(MISSING, "hub", MISSING, "no-such-model")
+    with pytest.raises(ModelNotFound) as caught:
+        models._load_hub(source, torch.float32, offline=False)
+    message = str(caught.value)
+    assert len(message.splitlines()) <= 2
+    assert "stacktrace" not in message and "could not be reached" in message
+    assert "kakumei models pull" in message and "--model kakumei:tiny" in message
