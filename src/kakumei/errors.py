@@ -37,3 +37,7 @@ class GenerationCancelled(KakumeiError):
 
 class ConfigError(KakumeiError):
     """A setting (environment, kakumei.toml, flag) has an invalid value."""
+
+
+class NonFiniteImage(KakumeiError):
+    """The model decoded an image with NaN or infinite pixels (it would be saved black)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from kakumei.cli.common import EXIT_INTERRUPTED
 from kakumei.config import Settings
-from kakumei.errors import GenerationCancelled, KakumeiError
+from kakumei.errors import GenerationCancelled, KakumeiError, ModelNotFound
 from kakumei.schemas import MAX_SIDE, SAMPLER_NAMES, SCHEDULE_NAMES
 
 # CLI flag -> GenerationRequest field, for the flags that override `--from`.
@@ -119,14 +119,17 @@ def _request_for(args: argparse.Namespace, settings: Settings) -> tuple[Any, int
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    # The request is checked before torch is imported (seconds), so a bad flag is refused at once.
+    request, keep = _request_for(args, settings)
+
     from tqdm import tqdm
 
     from kakumei.engine.devices import quiet_libraries
+    from kakumei.engine.models import missing_model
     from kakumei.engine.pipeline import Engine, GeneratedImage, StepProgress
     from kakumei.engine.tiny import TINY_REF
     from kakumei.outputs import save_png
 
-    request, keep = _request_for(args, settings)
     quiet_libraries()
     engine = Engine(settings)
     source = engine.resolve_model_name(request.model)
@@ -136,7 +139,14 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     saved: list[Path] = []
     only_batch = None if keep is None else keep // request.batch_size
     batches = request.n_iter if only_batch is None else 1
-    print(f"loading {source.ref} ...", file=sys.stderr)
+    missing = missing_model(source, settings.hf_offline)
+    if missing is not None and settings.hf_offline:
+        raise ModelNotFound(missing)
+    verb = "downloading" if missing is not None else "loading"
+    print(f"{verb} {source.ref} ...", file=sys.stderr)
+    # Loaded before the progress bar, so a missing model is a message, not a bar stuck at 0%;
+    # generate() takes it from the engine's cache.
+    engine.load(request.model)
     bar = tqdm(total=request.steps * batches, unit="step", desc="generating", file=sys.stderr, leave=False)
 
     def on_step(p: StepProgress) -> None:

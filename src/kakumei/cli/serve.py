@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import socket
 import sys
 from typing import Any
@@ -38,10 +39,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         local_worker=False if args.no_local_worker else None,
     )
     open_database(settings).close()  # fail here, with a sentence, rather than inside uvicorn
-    sock = None if args.fd is None else _inherited_socket(args.fd)
-    if sock is not None:  # where it really listens, for this line and the A1111 cmd-flags
+    # Bound before the banner: a busy port is one sentence, not a success line and an Errno.
+    sock = _listening_socket(settings.host, settings.port) if args.fd is None else _inherited_socket(args.fd)
+    if args.fd is not None or settings.port == 0:  # where it really listens, for this line and the A1111 cmd-flags
         host, port = sock.getsockname()[:2]
         settings = with_overrides(settings, host=host, port=port)
+    if settings.local_worker:
+        _warn_if_model_missing(settings)
     worker = f"local worker with {settings.model}" if settings.local_worker else "no local worker"
     print(
         f"kakumei serving http://{settings.host}:{settings.port} "
@@ -51,13 +55,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; kakumei decides who is
     # calling itself (server/addresses.py, `trusted_proxies`).
-    if sock is None:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                    proxy_headers=False)
-        return 0
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", proxy_headers=False))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # uvicorn.run's exit status when startup fails
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound and listening on host:port, as uvicorn would make it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another kakumei serve?); stop that program or pick another --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def _warn_if_model_missing(settings: Settings) -> None:
+    """Say at start that the local worker's default model is not on disk, rather than
+    letting every job fail later (/healthz says the same)."""
+    from kakumei.engine.models import missing_model, resolve_model
+    from kakumei.errors import KakumeiError
+
+    try:
+        missing = missing_model(resolve_model(settings.model, settings.models_dir), settings.hf_offline)
+    except KakumeiError as exc:
+        missing = str(exc)
+    if missing is not None:
+        print(f"warning: {missing}", file=sys.stderr, flush=True)
 
 
 def _inherited_socket(fd: int) -> socket.socket:

@@ -46,12 +46,17 @@ def read_state_dict(path: Path, allow_pickle: bool, what: str) -> dict[str, torc
     except (InvalidRequest, ModelLoadError):
         raise
     except Exception as exc:  # safetensors and torch raise many types for damaged files
-        raise ModelLoadError(f"{what} ({path.name}) cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; the file may be truncated or damaged") from None
+        raise ModelLoadError(f"{_named(what, path)} cannot be read: the file may be truncated or damaged, so download or copy it again") from exc
     while isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{what} ({path.name}) does not hold a dictionary of tensors")
+        raise ModelLoadError(f"{_named(what, path)} does not hold a dictionary of tensors")
     return data
+
+
+def _named(what: str, path: Path) -> str:
+    """`what` with the file's name, once: callers pass "checkpoint NAME" or just the name."""
+    return what if path.name in what else f"{what} ({path.name})"
 
 
 def safetensors_keys(path: Path, what: str) -> dict[str, tuple[int, ...]]:
@@ -60,16 +65,46 @@ def safetensors_keys(path: Path, what: str) -> dict[str, tuple[int, ...]]:
     import json
     import struct
 
+    again = "; download or copy it again"
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
+            prefix = fh.read(8)
+            header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else size
             if header_len > size - 8 or header_len > 100_000_000:
-                raise ValueError("the header is longer than the file")
+                raise ModelLoadError(f"{_named(what, path)} is damaged or truncated: it is shorter than its own header says{again}")
             header = json.loads(fh.read(header_len))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + header_len + end > size:
-            raise ValueError(f"the file is {size:,} bytes but its tensors need {8 + header_len + end:,}")
-        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise ModelLoadError(f"{what} ({path.name}) is damaged or truncated: {exc}; download or copy it again") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{_named(what, path)} cannot be read ({exc.strerror or exc})") from None
+    except ValueError:  # not JSON, not UTF-8
+        header = None
+    tensors = _tensor_entries(header)
+    if tensors is None:
+        raise ModelLoadError(f"{_named(what, path)} is damaged or not a .safetensors file: its header does not list tensors{again}")
+    end = max((offsets[1] for _, offsets in tensors.values()), default=0)
+    if 8 + header_len + end > size:
+        raise ModelLoadError(
+            f"{_named(what, path)} is damaged or truncated: the file is {size:,} bytes but its tensors need "
+            f"{8 + header_len + end:,}{again}"
+        )
+    return {k: shape for k, (shape, _) in tensors.items()}
+
+
+def _tensor_entries(header: object) -> dict[str, tuple[tuple[int, ...], tuple[int, int]]] | None:
+    """(shape, data offsets) per tensor of a parsed header, or None when it is not the layout
+    safetensors writes."""
+    if not isinstance(header, dict):
+        return None
+    entries: dict[str, tuple[tuple[int, ...], tuple[int, int]]] = {}
+    for key, value in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(value, dict):
+            return None
+        shape, offsets = value.get("shape"), value.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(n, int) for n in shape)):
+            return None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)):
+            return None
+        entries[key] = (tuple(shape), (offsets[0], offsets[1]))
+    return entries

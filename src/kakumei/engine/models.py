@@ -295,24 +295,58 @@ def load_model(
     return LoadedModel(source, pipe, sha, device, dtype, base_config, architecture_of(pipe))
 
 
+def missing_model_message(ref: str, why: str) -> str:
+    """Two lines for a hub model that is not on this machine: what is missing and what to do."""
+    return (
+        f"model {ref!r} is not downloaded and {why}.\n"
+        f"Get it with `kakumei models pull {ref}`, use a model on disk with --model PATH, "
+        "or try kakumei without a download: --model kakumei:tiny"
+    )
+
+
+def hub_model_cached(repo_id: str) -> bool:
+    """Whether a hub model's pipeline index is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+
+
+def missing_model(source: ModelSource, offline: bool) -> str | None:
+    """Why `source` is not on this machine (a hub model not in the cache), or None when it is.
+    resolve_model has already refused paths that do not exist."""
+    if source.kind != "hub" or hub_model_cached(source.location):
+        return None
+    if offline:
+        return missing_model_message(source.ref, "kakumei is offline (HF_HUB_OFFLINE)")
+    return (
+        f"model {source.ref!r} is not downloaded yet; the first job that uses it downloads it, "
+        f"or run `kakumei models pull {source.ref}` now"
+    )
+
+
 def _load_hub(source: ModelSource, dtype: torch.dtype, offline: bool) -> Any:
     # The local cache first: works offline and avoids a network round trip when cached.
     try:
         return _load_pipeline(source.location, dtype, local_only=True)
     except (OSError, ValueError) as cached_exc:
         if offline:
-            raise ModelNotFound(
-                f"model {source.ref!r} is not in the local Hugging Face cache and kakumei is offline; "
-                "download it where there is internet (kakumei models pull), or pass --model with a local "
-                "diffusers folder"
-            ) from cached_exc
+            raise ModelNotFound(missing_model_message(source.ref, "kakumei is offline (HF_HUB_OFFLINE)")) from cached_exc
     try:
         return _load_pipeline(source.location, dtype, local_only=False)
     except OSError as exc:
-        raise ModelNotFound(
-            f"could not download model {source.ref!r} from the Hugging Face hub ({_first_line(exc)}); "
-            "check the id and your connection, or pass --model with a local diffusers folder"
-        ) from exc
+        if _caused_by(exc, "RepositoryNotFoundError"):
+            raise ModelNotFound(f"there is no model {source.ref!r} on the Hugging Face hub; check the id") from exc
+        # diffusers' own text points at a "stacktrace above" that is never shown
+        raise ModelNotFound(missing_model_message(source.ref, "the Hugging Face hub could not be reached")) from exc
+
+
+def _caused_by(exc: BaseException, class_name: str) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == class_name:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _hub_sha256(repo_id: str, hashes: HashCache) -> str:

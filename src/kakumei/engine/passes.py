@@ -4,7 +4,8 @@ CPU noise per image seed and step callbacks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from kakumei.engine.prompts import EncodedPrompt
 from kakumei.engine.results import StepProgress
 from kakumei.engine.samplers import make_scheduler
 from kakumei.engine.seeds import cpu_generators, cpu_noise
-from kakumei.errors import GenerationCancelled
+from kakumei.errors import GenerationCancelled, NonFiniteImage
 
 # hr_upscaler name -> torch interpolate arguments (A1111's latent upscale modes)
 _LATENT_MODES: dict[str, dict[str, Any]] = {
@@ -39,6 +40,35 @@ def run_plan(
     """Denoise and decode the plan's images (one pass, or base + hires / refiner pass), in
     the plan's image order. Raises GenerationCancelled at the next step once `cancelled()`."""
     return _PlanRun(plan, on_step, cancelled).images()
+
+
+NAN_IMAGE = (
+    "the model decoded NaN pixels instead of an image, so it was not saved "
+    "(with float16, --dtype float32 or KAKUMEI_DTYPE=float32 usually avoids this)"
+)
+
+
+@contextmanager
+def _refusing_nan_decodes(pipe: Any) -> Iterator[None]:
+    """Raise NonFiniteImage as soon as the pass's VAE decodes NaN or infinite pixels.
+
+    diffusers would cast them to black pixels with a bare numpy warning. The check hooks the
+    decoder module, so it sees every decode (tiled ones too) without changing the output.
+    """
+    decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
+    if decoder is None:
+        yield
+        return
+
+    def check(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        if not bool(torch.isfinite(output).all()):
+            raise NonFiniteImage(NAN_IMAGE)
+
+    handle = decoder.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class _PlanRun:
@@ -89,7 +119,7 @@ class _PlanRun:
                 p._interrupt = True  # diffusers' own way to leave the denoising loop
             return kw
 
-        with torch.inference_mode():
+        with torch.inference_mode(), _refusing_nan_decodes(pipe):
             out = pipe(
                 guidance_scale=self.plan.guidance,
                 # CPU generators: img2img noise and ancestral/SDE noise are device-independent too

@@ -314,13 +314,26 @@ def _encode_chunk(slot: TextEncoderSlot, chunk: PromptChunk, clip_skip: int, dev
     else:
         z = out.last_hidden_state
         pooled = None
-    # A1111 "Original" emphasis: scale each token, then restore the chunk's mean so that
-    # weights change direction, not overall magnitude.
-    weights = torch.tensor(chunk.multipliers, device=z.device, dtype=z.dtype).reshape(1, -1, 1)
+    return _emphasis(z, chunk.multipliers), pooled
+
+
+def _emphasis(z: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
+    """A1111 "Original" emphasis: scale each token, then restore the chunk's mean so that
+    weights change direction, not overall magnitude.
+
+    A chunk without weights is returned as it is: the rescale would be mean / mean, which is
+    1 exactly, or 0 / 0 = NaN when the hidden states average to zero (a layer norm with
+    untrained weights, some text-encoder LoRAs). A weighted chunk whose mean becomes zero
+    keeps its weights without the rescale, for the same reason.
+    """
+    if all(m == 1.0 for m in multipliers):
+        return z
+    weights = torch.tensor(multipliers, device=z.device, dtype=z.dtype).reshape(1, -1, 1)
     original_mean = z.mean()
     z = z * weights
-    z = z * (original_mean / z.mean())
-    return z, pooled
+    ratio = original_mean / z.mean()
+    # torch.where, not an `if`: no device sync on a GPU for the common case
+    return z * torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
 
 
 def encode_prompts(

@@ -263,7 +263,13 @@ def load_single_file(path: Path, cache_dir: Path, dtype: torch.dtype, allow_pick
         source = cache_dir / "converted" / (path.stem + ".safetensors")
         source.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(source))
-    pipe = cls.from_single_file(str(source), config=str(config), local_files_only=True, torch_dtype=dtype)
+    try:
+        pipe = cls.from_single_file(str(source), config=str(config), local_files_only=True, torch_dtype=dtype)
+    except Exception as exc:  # diffusers raises many types for missing or misshapen tensors
+        raise ModelLoadError(
+            f"checkpoint {path.name} looks like {arch} but lacks some of its weights or has them in other shapes, "
+            "so it is damaged or only part of a model; download or copy it again"
+        ) from exc
     return pipe, arch
 
 

@@ -52,6 +52,7 @@ class JobList(BaseModel):
 class Health(BaseModel):
     status: str
     database: str
+    model: str | None = None  # the local worker's default model: "ok: REF" or "missing: REF; ..."
 
 
 class GalleryItem(BaseModel):
