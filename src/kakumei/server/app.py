@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 import kakumei
 from kakumei.config import Settings
 from kakumei.server.a1111 import routes as a1111
+from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
 from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
@@ -60,6 +61,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         version=kakumei.__version__,
         description="Stable Diffusion for everyone: a fair, shared job queue.",
         lifespan=lifespan,
+        dependencies=[Depends(plain_request)],
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
