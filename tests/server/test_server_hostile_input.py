@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from kakumei.cli import main
@@ -299,7 +298,3 @@ def test_serve_with_an_sqlite_folder_that_cannot_be_made_says_so(tmp_path, monke
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
         assert "database" in err
 
-
-def test_httpx_is_not_what_refuses_a_nul_path() -> None:
-    # the requests above reach the server: the client sends %00 as it is
-    assert httpx.URL("http://x/api/v1/jobs/ab%00cd").raw_path == b"/api/v1/jobs/ab%00cd"
