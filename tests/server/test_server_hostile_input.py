@@ -81,6 +81,11 @@ def test_a_control_character_in_an_admin_name_or_query_is_refused(make_server) -
         granted = admin.post("/api/v1/admin/users/bob%00/grant", json={"amount": 1})
         assert granted.status_code == 404, granted.text
         assert admin.delete("/api/v1/admin/offences/1.2.3.4%00").status_code == 404
+        banned = admin.post("/api/v1/admin/bans", json={"kind": "user", "target": "bob\x00", "reason": "spam"})
+        assert banned.status_code == 422 and "target" in banned.text, banned.text
+        noted = admin.post("/api/v1/admin/users/root/grant", json={"amount": 1, "note": "thanks\x00"})
+        assert noted.status_code == 422 and "note" in noted.text, noted.text
+        assert admin.post("/api/v1/admin/users/root/grant", json={"amount": 1, "note": "thanks,\nroot"}).status_code == 200
 
 
 def test_a_control_character_in_a_worker_name_is_refused(make_server) -> None:
