@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kakumei.schemas import GenerationRequest
+from kakumei.schemas import GenerationRequest, OneLine, Text
 
 MAX_REASON = 2000  # characters of a failure reason a server keeps
 MAX_PREVIEW = 200_000  # characters of a preview data URL (a small PNG)
+# What a worker announces is bounded: its model names become one SQL parameter each (and
+# PostgreSQL takes at most 65535 in a statement), its numbers go into INTEGER columns.
+MAX_MODELS = 1000  # model names in one claim
+MAX_MODEL_NAME = 1000  # characters of one model name
+MAX_COUNT = 2**31 - 1  # pixels or images: far above any job, within a 32-bit integer
+
+ModelName = Annotated[OneLine, Field(min_length=1, max_length=MAX_MODEL_NAME)]
 
 
 class _Message(BaseModel):
@@ -30,16 +37,22 @@ class Capabilities(_Message):
     # Over HTTP `max_images` is `max_batch`, the name of the worker's --max-batch flag.
     model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
-    models: tuple[str, ...] | None = Field(None, description="models this worker can run; null: any")
-    max_pixels: int | None = Field(None, ge=64 * 64, description="largest width x height it takes")
-    max_images: int | None = Field(None, ge=1, alias="max_batch", description="most images in one job it takes")
+    models: tuple[ModelName, ...] | None = Field(
+        None, max_length=MAX_MODELS, description=f"models this worker can run, at most {MAX_MODELS}; null: any"
+    )
+    max_pixels: int | None = Field(
+        None, ge=64 * 64, le=MAX_COUNT, description=f"largest width x height it takes, at most {MAX_COUNT}"
+    )
+    max_images: int | None = Field(
+        None, ge=1, le=MAX_COUNT, alias="max_batch", description="most images in one job it takes"
+    )
 
 
 class BatchClaim(Capabilities):
     """A claim for several jobs that can share one engine batch."""
 
     max_jobs: int = Field(1, ge=1, le=16, description="most jobs to lease at once; the server may give fewer")
-    prefer_model: str | None = Field(None, description="the model this worker has loaded (model affinity)")
+    prefer_model: ModelName | None = Field(None, description="the model this worker has loaded (model affinity)")
 
 
 class Lease(_Message):
@@ -94,7 +107,7 @@ class ImageReport(_Message):
     png_base64: str
     seed: int
     index: int = Field(ge=0)
-    infotext: str = ""
+    infotext: Text = ""  # stored as text: PostgreSQL has no NUL in text
     metadata: dict[str, Any] = {}
 
     @classmethod
@@ -119,7 +132,7 @@ class ImagesReport(Lease):
 
 
 class FailureReport(Lease):
-    reason: str = Field(max_length=MAX_REASON)
+    reason: Text = Field(max_length=MAX_REASON)
 
 
 class Done(_Message):

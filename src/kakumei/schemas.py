@@ -12,9 +12,18 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kakumei.errors import InvalidRequest
 from kakumei.images import decode_image_b64
@@ -81,6 +90,49 @@ HR_UPSCALERS: tuple[str, ...] = (
     "Nearest",
     "None",
 )
+
+
+# Control characters (C0 and DEL) are refused in free text at the edge: PostgreSQL cannot
+# store NUL in a text column at all (the job's infotext would fail to store, on a worker, long
+# after the submission was accepted), and the others garble logs, terminals and infotexts.
+# Prompts keep tab, line feed and carriage return: A1111 prompts often span lines. Names and
+# other one-line values keep none.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Validation context for a request read back from the store (or a lease made of one): it was
+# checked when it was submitted, and a job queued by an earlier version that let control
+# characters in must stay readable (and fail on its own when it runs, not fail every list).
+STORED: dict[str, Any] = {"stored": True}
+
+
+def refuse_control(value: str, *, multiline: bool = False) -> str:
+    """`value`, or ValueError naming the first control character in it (with `multiline`,
+    tabs and line breaks are allowed)."""
+    match = (_CONTROL_IN_TEXT if multiline else _CONTROL).search(value)
+    if match is not None:
+        allowed = "tabs and line breaks are allowed, no other" if multiline else "none is allowed"
+        raise ValueError(
+            f"contains the control character U+{ord(match.group()):04X} at position {match.start()}; {allowed}"
+        )
+    return value
+
+
+def _one_line(value: str) -> str:
+    return refuse_control(value)
+
+
+def _text(value: str) -> str:
+    return refuse_control(value, multiline=True)
+
+
+# A name or other one-line value from outside: no control character at all.
+OneLine = Annotated[str, AfterValidator(_one_line)]
+# Free text from outside (a reason, an infotext): tabs and line breaks allowed.
+Text = Annotated[str, AfterValidator(_text)]
+
+
+def _is_stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
 
 
 def _legacy_sampler_split(name: str) -> tuple[str, str | None]:
@@ -177,6 +229,16 @@ class GenerationRequest(BaseModel):
     # SDXL refiner: the base model stops at refiner_switch_at of the steps, the refiner finishes.
     refiner_checkpoint: str | None = Field(None, description="model reference of an SDXL refiner")
     refiner_switch_at: float = Field(0.8, gt=0.0, lt=1.0)
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _plain_text(cls, v: str, info: ValidationInfo) -> str:
+        return v if _is_stored(info) else refuse_control(v, multiline=True)
+
+    @field_validator("model", "refiner_checkpoint")
+    @classmethod
+    def _plain_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None or _is_stored(info) else refuse_control(v)
 
     @field_validator("steps")
     @classmethod

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +17,7 @@ from kakumei.config import Settings
 from kakumei.fairness.limits import Slots
 from kakumei.server import openapi
 from kakumei.server.a1111 import routes as a1111
+from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
 from kakumei.server.method_not_allowed import method_not_allowed
 from kakumei.server.routes import admin, docs, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
@@ -66,6 +67,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         # FastAPI's pages load scripts from a public CDN; routes/docs.py serves a local one.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(plain_request)],
     )
     openapi.install(app)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 
+from kakumei.schemas import refuse_control
 from kakumei.server.addresses import client_address
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
@@ -32,6 +34,27 @@ class Caller:
         if user_id != self.user.id:
             return False
         return not self.user.is_anonymous or client_addr == self.client_addr
+
+
+def plain_request(request: Request) -> None:
+    """Every route's guard: ids and names in the path, and query parameters, hold no control
+    character. No job, image, user or worker is named with one, and PostgreSQL cannot even
+    compare text with a NUL, so a path with one is not found (404) and a query is refused (422)
+    before anything looks it up."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str):
+            try:
+                refuse_control(value)
+            except ValueError:
+                raise HTTPException(404, f"nothing is named {value!r} here: {name} has no control characters") from None
+    errors = []
+    for name, value in request.query_params.multi_items():
+        try:
+            refuse_control(value)
+        except ValueError as exc:
+            errors.append({"loc": ("query", name), "msg": str(exc), "type": "value_error", "input": value})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def services(request: Request) -> Services:

@@ -111,7 +111,14 @@ class Database:
             self.dialect: Dialect = "sqlite"
             self._path = url.removeprefix("sqlite:///")
             if self._path != ":memory:":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(self._path).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # under a file, on a read-only or virtual file system
+                    raise ConfigError(
+                        f"cannot use the SQLite database {self._path}: its folder {folder} cannot be created "
+                        f"({exc.strerror or exc}); choose a path in a folder this user can write"
+                    ) from None
         elif url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
         else:

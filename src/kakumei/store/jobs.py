@@ -21,7 +21,7 @@ from typing import Any
 
 from kakumei.fairness import shares
 from kakumei.protocol import Capabilities, HeartbeatReply, Progress
-from kakumei.schemas import GenerationRequest
+from kakumei.schemas import STORED, GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
@@ -255,7 +255,7 @@ def _job(row: dict) -> Job:
         id=row["id"],
         user_id=int(row["user_id"]),
         state=JobState(row["state"]),
-        request=GenerationRequest.model_validate_json(row["request"]),
+        request=GenerationRequest.model_validate_json(row["request"], context=STORED),
         model=row["model"],
         cost=float(row["cost"]),
         priority=int(row["priority"]),
@@ -743,7 +743,7 @@ def move_inline_inputs(db: Database, tx: Transaction) -> None:
         for row in rows:
             last = int(row["seq"])
             try:
-                request = GenerationRequest.model_validate_json(row["request"])
+                request = GenerationRequest.model_validate_json(row["request"], context=STORED)
             except ValueError:  # a row no request validates as: left as it is, not lost
                 continue
             stored, files = request.stored_form()

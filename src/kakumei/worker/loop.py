@@ -9,14 +9,29 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from kakumei.errors import GenerationCancelled, KakumeiError
-from kakumei.protocol import Capabilities, ImageReport, JobSource, LeasedJob, Progress
+from kakumei.protocol import MAX_REASON, Capabilities, ImageReport, JobSource, LeasedJob, Progress
+from kakumei.schemas import validation_message
 
 log = logging.getLogger(__name__)
+
+# A reason is stored as text and shown to the job's owner: no control characters (PostgreSQL
+# stores no NUL in text), and no longer than a server keeps.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def failure_reason(text: str) -> str:
+    """`text` as a failure reason a source accepts: control characters shown as escapes, cut
+    to MAX_REASON characters."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)[:MAX_REASON]
 
 
 class GenerationEngine(Protocol):
@@ -161,14 +176,9 @@ class Worker:
             for thread in keepalives:
                 thread.join()
         for run, result in zip(runs, results):
-            job_id, lease_id = run.lease.job_id, run.lease.lease_id
             if run.acknowledged or run.lease_lost:
                 continue
-            images = [self._image(i) for i in result.images]
-            if run.cancel_requested:
-                self.source.acknowledge_cancel(job_id, lease_id, images)
-            elif not self.source.complete(job_id, lease_id, images, result.seed):
-                log.warning("job %s: finished after its lease was lost; result dropped", job_id)
+            self._deliver(run.lease, result.images, result.seed, cancelled=run.cancel_requested)
 
     def _on_batch_step(self, runs: list[_JobRun], progress: Any) -> None:
         for run in runs:
@@ -194,30 +204,58 @@ class Worker:
             )
         except GenerationCancelled as exc:
             done.set()
-            self._stopped(run, [self._image(i) for i in exc.images])
+            self._stopped(run, exc.images)
             return
         except KakumeiError as exc:
             done.set()
-            self.source.fail(job_id, lease.lease_id, str(exc))
+            self._fail(lease, str(exc))
             return
         except Exception as exc:  # a crash in one job fails that job, not the worker
             done.set()
             log.exception("job %s failed", job_id)
-            self.source.fail(job_id, lease.lease_id, f"internal error: {type(exc).__name__}: {exc}")
+            self._fail(lease, f"internal error: {type(exc).__name__}: {exc}")
             return
         finally:
             done.set()
             keepalive.join()
-        images = [self._image(i) for i in result.images]
-        if not self.source.complete(job_id, lease.lease_id, images, result.seed):
-            log.warning("job %s: finished after its lease was lost; result dropped", job_id)
+        self._deliver(lease, result.images, result.seed, cancelled=False)
 
-    def _stopped(self, run: _JobRun, images: list[ImageReport]) -> None:
+    def _deliver(self, lease: LeasedJob, generated: Sequence[Any], seed: int | None, *, cancelled: bool) -> None:
+        """Report a job's images: completed, or acknowledged as cancelled. When they cannot be
+        reported (an image the store refuses), that job fails with the reason at once; its
+        batch mates are reported on their own, and no lease is left to run out and retry."""
+        job_id, lease_id = lease.job_id, lease.lease_id
+        try:
+            images = [self._image(i) for i in generated]
+            if cancelled:
+                self.source.acknowledge_cancel(job_id, lease_id, images)
+            elif not self.source.complete(job_id, lease_id, images, seed):
+                log.warning("job %s: finished after its lease was lost; result dropped", job_id)
+        except Exception as exc:
+            log.exception("job %s: its images could not be stored", job_id)
+            if cancelled:  # the owner asked it to stop: it ends cancelled, without the images
+                self._acknowledge(lease)
+            else:
+                self._fail(lease, f"its images could not be stored: {_describe(exc)}")
+
+    def _fail(self, lease: LeasedJob, reason: str) -> None:
+        try:
+            self.source.fail(lease.job_id, lease.lease_id, failure_reason(reason))
+        except Exception:  # e.g. the store is away: the lease runs out and the job is retried
+            log.exception("job %s: its failure could not be reported", lease.job_id)
+
+    def _acknowledge(self, lease: LeasedJob) -> None:
+        try:
+            self.source.acknowledge_cancel(lease.job_id, lease.lease_id, [])
+        except Exception:
+            log.exception("job %s: its cancel could not be reported", lease.job_id)
+
+    def _stopped(self, run: _JobRun, generated: Sequence[Any]) -> None:
         job_id, lease_id = run.lease.job_id, run.lease.lease_id
         if run.lease_lost:
             return
         if run.cancel_requested:
-            self.source.acknowledge_cancel(job_id, lease_id, images)
+            self._deliver(run.lease, generated, None, cancelled=True)
         else:  # shutting down: someone else (or this server after restart) runs it
             self.source.release(job_id, lease_id)
 
@@ -243,6 +281,15 @@ class Worker:
 
     @staticmethod
     def _image(image: Any) -> ImageReport:
+        # Raises ValueError for an image the protocol refuses (a control character in the
+        # infotext of a prompt queued by an earlier version).
         return ImageReport.of_png(
             image.png, seed=image.seed, index=image.index, infotext=image.infotext, metadata=image.metadata
         )
+
+
+def _describe(exc: Exception) -> str:
+    """An exception as the end of a sentence: pydantic's errors as one line each."""
+    if isinstance(exc, ValidationError):
+        return validation_message(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -33,6 +33,7 @@ from kakumei.protocol import (
     LeasedJobs,
     Progress,
 )
+from kakumei.schemas import STORED
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class HttpJobSource:
         reply = self._claim_call("/claim", caps)
         if reply is None or reply.status_code == 204:
             return None
-        return self._leased(LeasedJob.model_validate(reply.json()))
+        return self._leased(LeasedJob.model_validate(reply.json(), context=STORED))
 
     def claim_batch(
         self, worker_id: str, caps: Capabilities, *, max_jobs: int, prefer_model: str | None, slack: float
@@ -146,7 +147,9 @@ class HttpJobSource:
             prefer_model=prefer_model,
         )
         reply = self._claim_call("/claim-batch", body)
-        return [] if reply is None else [self._leased(job) for job in LeasedJobs.model_validate(reply.json()).leases]
+        return [] if reply is None else [
+            self._leased(job) for job in LeasedJobs.model_validate(reply.json(), context=STORED).leases
+        ]
 
     def _claim_call(self, path: str, body: Capabilities) -> httpx.Response | None:
         """POST a claim; None while the server is away (with backoff before the next try)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from kakumei.schemas import OneLine, Text
 from kakumei.server import accounts
 from kakumei.server.deps import Admin, Svc
 from kakumei.server.models import UserOut
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 class Grant(BaseModel):
     model_config = ConfigDict(extra="forbid")
     amount: float = Field(allow_inf_nan=False)
-    note: str = Field("", max_length=500)
+    note: Text = Field("", max_length=500)
 
 
 class WeightIn(BaseModel):
@@ -30,8 +31,8 @@ class WeightIn(BaseModel):
 class BanIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["user", "ip"]
-    target: str = Field(min_length=1, max_length=200)  # a user name, or an address / CIDR range
-    reason: str = Field(min_length=1, max_length=500)
+    target: OneLine = Field(min_length=1, max_length=200)  # a user name, or an address / CIDR range
+    reason: Text = Field(min_length=1, max_length=500)
     hours: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: until lifted
 
 

@@ -29,6 +29,20 @@ POSITION_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
 PUBLIC_KINDS = {"queued", "started", "progress", "succeeded", "failed", "cancelled"}
 FINAL_KINDS = {"succeeded", "failed", "cancelled"}
+# Event ids are BIGINT row ids; a Last-Event-ID beyond them is none this server sent.
+MAX_EVENT_ID = 2**63 - 1
+
+
+def resume_after(last_event_id: str | None) -> int:
+    """The event id to resume after. A Last-Event-ID that is not one this server could have
+    sent (not a plain number, out of range) is ignored, as the SSE standard has clients send
+    back whatever id they last saw: the stream starts from the beginning, which is always
+    correct, only longer."""
+    text = (last_event_id or "").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_EVENT_ID)):
+        return 0
+    value = int(text)
+    return value if value <= MAX_EVENT_ID else 0
 
 
 def _format(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
@@ -73,14 +87,14 @@ async def _stream(svc: Services, request: Request, job_id: str, after: int) -> A
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 403, 404)},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 403, 404, 429)},
 )
 def job_events(
     job_id: str,
     request: Request,
     svc: Svc,
     who: Who,
-    last_event_id: Annotated[int | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
 ) -> StreamingResponse:
     """queued (queue_position, eta_seconds), started, progress (step, total, preview every few
     steps), then succeeded (images with URLs and metadata), failed (reason) or cancelled."""
@@ -96,7 +110,7 @@ def job_events(
         )
     return _HeldStream(
         lambda: slots.release(holder),
-        _stream(svc, request, job_id, last_event_id or 0),
+        _stream(svc, request, job_id, resume_after(last_event_id)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -8,7 +8,6 @@ what the SDKs parse into their exceptions.
 
 from __future__ import annotations
 
-import json
 import time
 
 from anyio import to_thread
@@ -44,9 +43,10 @@ async def images_generations(request: Request) -> JSONResponse:
     # 1. read and check the request
     try:
         raw = await request.json()
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python parses
+        return _error(400, "the request body is not valid JSON: a UTF-8 JSON object like {\"prompt\": \"...\"}")
+    try:
         body = ImagesGenerate.model_validate(raw)
-    except json.JSONDecodeError:
-        return _error(400, "the request body is not valid JSON")
     except ValidationError as exc:
         first = exc.errors()[0]["loc"] if exc.errors() else ()
         return _error(400, validation_message(exc), str(first[0]) if first else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
+from kakumei.schemas import OneLine
 from kakumei.server.deps import Svc, Who, WorkersAdmin, registered
 from kakumei.server.models import WorkerList, WorkerOut
 from kakumei.server.views import worker_list, worker_out
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/api/v1", tags=["workers"])
 
 
 class NewWorker(BaseModel):
-    name: str = Field(min_length=1, max_length=64, description="a name for the machine, unique on this server")
+    name: OneLine = Field(min_length=1, max_length=64, description="a name for the machine, unique on this server")
 
 
 class NewWorkerKey(BaseModel):
