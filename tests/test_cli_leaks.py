@@ -35,16 +35,17 @@ def test_unsupported_database_url_error_hides_the_password(run_cli) -> None:
     assert "userinfo-secret" not in err and "query-secret" not in err
 
 
-def test_serve_banner_hides_a_password_parameter(run_cli, database_url, monkeypatch) -> None:
+def test_serve_banner_hides_a_password_parameter(run_cli, postgres_database, monkeypatch) -> None:
     import uvicorn
 
-    if not database_url.startswith("postgresql"):
-        pytest.skip("a password parameter is a PostgreSQL URL's")
+    def started(server: uvicorn.Server, sockets: object = None) -> None:  # the banner, not the serving
+        server.started = True
 
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # the banner, not the serving
-    # The test server trusts local connections, so the password is accepted and ignored.
-    url = f"{database_url}&password=query-secret"
-    code, _, err = run_cli("serve", "--database", url, "--no-local-worker", "--port", "1")
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    # A password parameter is a PostgreSQL URL's; the test server trusts local connections, so
+    # the password is accepted and ignored.
+    url = f"{postgres_database}?password=query-secret"
+    code, _, err = run_cli("serve", "--database", url, "--no-local-worker", "--port", "0")
     assert code == 0, err
     assert "kakumei serving" in err and "password=***" in err
     assert "query-secret" not in err

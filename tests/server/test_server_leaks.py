@@ -45,20 +45,20 @@ def test_lora_errors_name_the_lora_not_a_server_path(live_server, tag: str) -> N
 
 def test_refiner_errors_name_the_refiner_as_given(live_server, engine) -> None:
     # A folder in the models folder the engine reads, which is no model: its message used to
-    # name the folder by its absolute path.
+    # name the folder by its absolute path. It is refused at submit now (refiners must be known
+    # models), and the refusal names it as the request did.
     folder = engine.settings.models_dir / f"not-a-model-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     try:
         with live_server.client() as client:
-            job = client.post("/api/v1/jobs", json={**SMALL, "refiner_checkpoint": folder.name})
-            assert job.status_code == 201, job.text
-            done = wait_done(client, job.json()["id"])
+            refused = client.post("/api/v1/jobs", json={**SMALL, "refiner_checkpoint": folder.name})
     finally:
         folder.rmdir()
-    assert done["state"] == "failed"
-    assert folder.name in done["error"] and "not a diffusers model" in done["error"]
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["detail"]
+    assert folder.name in message and "refiner_checkpoint" in message
     for path in [*_server_paths(live_server), str(engine.settings.models_dir)]:
-        assert path not in done["error"]
+        assert path not in message
 
 
 def test_docs_pages_load_nothing_from_other_origins(live_server) -> None:
