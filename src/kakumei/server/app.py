@@ -10,12 +10,14 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import kakumei
 from kakumei.config import Settings
 from kakumei.server.a1111 import routes as a1111
 from kakumei.server.errors import Refused
+from kakumei.server.limits import BodyLimits
 from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
 
@@ -66,4 +68,16 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers)
     for module in routers:
         app.include_router(module.router)
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Outside the body limits, so that their refusals carry CORS headers too and a web
+        # app on an allowed origin can read them. Keys travel in the Authorization header,
+        # not in cookies, so no credentials mode is needed.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+        )
     return app
