@@ -45,6 +45,7 @@ from kakumei.server.a1111.models import (
     UpscalerItem,
 )
 from kakumei.server.a1111.options import caller_options
+from kakumei.server.bodies import documented, in_parse_pool, json_body
 from kakumei.server.deps import Caller, Svc
 from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
@@ -65,7 +66,8 @@ async def _generate(
     # 1. map the A1111 request onto kakumei's, with the caller's options
     options = caller_options(request).get(who)
     try:
-        gen = mapping.to_generation_request(body, options, svc.known_models())
+        # In the parse pool: building the request decodes and checks every input image.
+        gen = await in_parse_pool(request, mapping.to_generation_request, body, options, svc.known_models())
     except mapping.Unsupported as exc:
         raise HTTPException(400, str(exc)) from None
     except ValidationError as exc:
@@ -93,14 +95,19 @@ def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
     return job, svc.images.for_job(job_id)
 
 
-@router.post("/txt2img", response_model=ImageResponse)
-async def txt2img(body: Txt2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
+# Bodies are read and validated in the parse pool (server/bodies.py), after the caller.
+Txt2ImgBody = Annotated[Txt2ImgRequest, Depends(json_body(Txt2ImgRequest))]
+Img2ImgBody = Annotated[Img2ImgRequest, Depends(json_body(Img2ImgRequest))]
+
+
+@router.post("/txt2img", response_model=ImageResponse, openapi_extra=documented(Txt2ImgRequest))
+async def txt2img(request: Request, svc: Svc, who: CallerDep, body: Txt2ImgBody) -> ImageResponse | JSONResponse:
     """Text to image; waits for the job and answers with base64 PNGs carrying infotext."""
     return await _generate(svc, who, request, body)
 
 
-@router.post("/img2img", response_model=ImageResponse)
-async def img2img(body: Img2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
+@router.post("/img2img", response_model=ImageResponse, openapi_extra=documented(Img2ImgRequest))
+async def img2img(request: Request, svc: Svc, who: CallerDep, body: Img2ImgBody) -> ImageResponse | JSONResponse:
     """Image to image, and inpainting with `mask`; waits for the job."""
     return await _generate(svc, who, request, body)
 

@@ -1,0 +1,88 @@
+"""Request bodies parsed and validated off the event loop, in a small pool of threads.
+
+A generation request may carry hundreds of megabytes of base64 images, and validating it
+decodes every one of them. Done by FastAPI's own body handling, the JSON parsing and the
+validation run on the event loop, and every other request (even /healthz) waits. Routes that
+take such bodies declare them with `json_body(Model)` instead: the body is read (within the
+limits of server/limits.py), then parsed and validated in a pool of PARSE_THREADS threads, so
+that a burst of big submits queues for those threads and neither stalls the loop nor decodes
+more images at once than the pool has threads. Errors keep FastAPI's 422 shape, and
+`documented(Model)` keeps the body in /openapi.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from anyio import CapacityLimiter, to_thread
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+# Threads that parse and validate big bodies at once: a few, so that the rest of the server
+# keeps its CPU and a burst of image uploads holds a bounded amount of decoded memory.
+PARSE_THREADS = 4
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+def _limiter(request: Request) -> CapacityLimiter:
+    # Made on first use, on the event loop (one app may serve on several loops in tests).
+    limiter = getattr(request.app.state, "parse_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.parse_limiter = CapacityLimiter(PARSE_THREADS)
+    return limiter
+
+
+async def in_parse_pool(request: Request, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in the parse pool, for work on a request body that may be big."""
+    return await to_thread.run_sync(func, *args, limiter=_limiter(request))
+
+
+def validated(raw: bytes | bytearray, model: type[M]) -> M:
+    """A JSON body as `model`, with the errors FastAPI itself would give for it."""
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}]
+        ) from None
+    except ValueError:  # not UTF-8 (or -16/-32) text
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """A FastAPI dependency: the request body as `model`, parsed in the parse pool."""
+
+    async def body(request: Request) -> M:
+        # Read here rather than by request.body(), which would keep the bytes on the request
+        # for as long as it lasts (an A1111 request lasts until its job is done).
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+        return await in_parse_pool(request, validated, raw, model)
+
+    return body
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body with json_body: the body's schema, as
+    FastAPI would document a body parameter of `model`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
