@@ -266,3 +266,10 @@ def test_openapi_still_documents_the_bodies(live_server) -> None:
         schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         properties = schema.get("properties") or spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]["properties"]
         assert "prompt" in properties, path
+
+
+def test_the_default_body_limit_fits_the_largest_valid_request() -> None:
+    from kakumei.config import DEFAULT_MAX_BODY_BYTES
+
+    largest = (schemas.MAX_INIT_IMAGES + 1) * schemas.MAX_INPUT_BYTES * 4 // 3
+    assert largest < DEFAULT_MAX_BODY_BYTES <= largest + 2 * 1024 * 1024

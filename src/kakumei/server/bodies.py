@@ -42,25 +42,27 @@ async def in_parse_pool(request: Request, func: Callable[..., T], *args: Any) ->
     return await to_thread.run_sync(func, *args, limiter=_limiter(request))
 
 
-def validated(raw: bytes | bytearray, model: type[M]) -> M:
-    """A JSON body as `model`, with the errors FastAPI itself would give for it."""
+def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]]:
+    """A JSON body as `model`, or the errors FastAPI itself would give for it.
+
+    Errors are returned, not raised, and carry no input: a raised error's traceback would keep
+    this frame, and so the body and its images, alive for as long as the error lives.
+    """
     if not raw:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+        return [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}]
-        ) from None
+        return [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}]
     except ValueError:  # not UTF-8 (or -16/-32) text
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
-        ) from None
+        return [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+        return [
+            {"type": err["type"], "loc": ("body", *err["loc"]), "msg": err["msg"], "input": None}
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
 
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
@@ -72,7 +74,11 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
-        return await in_parse_pool(request, validated, raw, model)
+        result = await in_parse_pool(request, validated, raw, model)
+        del raw
+        if isinstance(result, list):
+            raise RequestValidationError(result)
+        return result
 
     return body
 

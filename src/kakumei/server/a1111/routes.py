@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from kakumei import schemas
 from kakumei.engine.model_files import embedding_files, lora_files
 from kakumei.images import decode_image_b64
-from kakumei.schemas import validation_message
+from kakumei.schemas import GenerationRequest, validation_message
 from kakumei.server.a1111 import mapping
 from kakumei.server.a1111.auth import a1111_caller
 from kakumei.server.a1111.models import (
@@ -60,18 +60,26 @@ def _unprocessable(exc: ValidationError) -> JSONResponse:
     return JSONResponse({"detail": validation_message(exc)}, status_code=422)
 
 
+def _mapped(body: Txt2ImgRequest | Img2ImgRequest, options: Any, known_models: list[str]) -> GenerationRequest | JSONResponse:
+    """kakumei's request for an A1111 one, or the refusal that answers it (returned, not
+    raised: a traceback would keep the request's images alive for as long as it lives)."""
+    try:
+        return mapping.to_generation_request(body, options, known_models)
+    except mapping.Unsupported as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    except ValidationError as exc:
+        return _unprocessable(exc)
+
+
 async def _generate(
     svc: Services, who: Caller, request: Request, body: Txt2ImgRequest | Img2ImgRequest
 ) -> ImageResponse | JSONResponse:
     # 1. map the A1111 request onto kakumei's, with the caller's options
     options = caller_options(request).get(who)
-    try:
-        # In the parse pool: building the request decodes and checks every input image.
-        gen = await in_parse_pool(request, mapping.to_generation_request, body, options, svc.known_models())
-    except mapping.Unsupported as exc:
-        raise HTTPException(400, str(exc)) from None
-    except ValidationError as exc:
-        return _unprocessable(exc)
+    # In the parse pool: building the request decodes and checks every input image.
+    gen = await in_parse_pool(request, _mapped, body, options, svc.known_models())
+    if isinstance(gen, JSONResponse):
+        return gen
     # 2. queue it through the shared submit path (fair queue, caller's limits)
     try:
         job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
