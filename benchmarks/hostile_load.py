@@ -53,7 +53,7 @@ class Watch:
     def __init__(self, url: str, pid: int) -> None:
         self.url, self.pid = url, pid
         self.worst = 0.0
-        self.peak = 0.0
+        self.peak = rss_mb(pid)
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

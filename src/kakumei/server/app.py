@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 import kakumei
 from kakumei.config import Settings
 from kakumei.server.a1111 import routes as a1111
+from kakumei.server.bodies import return_big_buffers_to_the_system
 from kakumei.server.errors import Refused
 from kakumei.server.limits import BodyLimits
 from kakumei.server.routes import admin, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
@@ -49,6 +50,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        return_big_buffers_to_the_system()
         svc = Services.open(settings, engine)
         app.state.services = svc
         svc.start(local_worker=run_worker)

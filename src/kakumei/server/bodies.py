@@ -12,6 +12,7 @@ more images at once than the pool has threads. Errors keep FastAPI's 422 shape, 
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -92,3 +93,20 @@ def documented(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
         }
     }
+
+
+# glibc's mallopt parameter for the size from which allocations are served by mmap.
+_M_MMAP_THRESHOLD = -3
+
+
+def return_big_buffers_to_the_system() -> None:
+    """Serve allocations of 1 MiB and more by mmap, so that the memory of a big body goes back
+    to the system once the request is done. glibc raises that threshold after the first big
+    free and keeps later big buffers on its heaps, where a burst of uploads stays resident
+    (benchmarks/hostile_load.py: 430 MB after four image submits, 55 MB with this). Does
+    nothing where the C library has no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
