@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from kakumei.schemas import GenerationRequest, validation_message
 from kakumei.server.bodies import documented, in_parse_pool
 from kakumei.server.deps import caller, services
-from kakumei.server.services import Services
 from kakumei.server.openai_mapping import ImagesGenerate, Refused, to_generation_request
+from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Images API"])
