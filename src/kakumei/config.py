@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kakumei.errors import ConfigError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# The largest legitimate request: a full img2img inpainting request, every input image at its
+# largest file size (schemas.MAX_INIT_IMAGES = 8 init images and a mask, each at most
+# schemas.MAX_INPUT_BYTES = 32 MiB) in base64 (4/3), and 1 MiB for the rest of the JSON.
+# Spelled out rather than imported: config stays free of the request models.
+DEFAULT_MAX_BODY_BYTES = (8 + 1) * 32 * 1024 * 1024 * 4 // 3 + 1024 * 1024
 
 DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
@@ -131,6 +136,20 @@ class Settings(BaseModel):
                                  "such as 10.0.0.0/8") from None
         return networks
 
+    # Hostile input at the HTTP edge (server/limits.py): the largest request body accepted
+    # (answered 413 before it is read), and the web origins allowed to call the API from a
+    # browser (CORS; empty: none, and no CORS headers are sent).
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        # The environment holds origins separated by commas or spaces; TOML holds a list.
+        if isinstance(value, str):
+            return [o for o in re.split(r"[,\s]+", value) if o]
+        return value
+
     @field_validator("prompt_blocklist", mode="before")
     @classmethod
     def _blocklist_lines(cls, value: Any) -> Any:
@@ -212,6 +231,8 @@ _ENV_FIELDS = {
     "KAKUMEI_A1111_AUTH": "a1111_auth",
     "KAKUMEI_TRUSTED_PROXIES": "trusted_proxies",
     "KAKUMEI_MAX_EVENT_STREAMS_PER_USER": "max_event_streams_per_user",
+    "KAKUMEI_MAX_BODY_BYTES": "max_body_bytes",
+    "KAKUMEI_CORS_ORIGINS": "cors_origins",
 }
 
 

@@ -9,7 +9,6 @@ import base64
 import binascii
 import io
 import warnings
-from functools import lru_cache
 
 from PIL import Image, UnidentifiedImageError
 
@@ -28,21 +27,42 @@ def encode_image_b64(image: Image.Image, format: str = "PNG") -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_image_b64(data: str, field: str, max_pixels: int, max_bytes: int) -> Image.Image:
-    """Decode and fully check one base64 image; return it (shared: copy before changing it).
-
-    The declared size is checked before any pixel is decoded, so a decompression bomb costs
-    nothing; then the whole image is decoded, so a truncated file is refused here and not
-    halfway through a generation.
-    """
-    return _decode(data, field, max_pixels, max_bytes)
-
-
-@lru_cache(maxsize=8)  # validators and the engine decode the same string more than once
-def _decode(data: str, field: str, max_pixels: int, max_bytes: int) -> Image.Image:
+def _payload(data: str) -> str:
     text = data.strip()
     if text.startswith("data:"):
         _, _, text = text.partition(",")
+    return text
+
+
+# Enough base64 for the header of any PNG or WebP, and of most JPEGs (their size follows the
+# EXIF and colour profile blocks; a JPEG whose header lies further in is read whole).
+_HEADER_CHARS = 256 * 1024
+
+
+def declared_size_b64(data: str) -> tuple[int, int] | None:
+    """The width and height an image's header declares, decoding no pixel; None when the
+    data is not an image that can be read (decode_image_b64 then says why)."""
+    text = _payload(data)
+    for part in (text[:_HEADER_CHARS], text) if len(text) > _HEADER_CHARS else (text,):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(base64.b64decode(part, validate=True))) as img:
+                    return img.size
+        except Exception:  # noqa: BLE001 - any unreadable header means "not known"
+            continue
+    return None
+
+
+def decode_image_b64(data: str, field: str, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Decode and fully check one base64 image; return it.
+
+    The declared size is checked before any pixel is decoded, so a decompression bomb costs
+    nothing; then the whole image is decoded, so a truncated file is refused here and not
+    halfway through a generation. Nothing is cached: a decoded input may be hundreds of
+    megabytes, and the caller lets it go as soon as it has what it needs.
+    """
+    text = _payload(data)
     if len(text) > max_bytes * 4 // 3 + 4:
         raise ImageInputError(f"{field} is larger than {max_bytes // (1024 * 1024)} MB")
     try:

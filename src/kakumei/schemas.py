@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from kakumei.errors import InvalidRequest
-from kakumei.images import decode_image_b64
+from kakumei.images import declared_size_b64, decode_image_b64
 
 # A1111 sampler names -> whether the sampler takes a sigma schedule (Karras, ...).
 # The diffusers classes behind them live in engine/samplers.py; this table is pure data so
@@ -70,6 +70,11 @@ MAX_PROMPT_CHARS = 10_000
 MAX_INPUT_PIXELS = 4096 * 4096
 MAX_INPUT_BYTES = 32 * 1024 * 1024
 MAX_INIT_IMAGES = MAX_BATCH_SIZE
+# All input images of one request together (init images and mask, by the sizes their headers
+# declare, before any is decoded): decoding eight full-size inputs would hold a server thread
+# for seconds and its memory by gigabytes. Four inputs of the largest size, or eight of twice
+# the largest output size, fit.
+MAX_REQUEST_INPUT_PIXELS = 4 * MAX_INPUT_PIXELS
 # An input image stored once by content: "sha256:" + the sha256 of the image file's bytes.
 # Stored jobs carry these instead of base64, so reading a job decodes no image.
 INPUT_REF_PREFIX = "sha256:"
@@ -173,6 +178,25 @@ def as_input_ref(value: str) -> str:
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     return input_ref(base64.b64decode(text, validate=True))
+
+
+def _declared_pixels(values: list[str]) -> int:
+    """Pixels the base64 inputs among `values` declare (references and unreadable data count
+    nothing: the first were checked when stored, the second are refused by _check_input)."""
+    total = 0
+    for value in values:
+        size = None if is_input_ref(value) else declared_size_b64(value)
+        if size is not None:
+            total += size[0] * size[1]
+    return total
+
+
+def _check_request_pixels(total: int, what: str) -> None:
+    if total > MAX_REQUEST_INPUT_PIXELS:
+        raise ValueError(
+            f"{what} {total:,} pixels; at most {MAX_REQUEST_INPUT_PIXELS:,} pixels of input images are accepted "
+            "per request (send fewer or smaller images)"
+        )
 
 
 def _check_input(value: str, field: str) -> None:
@@ -305,14 +329,17 @@ class GenerationRequest(BaseModel):
     def _init_images(cls, v: list[str]) -> list[str]:
         if len(v) > MAX_INIT_IMAGES:
             raise ValueError(f"at most {MAX_INIT_IMAGES} init images, got {len(v)}")
+        _check_request_pixels(_declared_pixels(v), "the init images are")
         for i, data in enumerate(v):
             _check_input(data, f"init_images[{i}]")
         return v
 
     @field_validator("mask")
     @classmethod
-    def _mask(cls, v: str | None) -> str | None:
+    def _mask(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
+            init_images = info.data.get("init_images") or []
+            _check_request_pixels(_declared_pixels([*init_images, v]), "with the init images, the input images are")
             _check_input(v, "mask")
         return v
 
@@ -324,12 +351,13 @@ class GenerationRequest(BaseModel):
             # Sizes are compared where the images arrive as base64 (a submission); a stored
             # request names its images by reference and was checked when it was submitted.
             if not is_input_ref(self.mask):
-                mask_size = decode_image_b64(self.mask, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
+                # The field validators decoded each image in full; their headers suffice here.
+                mask_size = declared_size_b64(self.mask)
                 for i, data in enumerate(self.init_images):
                     if is_input_ref(data):
                         continue
-                    size = decode_image_b64(data, f"init_images[{i}]", MAX_INPUT_PIXELS, MAX_INPUT_BYTES).size
-                    if size != mask_size:
+                    size = declared_size_b64(data)
+                    if mask_size is not None and size is not None and size != mask_size:
                         raise ValueError(
                             f"the mask is {mask_size[0]}x{mask_size[1]} but init_images[{i}] is {size[0]}x{size[1]}; "
                             "a mask must have the size of the image it masks"

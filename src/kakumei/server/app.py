@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 import kakumei
@@ -17,8 +18,10 @@ from kakumei.config import Settings
 from kakumei.fairness.limits import Slots
 from kakumei.server import openapi
 from kakumei.server.a1111 import routes as a1111
+from kakumei.server.bodies import return_big_buffers_to_the_system
 from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
+from kakumei.server.limits import BodyLimits
 from kakumei.server.method_not_allowed import method_not_allowed
 from kakumei.server.routes import admin, docs, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
 from kakumei.server.services import Services
@@ -51,6 +54,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        return_big_buffers_to_the_system()
         svc = Services.open(settings, engine)
         app.state.services = svc
         svc.start(local_worker=run_worker)
@@ -77,4 +81,16 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Outside the body limits, so that their refusals carry CORS headers too and a web
+        # app on an allowed origin can read them. Keys travel in the Authorization header,
+        # not in cookies, so no credentials mode is needed.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+        )
     return app

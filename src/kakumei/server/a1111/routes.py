@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from kakumei import schemas
 from kakumei.engine.model_files import embedding_files, lora_files
 from kakumei.images import decode_image_b64
-from kakumei.schemas import validation_message
+from kakumei.schemas import GenerationRequest, validation_message
 from kakumei.server.a1111 import mapping
 from kakumei.server.a1111.auth import a1111_caller
 from kakumei.server.a1111.models import (
@@ -45,6 +45,7 @@ from kakumei.server.a1111.models import (
     UpscalerItem,
 )
 from kakumei.server.a1111.options import caller_options
+from kakumei.server.bodies import documented, in_parse_pool, json_body
 from kakumei.server.deps import Caller, Svc
 from kakumei.server.openapi import problems
 from kakumei.server.services import Services
@@ -61,17 +62,26 @@ def _unprocessable(exc: ValidationError) -> JSONResponse:
     return JSONResponse({"detail": validation_message(exc)}, status_code=422)
 
 
+def _mapped(body: Txt2ImgRequest | Img2ImgRequest, options: Any, known_models: list[str]) -> GenerationRequest | JSONResponse:
+    """kakumei's request for an A1111 one, or the refusal that answers it (returned, not
+    raised: a traceback would keep the request's images alive for as long as it lives)."""
+    try:
+        return mapping.to_generation_request(body, options, known_models)
+    except mapping.Unsupported as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    except ValidationError as exc:
+        return _unprocessable(exc)
+
+
 async def _generate(
     svc: Services, who: Caller, request: Request, body: Txt2ImgRequest | Img2ImgRequest
 ) -> ImageResponse | JSONResponse:
     # 1. map the A1111 request onto kakumei's, with the caller's options
     options = await to_thread.run_sync(caller_options(request).get, who)  # a database read
-    try:
-        gen = mapping.to_generation_request(body, options, svc.known_models())
-    except mapping.Unsupported as exc:
-        raise HTTPException(400, str(exc)) from None
-    except ValidationError as exc:
-        return _unprocessable(exc)
+    # In the parse pool: building the request decodes and checks every input image.
+    gen = await in_parse_pool(request, _mapped, body, options, svc.known_models())
+    if isinstance(gen, JSONResponse):
+        return gen
     # 2. queue it through the shared submit path (fair queue, caller's limits)
     try:
         job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
@@ -95,14 +105,21 @@ def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
     return job, svc.images.for_job(job_id)
 
 
-@router.post("/txt2img", response_model=ImageResponse, responses=problems(400, 409, 413, 422, 429, 499, 500))
-async def txt2img(body: Txt2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
+# Bodies are read and validated in the parse pool (server/bodies.py), after the caller.
+Txt2ImgBody = Annotated[Txt2ImgRequest, Depends(json_body(Txt2ImgRequest))]
+Img2ImgBody = Annotated[Img2ImgRequest, Depends(json_body(Img2ImgRequest))]
+
+
+@router.post("/txt2img", response_model=ImageResponse, responses=problems(400, 409, 413, 415, 422, 429, 499, 500),
+             openapi_extra=documented(Txt2ImgRequest))
+async def txt2img(request: Request, svc: Svc, who: CallerDep, body: Txt2ImgBody) -> ImageResponse | JSONResponse:
     """Text to image; waits for the job and answers with base64 PNGs carrying infotext."""
     return await _generate(svc, who, request, body)
 
 
-@router.post("/img2img", response_model=ImageResponse, responses=problems(400, 409, 413, 422, 429, 499, 500))
-async def img2img(body: Img2ImgRequest, request: Request, svc: Svc, who: CallerDep) -> ImageResponse | JSONResponse:
+@router.post("/img2img", response_model=ImageResponse, responses=problems(400, 409, 413, 415, 422, 429, 499, 500),
+             openapi_extra=documented(Img2ImgRequest))
+async def img2img(request: Request, svc: Svc, who: CallerDep, body: Img2ImgBody) -> ImageResponse | JSONResponse:
     """Image to image, and inpainting with `mask`; waits for the job."""
     return await _generate(svc, who, request, body)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from kakumei.schemas import GenerationRequest
+from kakumei.server.bodies import documented, json_body
 from kakumei.server.deps import Svc, Who, owned_job
 from kakumei.server.models import JobList, JobOut
 from kakumei.server.submission import SubmitRefused, submit_generation
@@ -18,12 +19,14 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
 MAX_IDEMPOTENCY_KEY = 200
 
 
-@router.post("/jobs", status_code=201, response_model=JobOut, responses=problems(400, 401, 403, 409, 413, 422, 429))
+@router.post("/jobs", status_code=201, response_model=JobOut, responses=problems(400, 401, 403, 409, 413, 415, 422, 429),
+             openapi_extra=documented(GenerationRequest))
 def submit_job(
-    request: GenerationRequest,
     response: Response,
     svc: Svc,
     who: Who,
+    # After the caller: a request is authenticated before its images are decoded.
+    request: Annotated[GenerationRequest, Depends(json_body(GenerationRequest))],
     idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> JobOut:
     """Queue a generation. With the same Idempotency-Key, a retry returns the same job."""

@@ -8,6 +8,7 @@ what the SDKs parse into their exceptions.
 
 from __future__ import annotations
 
+import json
 import time
 
 from anyio import to_thread
@@ -15,10 +16,12 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from kakumei.schemas import validation_message
+from kakumei.schemas import GenerationRequest, validation_message
+from kakumei.server.bodies import documented, in_parse_pool
 from kakumei.server.deps import caller, services
 from kakumei.server.openapi import OpenAIError, problems
 from kakumei.server.openai_mapping import ImagesGenerate, Refused, to_generation_request
+from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, image_b64, submit_generation, wait_finished
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Images API"])
@@ -31,22 +34,14 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-@router.post("/images/generations", responses=problems(400, 401, 403, 409, 413, 429, 499, 500, model=OpenAIError))
-async def images_generations(request: Request) -> JSONResponse:
-    """Generate `n` images for `prompt`; waits for the job, then answers
-    {"created", "data": [{"url"} or {"b64_json"}, ...]}."""
-    svc = services(request)
+def _checked(raw: bytes | bytearray, svc: Services) -> tuple[ImagesGenerate, GenerationRequest] | JSONResponse:
+    """The request read and checked (in the parse pool), or the error that answers it."""
     try:
-        who = await to_thread.run_sync(caller, request)
-    except HTTPException as exc:
-        return _error(exc.status_code, str(exc.detail), code="invalid_api_key" if exc.status_code == 401 else None)
-    # 1. read and check the request
-    try:
-        raw = await request.json()
+        data = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python parses
         return _error(400, "the request body is not valid JSON: a UTF-8 JSON object like {\"prompt\": \"...\"}")
     try:
-        body = ImagesGenerate.model_validate(raw)
+        body = ImagesGenerate.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]["loc"] if exc.errors() else ()
         return _error(400, validation_message(exc), str(first[0]) if first else None)
@@ -56,6 +51,31 @@ async def images_generations(request: Request) -> JSONResponse:
         return _error(400, str(exc), exc.param)
     except ValidationError as exc:
         return _error(400, validation_message(exc))
+    return body, gen
+
+
+@router.post(
+    "/images/generations",
+    responses=problems(400, 401, 403, 409, 413, 415, 429, 499, 500, model=OpenAIError),
+    openapi_extra=documented(ImagesGenerate),
+)
+async def images_generations(request: Request) -> JSONResponse:
+    """Generate `n` images for `prompt`; waits for the job, then answers
+    {"created", "data": [{"url"} or {"b64_json"}, ...]}."""
+    svc = services(request)
+    try:
+        who = await to_thread.run_sync(caller, request)
+    except HTTPException as exc:
+        return _error(exc.status_code, str(exc.detail), code="invalid_api_key" if exc.status_code == 401 else None)
+    # 1. read and check the request, off the event loop
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+    checked = await in_parse_pool(request, _checked, raw, svc)
+    del raw
+    if isinstance(checked, JSONResponse):
+        return checked
+    body, gen = checked
     # 2. queue it through the shared submit path and wait
     try:
         job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)

@@ -1,0 +1,179 @@
+"""Hostile load against a real `kakumei serve`: does the server stay responsive and its memory
+flat?
+
+Starts `kakumei serve` (no local worker, a throwaway data dir) on a socket bound here, then,
+while a thread polls /healthz every 50 ms and samples the server's RSS from /proc:
+
+1. 4 parallel img2img submits of 8 init images of 4096x4096 (over the per-request pixel cap:
+   refused from the image headers, nothing decoded);
+2. 4 parallel img2img submits of as many 4096x4096 images as the cap allows (decoded and
+   checked in full, then queued);
+3. 3 parallel bodies declaring 500 MB (refused 413 before they are read).
+
+Prints, per phase, the answers, the worst /healthz latency and the server's RSS growth (peak
+during the phase, and after it settles), against the targets: /healthz within 1 s, growth
+under 300 MB. Run: `.venv/bin/python benchmarks/hostile_load.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from kakumei import schemas
+from kakumei.images import encode_image_b64
+
+HEALTH_TARGET_S = 1.0
+RSS_TARGET_MB = 300.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Watch:
+    """Polls /healthz and the server's RSS until stopped; keeps the worst of both."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url, self.pid = url, pid
+        self.worst = 0.0
+        self.peak = rss_mb(pid)
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    ok = client.get(f"{self.url}/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.failures += not ok
+                self.worst = max(self.worst, time.monotonic() - started)
+                self.peak = max(self.peak, rss_mb(self.pid))
+                time.sleep(0.05)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def big_image_b64(side: int = 4096) -> str:
+    """A photo-like 4096x4096 PNG: smooth gradients with fine noise, several MB as a file."""
+    y, x = np.mgrid[0:side, 0:side]
+    noise = np.random.default_rng(0).integers(0, 8, (side, side), dtype=np.uint8)
+    pixels = np.stack([(x // 16) % 256, (y // 16) % 256, ((x + y) // 32) % 256], axis=-1).astype(np.uint8)
+    pixels += noise[..., None]
+    buf = Image.fromarray(pixels, "RGB")
+    return encode_image_b64(buf)
+
+
+def submit(url: str, body: bytes) -> str:
+    started = time.monotonic()
+    response = httpx.post(f"{url}/api/v1/jobs", content=body, headers={"content-type": "application/json"}, timeout=600)
+    return f"{response.status_code} in {time.monotonic() - started:.1f}s"
+
+
+def declared_500mb(url: str) -> str:
+    """Declare a 500 MB body and send it as fast as the server takes it."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(
+            b"POST /api/v1/jobs HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 500000000\r\n\r\n"
+        )
+        chunk = b" " * (1 << 20)
+        sent = 0
+        try:
+            while sent < 500_000_000:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the server answered and closed: the rest was never read
+        try:
+            status = sock.recv(4096).split(b"\r\n", 1)[0].decode()
+        except OSError as exc:
+            status = f"connection closed by the server ({exc.__class__.__name__})"
+    return f"{status or 'closed'} after sending {sent / 1e6:.0f} MB, {time.monotonic() - started:.1f}s"
+
+
+def phase(name: str, url: str, pid: int, calls: list[Callable[[], str]]) -> None:
+    before = rss_mb(pid)
+    with Watch(url, pid) as watch, ThreadPoolExecutor(len(calls)) as pool:
+        answers = list(pool.map(lambda call: call(), calls))
+    time.sleep(2)
+    after = rss_mb(pid)
+    print(f"\n{name}")
+    for answer in answers:
+        print(f"  answer: {answer}")
+    health = "ok" if watch.worst <= HEALTH_TARGET_S and not watch.failures else "OVER TARGET"
+    print(f"  worst /healthz latency: {watch.worst:.2f}s (target {HEALTH_TARGET_S:.0f}s, {watch.failures} failed) {health}")
+    growth = after - before
+    verdict = "ok" if growth < RSS_TARGET_MB else "OVER TARGET"
+    print(f"  server RSS: {before:.0f} MB before, peak {watch.peak:.0f} MB (+{watch.peak - before:.0f}), "
+          f"{after:.0f} MB after (+{growth:.0f}; target < {RSS_TARGET_MB:.0f}) {verdict}")
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="kakumei-hostile-"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    env = {**os.environ, "KAKUMEI_HOME": str(home), "KAKUMEI_MODEL": "kakumei:tiny", "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "kakumei.cli", "serve", "--fd", str(sock.fileno()), "--no-local-worker"]
+    log = (home / "serve.log").open("wb")
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"kakumei serve did not start:\n{(home / 'serve.log').read_text()}")
+            time.sleep(0.1)
+        image = big_image_b64()
+        print(f"kakumei serve pid {proc.pid}; one 4096x4096 input is {len(image) / 1e6:.1f} MB of base64")
+        request = {"prompt": "hostile", "width": 512, "height": 512, "steps": 2, "denoising_strength": 0.5}
+        over = json.dumps({**request, "init_images": [image] * 8}).encode()
+        fits = schemas.MAX_REQUEST_INPUT_PIXELS // (4096 * 4096)
+        at_cap = json.dumps({**request, "init_images": [image] * fits}).encode()
+        phase(f"4 parallel submits of 8 4096x4096 images ({len(over) / 1e6:.0f} MB each)", url, proc.pid,
+              [lambda: submit(url, over)] * 4)
+        phase(f"4 parallel submits of {fits} 4096x4096 images, at the pixel cap ({len(at_cap) / 1e6:.0f} MB each)", url,
+              proc.pid, [lambda: submit(url, at_cap)] * 4)
+        phase("3 parallel bodies declaring 500 MB", url, proc.pid, [lambda: declared_500mb(url)] * 3)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Request bodies parsed and validated off the event loop, in a small pool of threads.
+
+A generation request may carry hundreds of megabytes of base64 images, and validating it
+decodes every one of them. Done by FastAPI's own body handling, the JSON parsing and the
+validation run on the event loop, and every other request (even /healthz) waits. Routes that
+take such bodies declare them with `json_body(Model)` instead: the body is read (within the
+limits of server/limits.py), then parsed and validated in a pool of PARSE_THREADS threads, so
+that a burst of big submits queues for those threads and neither stalls the loop nor decodes
+more images at once than the pool has threads. Errors keep FastAPI's 422 shape, and
+`documented(Model)` keeps the body in /openapi.json.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from anyio import CapacityLimiter, to_thread
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+# Threads that parse and validate big bodies at once: a few, so that the rest of the server
+# keeps its CPU and a burst of image uploads holds a bounded amount of decoded memory.
+PARSE_THREADS = 4
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+def _limiter(request: Request) -> CapacityLimiter:
+    # Made on first use, on the event loop (one app may serve on several loops in tests).
+    limiter = getattr(request.app.state, "parse_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.parse_limiter = CapacityLimiter(PARSE_THREADS)
+    return limiter
+
+
+async def in_parse_pool(request: Request, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in the parse pool, for work on a request body that may be big."""
+    return await to_thread.run_sync(func, *args, limiter=_limiter(request))
+
+
+def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]]:
+    """A JSON body as `model`, or the errors FastAPI itself would give for it.
+
+    Errors are returned, not raised, and carry no input: a raised error's traceback would keep
+    this frame, and so the body and its images, alive for as long as the error lives.
+    """
+    if not raw:
+        return [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}]
+    except ValueError:  # not UTF-8 (or -16/-32) text
+        return [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return [
+            {"type": err["type"], "loc": ("body", *err["loc"]), "msg": err["msg"], "input": None}
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+
+
+def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """A FastAPI dependency: the request body as `model`, parsed in the parse pool."""
+
+    async def body(request: Request) -> M:
+        # Read here rather than by request.body(), which would keep the bytes on the request
+        # for as long as it lasts (an A1111 request lasts until its job is done).
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+        result = await in_parse_pool(request, validated, raw, model)
+        del raw
+        if isinstance(result, list):
+            raise RequestValidationError(result)
+        return result
+
+    return body
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body with json_body: the body's schema, as
+    FastAPI would document a body parameter of `model`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
+
+
+# glibc's mallopt parameter for the size from which allocations are served by mmap.
+_M_MMAP_THRESHOLD = -3
+
+
+def return_big_buffers_to_the_system() -> None:
+    """Serve allocations of 1 MiB and more by mmap, so that the memory of a big body goes back
+    to the system once the request is done. glibc raises that threshold after the first big
+    free and keeps later big buffers on its heaps, where a burst of uploads stays resident
+    (benchmarks/hostile_load.py: 430 MB after four image submits, 55 MB with this). Does
+    nothing where the C library has no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
