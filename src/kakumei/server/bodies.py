@@ -55,7 +55,7 @@ def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         return [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}]
-    except ValueError:  # not UTF-8 (or -16/-32) text
+    except (ValueError, RecursionError):  # not UTF-8 (or -16/-32) text, or nested too deep to parse
         return [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
     try:
         return model.model_validate(data)

@@ -52,6 +52,7 @@ DESCRIPTIONS = {
     404: "no such thing of yours",
     409: "conflicts with the current state",
     413: "the request body is too large",
+    415: "the request body is not JSON",
     422: "the request does not validate",
     429: "too many jobs or requests; try again later",
     499: "the client went away; the job was cancelled",
