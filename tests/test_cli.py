@@ -12,21 +12,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kakumei.cli import main
-
-
-@pytest.fixture
-def run_cli(cli_env, monkeypatch, capsys):
-    """Run the CLI in-process (fast) with the session's data dir; returns (code, stdout, stderr)."""
-    for key in ("KAKUMEI_HOME", "KAKUMEI_MODEL", "KAKUMEI_OUTPUT_DIR", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(key, cli_env.get(key, "1"))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def out_files(cli_env) -> list[Path]:

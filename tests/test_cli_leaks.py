@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 
-from kakumei.cli import main
-
-
-@pytest.fixture
-def run_cli(cli_env, monkeypatch, capsys):
-    for key in ("KAKUMEI_HOME", "KAKUMEI_MODEL", "KAKUMEI_OUTPUT_DIR", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(key, cli_env.get(key, "1"))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_unreachable_database_error_hides_the_password(run_cli) -> None:

@@ -116,14 +116,6 @@ class Settings(BaseModel):
     trusted_proxies: list[str] = Field(default_factory=list)
     max_event_streams_per_user: int = Field(8, ge=1)
 
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _proxy_list(cls, value: Any) -> Any:
-        # The environment holds them separated by commas or spaces; TOML holds a list.
-        if isinstance(value, str):
-            return [part for part in re.split(r"[,\s]+", value) if part]
-        return value
-
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_networks(cls, value: list[str]) -> list[str]:
@@ -142,10 +134,10 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod
-    def _origin_list(cls, value: Any) -> Any:
-        # The environment holds origins separated by commas or spaces; TOML holds a list.
+    def _word_list(cls, value: Any) -> Any:
+        # The environment holds them separated by commas or spaces; TOML holds a list.
         if isinstance(value, str):
             return [o for o in re.split(r"[,\s]+", value) if o]
         return value

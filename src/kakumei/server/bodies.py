@@ -66,15 +66,20 @@ def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]
         ]
 
 
+async def read_body(request: Request) -> bytearray:
+    """The request's body, read here rather than by request.body(), which would keep the bytes
+    on the request for as long as it lasts (an A1111 request lasts until its job is done)."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+    return raw
+
+
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     """A FastAPI dependency: the request body as `model`, parsed in the parse pool."""
 
     async def body(request: Request) -> M:
-        # Read here rather than by request.body(), which would keep the bytes on the request
-        # for as long as it lasts (an A1111 request lasts until its job is done).
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
+        raw = await read_body(request)
         result = await in_parse_pool(request, validated, raw, model)
         del raw
         if isinstance(result, list):

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from kakumei.schemas import GenerationRequest, validation_message
-from kakumei.server.bodies import documented, in_parse_pool
+from kakumei.server.bodies import documented, in_parse_pool, read_body
 from kakumei.server.deps import caller, services
 from kakumei.server.openapi import OpenAIError, problems
 from kakumei.server.openai_mapping import ImagesGenerate, Refused, to_generation_request
@@ -68,9 +68,7 @@ async def images_generations(request: Request) -> JSONResponse:
     except HTTPException as exc:
         return _error(exc.status_code, str(exc.detail), code="invalid_api_key" if exc.status_code == 401 else None)
     # 1. read and check the request, off the event loop
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
+    raw = await read_body(request)
     checked = await in_parse_pool(request, _checked, raw, svc)
     del raw
     if isinstance(checked, JSONResponse):
