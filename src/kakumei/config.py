@@ -87,6 +87,20 @@ class Settings(BaseModel):
     free_queued_per_ip: int = Field(20, ge=1)
     free_users_per_ip: int = Field(2, ge=1)
     anonymous_max_queued: int = Field(100, ge=1)
+    # Fair share among people (fairness/groups.py): people without merit are grouped by the
+    # network their requests come from (these prefix lengths), and a group gets what one
+    # person gets. Off: every person is a group of their own.
+    network_groups: bool = True
+    group_prefix_v4: int = Field(24, ge=8, le=32)
+    group_prefix_v6: int = Field(56, ge=16, le=128)
+    # Accounts: who may sign up ("off": only the operator makes users; "invite": with a code
+    # from `kakumei users invite`; "open": anyone), sign-ups and guest sessions one network
+    # may start an hour, the shortest password, and the API keys one user may hold.
+    signup: Literal["off", "invite", "open"] = "off"
+    signups_per_network_per_hour: int = Field(5, ge=1)
+    guests_per_network_per_hour: int = Field(30, ge=1)
+    min_password_length: int = Field(10, ge=8, le=128)
+    max_keys_per_user: int = Field(20, ge=1)
     # Token buckets: requests a minute and burst, per API key and per client address (0: off).
     key_rate_per_minute: float = Field(30.0, ge=0)
     key_burst: int = Field(10, ge=0)
@@ -199,6 +213,14 @@ _ENV_FIELDS = {
     "KAKUMEI_FREE_QUEUED_PER_IP": "free_queued_per_ip",
     "KAKUMEI_FREE_USERS_PER_IP": "free_users_per_ip",
     "KAKUMEI_ANONYMOUS_MAX_QUEUED": "anonymous_max_queued",
+    "KAKUMEI_NETWORK_GROUPS": "network_groups",
+    "KAKUMEI_GROUP_PREFIX_V4": "group_prefix_v4",
+    "KAKUMEI_GROUP_PREFIX_V6": "group_prefix_v6",
+    "KAKUMEI_SIGNUP": "signup",
+    "KAKUMEI_SIGNUPS_PER_NETWORK_PER_HOUR": "signups_per_network_per_hour",
+    "KAKUMEI_GUESTS_PER_NETWORK_PER_HOUR": "guests_per_network_per_hour",
+    "KAKUMEI_MIN_PASSWORD_LENGTH": "min_password_length",
+    "KAKUMEI_MAX_KEYS_PER_USER": "max_keys_per_user",
     "KAKUMEI_KEY_RATE_PER_MINUTE": "key_rate_per_minute",
     "KAKUMEI_KEY_BURST": "key_burst",
     "KAKUMEI_IP_RATE_PER_MINUTE": "ip_rate_per_minute",

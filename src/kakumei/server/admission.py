@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from kakumei.config import Settings
 from kakumei.fairness.credits import MeritPolicy, is_free_tier
+from kakumei.fairness.groups import GroupPolicy
 from kakumei.fairness.limits import FreeCaps, Refusal, TimeoutPolicy, TokenBuckets, free_caps, over_free_caps
 from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database
@@ -40,6 +41,12 @@ def merit_policy(settings: Settings) -> MeritPolicy:
         anonymous_weight=settings.anonymous_weight,
         max_bonus=settings.merit_max_bonus,
         half_balance=settings.merit_half_balance,
+    )
+
+
+def group_policy(settings: Settings) -> GroupPolicy:
+    return GroupPolicy(
+        v4_prefix=settings.group_prefix_v4, v6_prefix=settings.group_prefix_v6, enabled=settings.network_groups
     )
 
 
