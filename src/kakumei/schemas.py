@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -328,7 +329,7 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _init_images(cls, v: list[str]) -> list[str]:
         if len(v) > MAX_INIT_IMAGES:
-            raise ValueError(f"at most {MAX_INIT_IMAGES} init images, got {len(v)}")
+            raise ValueError(f"init_images may hold at most {MAX_INIT_IMAGES} images, got {len(v)}")
         _check_request_pixels(_declared_pixels(v), "the init images are")
         for i, data in enumerate(v):
             _check_input(data, f"init_images[{i}]")
@@ -394,16 +395,23 @@ class GenerationRequest(BaseModel):
                 data = {**data, "sampler_name": sampler, "scheduler": schedule}
         return data
 
+    @field_validator("sampler_name")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        # A field validator (after the legacy split above), so the error names sampler_name.
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; known: {', '.join(SAMPLER_NAMES)}")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        if v not in SCHEDULE_NAMES:
+            raise ValueError(f"unknown schedule {v!r}; known: {', '.join(SCHEDULE_NAMES)}")
+        return v
+
     @model_validator(mode="after")
     def _sampler_and_schedule(self) -> GenerationRequest:
-        if self.sampler_name not in SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {self.sampler_name!r}; known: {', '.join(SAMPLER_NAMES)}"
-            )
-        if self.scheduler not in SCHEDULE_NAMES:
-            raise ValueError(
-                f"unknown schedule {self.scheduler!r}; known: {', '.join(SCHEDULE_NAMES)}"
-            )
         if self.scheduler in SIGMA_SCHEDULES and not SAMPLERS[self.sampler_name]:
             usable = [n for n, sig in SAMPLERS.items() if sig]
             raise ValueError(
@@ -518,14 +526,83 @@ def check_request(request: GenerationRequest) -> None:
         raise InvalidRequest("the refiner applies to text-to-image without hires fix in this version of kakumei")
 
 
+_PREDICATES = ("must ", "is ", "may ", "needs ", "has ", "should ", "cannot ", "contains ", "holds ", "does ", "takes ")
+# Locations that say where a value came from, not which field it is.
+_LOC_SOURCES = frozenset({"body", "query", "header", "path", "__root__"})
+
+
+def _given(value: Any) -> str:
+    """The value a field was given, when it is short enough to repeat (never an image)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, str) and len(value) <= 40:
+        return repr(value)
+    return ""
+
+
+def error_field(err: Mapping[str, Any]) -> str:
+    """The field a pydantic (or FastAPI) error is about: "cfg_scale", "init_images.0", or ""."""
+    loc = err.get("loc", ())
+    if err.get("type") == "json_invalid":
+        return ""
+    return ".".join(str(p) for p in loc if p not in _LOC_SOURCES)
+
+
+def error_sentence(err: Mapping[str, Any]) -> str:
+    """One error as a sentence for a person: the field, what is allowed, and the value given
+    ("cfg_scale must be at most 30, got 99"). Every surface (CLI, native API, A1111, OpenAI)
+    words its errors with this, so one mistake reads the same everywhere."""
+    field = error_field(err)
+    kind = str(err.get("type", ""))
+    ctx = {k: _given(v) if isinstance(v, (int, float)) else v for k, v in (err.get("ctx") or {}).items()}
+    given = _given(err.get("input")) if "input" in err else ""
+    got = f", got {given}" if given else ""
+    known = {
+        "less_than_equal": lambda: f"must be at most {ctx.get('le')}{got}",
+        "greater_than_equal": lambda: f"must be at least {ctx.get('ge')}{got}",
+        "less_than": lambda: f"must be below {ctx.get('lt')}{got}",
+        "greater_than": lambda: f"must be above {ctx.get('gt')}{got}",
+        "multiple_of": lambda: f"must be a multiple of {ctx.get('multiple_of')}{got}",
+        "int_parsing": lambda: f"must be a whole number{got}",
+        "int_type": lambda: f"must be a whole number{got}",
+        "int_from_float": lambda: f"must be a whole number{got}",
+        "float_parsing": lambda: f"must be a number{got}",
+        "float_type": lambda: f"must be a number{got}",
+        "bool_parsing": lambda: f"must be true or false{got}",
+        "bool_type": lambda: f"must be true or false{got}",
+        "string_type": lambda: f"must be text{got}",
+        "list_type": lambda: f"must be a list{got}",
+        "dict_type": lambda: "must be a JSON object",
+        "model_type": lambda: "must be a JSON object",
+        "model_attributes_type": lambda: "must be a JSON object",
+        "missing": lambda: "is required",
+        "extra_forbidden": lambda: "is not a field this accepts",
+        "too_long": lambda: f"may hold at most {ctx.get('max_length')} items",
+        "string_too_long": lambda: f"may be at most {ctx.get('max_length')} characters",
+        "string_too_short": lambda: f"must be at least {ctx.get('min_length')} characters",
+        "literal_error": lambda: f"must be {ctx.get('expected')}{got}",
+        "enum": lambda: f"must be {ctx.get('expected')}{got}",
+    }
+    if kind == "json_invalid":
+        reason = ctx.get("error")
+        return "the body is not valid JSON" + (f" ({reason})" if reason else "") + ": send a UTF-8 JSON object"
+    if kind in known:
+        message = known[kind]()
+    else:
+        message = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    # A predicate ("must be ...") gets its field in front; a validator's whole sentence
+    # ("steps must be between ...", "unknown sampler 'x'; known: ...") keeps its words, and
+    # the field is still named beside it in the API's error list.
+    if field and message.startswith(_PREDICATES):
+        return f"{field} {message}"
+    return message
+
+
 def validation_message(exc: Exception) -> str:
     """One sentence from a pydantic ValidationError (or any exception)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
-    parts = []
-    for err in errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+    return "; ".join(error_sentence(err) for err in errors(include_url=False))

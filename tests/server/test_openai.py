@@ -45,7 +45,7 @@ def test_errors_have_the_openai_shape(live_server) -> None:
             ({"prompt": "x", "size": "big"}, "size must look like", "size"),
             ({"prompt": "x", "model": "nobody/nothing"}, "unknown model", "model"),
             ({"prompt": "x", "response_format": "jpeg"}, "response_format", "response_format"),
-            ({"prompt": "x", "n": 11}, "n:", "n"),
+            ({"prompt": "x", "n": 11}, "n must be at most 10, got 11", "n"),
             ({"n": 1}, "prompt", "prompt"),
         ]
         for body, message, param in cases:

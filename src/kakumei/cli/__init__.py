@@ -28,7 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in (generate, models, serve, users, worker):
         group.register(sub)
+    _debug_everywhere(sub)
     return parser
+
+
+def _debug_everywhere(sub: argparse._SubParsersAction) -> None:
+    """`--debug` after the command as well (`kakumei generate x --debug`); SUPPRESS keeps a
+    subcommand from resetting the one given before it."""
+    for parser in set(sub.choices.values()):
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _debug_everywhere(action)
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:

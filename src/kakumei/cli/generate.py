@@ -13,7 +13,16 @@ from typing import Any
 from kakumei.cli.common import EXIT_INTERRUPTED
 from kakumei.config import Settings
 from kakumei.errors import GenerationCancelled, KakumeiError, ModelNotFound
-from kakumei.schemas import MAX_SIDE, SAMPLER_NAMES, SCHEDULE_NAMES
+from kakumei.schemas import (
+    HR_UPSCALERS,
+    INPAINTING_FILLS,
+    MAX_INIT_IMAGES,
+    MAX_INPUT_BYTES,
+    MAX_SIDE,
+    RESIZE_MODES,
+    SAMPLER_NAMES,
+    SCHEDULE_NAMES,
+)
 
 # CLI flag -> GenerationRequest field, for the flags that override `--from`.
 _REQUEST_FLAGS = {
@@ -28,6 +37,20 @@ _REQUEST_FLAGS = {
     "sampler": "sampler_name",
     "scheduler": "scheduler",
     "clip_skip": "clip_skip",
+    "denoising_strength": "denoising_strength",
+    "mask_blur": "mask_blur",
+    "inpaint_full_res_padding": "inpaint_full_res_padding",
+    "hr_scale": "hr_scale",
+    "hr_upscaler": "hr_upscaler",
+    "hr_steps": "hr_second_pass_steps",
+    "refiner": "refiner_checkpoint",
+    "refiner_switch_at": "refiner_switch_at",
+}
+# On/off flags: given, they set the field; absent, the default (or the --from image's) holds.
+_SWITCH_FLAGS = {
+    "inpaint_full_res": ("inpaint_full_res", True),
+    "invert_mask": ("inpainting_mask_invert", 1),
+    "hires": ("enable_hr", True),
 }
 
 
@@ -37,6 +60,88 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="default: CUDA, then MPS, then CPU")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="default: float16 on a GPU, float32 on the CPU")
     group.add_argument("--low-memory", action="store_true", default=None, help="attention slicing, VAE tiling and CPU offload")
+
+
+def _choice(names: tuple[str, ...], what: str) -> Any:
+    """A flag value given by name (any case) or by A1111's number; the number is what the
+    request holds."""
+
+    def parse(text: str) -> int:
+        if text.isdigit() and int(text) < len(names):
+            return int(text)
+        for i, name in enumerate(names):
+            if text.strip().lower() == name.lower():
+                return i
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {text!r}; one of: " + ", ".join(f"{n!r} ({i})" for i, n in enumerate(names)))
+
+    return parse
+
+
+def _image_flags(parser: argparse.ArgumentParser) -> None:
+    img = parser.add_argument_group("img2img and inpainting")
+    img.add_argument("--init-image", "-i", action="append", type=Path, metavar="IMAGE",
+                     help=f"start from this picture (img2img); repeat for up to {MAX_INIT_IMAGES}, image i uses init image i mod n")
+    img.add_argument("--denoising-strength", type=float, help="0 keeps the input, 1 replaces it (default 0.75)")
+    img.add_argument("--resize-mode", type=_choice(RESIZE_MODES, "resize mode"),
+                     help="how an input of another size is fitted: " + ", ".join(RESIZE_MODES) + " (default Just resize)")
+    img.add_argument("--mask", type=Path, metavar="IMAGE", help="inpainting: white is repainted, black kept (needs --init-image)")
+    img.add_argument("--mask-blur", type=int, help="pixels of blur on the mask edge (default 4)")
+    img.add_argument("--inpainting-fill", type=_choice(INPAINTING_FILLS, "masked content"),
+                     help="what the masked area starts from: " + ", ".join(INPAINTING_FILLS) + " (default original)")
+    img.add_argument("--inpaint-full-res", action="store_true", default=None, help="repaint only the masked area, at full resolution")
+    img.add_argument("--inpaint-full-res-padding", type=int, help="pixels around the mask for --inpaint-full-res (default 32)")
+    img.add_argument("--invert-mask", action="store_true", default=None, help="repaint the black part of the mask instead")
+    hr = parser.add_argument_group("hires fix and refiner")
+    hr.add_argument("--hires", action="store_true", default=None, help="generate at the size given, upscale, then a second pass")
+    hr.add_argument("--hr-scale", type=float, help="upscale factor, 1 to 4 (default 2)")
+    hr.add_argument("--hr-upscaler", help=f"one of: {', '.join(HR_UPSCALERS)} (default Latent)")
+    hr.add_argument("--hr-steps", type=int, help="steps of the second pass (default: as --steps)")
+    hr.add_argument("--hr-denoising-strength", type=float, help="how much the second pass changes (default 0.75)")
+    hr.add_argument("--refiner", metavar="MODEL", help="an SDXL refiner that finishes the last steps")
+    hr.add_argument("--refiner-switch-at", type=float, help="fraction of the steps after which the refiner takes over (default 0.8)")
+
+
+def _read_image(path: Path, flag: str) -> str:
+    """An input picture as the request carries it (base64 of the file); its content is
+    checked by the request's own validation."""
+    import base64
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_INPUT_BYTES:
+            raise KakumeiError(f"{flag} {path} is {size // (1024 * 1024)} MiB; the most is {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise KakumeiError(f"{flag} {path} is a folder; give a PNG, JPEG or WebP file") from None
+    except FileNotFoundError:
+        raise KakumeiError(f"{flag} {path}: no such file") from None
+    except PermissionError:
+        raise KakumeiError(f"{flag} {path}: permission denied") from None
+    return base64.b64encode(data).decode("ascii")
+
+
+def _image_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields that the picture flags give."""
+    values: dict[str, Any] = {}
+    if args.init_image:
+        if len(args.init_image) > MAX_INIT_IMAGES:
+            raise KakumeiError(f"--init-image was given {len(args.init_image)} times; the most is {MAX_INIT_IMAGES}")
+        values["init_images"] = [_read_image(p, "--init-image") for p in args.init_image]
+    if args.mask is not None:
+        values["mask"] = _read_image(args.mask, "--mask")
+    if args.resize_mode is not None:
+        values["resize_mode"] = args.resize_mode
+    if args.inpainting_fill is not None:
+        values["inpainting_fill"] = args.inpainting_fill
+    for flag, (field, value) in _SWITCH_FLAGS.items():
+        if getattr(args, flag):
+            values[field] = value
+    if args.hr_denoising_strength is not None:
+        if args.denoising_strength is not None and args.denoising_strength != args.hr_denoising_strength:
+            raise KakumeiError("--denoising-strength and --hr-denoising-strength set the same value; give one")
+        values["denoising_strength"] = args.hr_denoising_strength
+    return values
 
 
 def _add_generate(sub: Any) -> None:
@@ -53,6 +158,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLER_NAMES)} (default Euler a)")
     p.add_argument("--scheduler", help=f"schedule type, one of: {', '.join(SCHEDULE_NAMES)}")
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer (default), 2 = the one before")
+    _image_flags(p)
     p.add_argument("--from", dest="from_image", metavar="IMAGE", help="regenerate a PNG from its metadata; other flags override its fields")
     p.add_argument("--out", "-o", type=Path, help="output folder (default: <data dir>/outputs)")
     _engine_flags(p)
@@ -95,15 +201,18 @@ class _CtrlC:
 def _request_for(args: argparse.Namespace, settings: Settings) -> tuple[Any, int | None]:
     """The request to run, and (for --from) the index of the one image to regenerate."""
     from kakumei.engine.metadata import read_metadata
-    from kakumei.schemas import validate_request
+    from kakumei.schemas import check_request, validate_request
 
     overrides = {field: getattr(args, flag) for flag, field in _REQUEST_FLAGS.items() if getattr(args, flag) is not None}
+    overrides.update(_image_overrides(args))
     if args.prompt is not None:
         overrides["prompt"] = args.prompt
     if args.from_image is None:
         if args.prompt is None:
             raise KakumeiError("give a prompt, e.g. kakumei generate \"a red fox in snow\", or --from IMAGE")
-        return validate_request({**overrides, "model": settings.model}), None
+        request = validate_request({**overrides, "model": settings.model})
+        check_request(request)
+        return request, None
     base, index = read_metadata(args.from_image).request_and_index()
     data = base.model_dump()
     if args.model:
@@ -112,6 +221,7 @@ def _request_for(args: argparse.Namespace, settings: Settings) -> tuple[Any, int
         data["model"] = settings.model
     data.update(overrides)
     request = validate_request(data)
+    check_request(request)
     # Regenerate just that image when the batches are laid out as before; a changed seed,
     # batch size or count asks for a new set of images.
     same_layout = all(getattr(request, f) == getattr(base, f) for f in ("seed", "batch_size", "n_iter"))

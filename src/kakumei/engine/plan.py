@@ -44,6 +44,12 @@ def prepare_inputs(request: GenerationRequest) -> Inputs:
         mask = decode_image_b64(request.mask, "mask", MAX_INPUT_PIXELS, MAX_INPUT_BYTES)
         mask = resize_image(request.resize_mode, mask.convert("L"), *size)
         out.mask = prepare_mask(mask, request.mask_blur, bool(request.inpainting_mask_invert))
+        if out.mask.getbbox() is None:
+            # Nothing to repaint: "only masked" would crop to an empty box, and a full repaint
+            # would return the input unchanged at the price of a run.
+            flipped = " (inverted)" if request.inpainting_mask_invert else ""
+            raise InvalidRequest(f"the mask{flipped} is all black, so nothing would be repainted; "
+                                 "paint white where the picture should change")
         out.mask_hash = hashlib.sha256(request.mask.encode()).hexdigest()
     return out
 

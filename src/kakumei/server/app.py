@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 import kakumei
 from kakumei.config import Settings
 from kakumei.fairness.limits import Slots
+from kakumei.schemas import error_field, error_sentence
 from kakumei.server import openapi
 from kakumei.server.a1111 import routes as a1111
 from kakumei.server.bodies import return_big_buffers_to_the_system
@@ -23,22 +24,30 @@ from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
 from kakumei.server.limits import BodyLimits
 from kakumei.server.method_not_allowed import method_not_allowed
-from kakumei.server.routes import admin, docs, events, gallery, health, images, jobs, me, metrics, openai, options, web, worker_api, workers
+from kakumei.server.routes import (
+    admin,
+    docs,
+    events,
+    gallery,
+    health,
+    images,
+    jobs,
+    me,
+    metrics,
+    openai,
+    options,
+    web,
+    worker_api,
+    workers,
+)
 from kakumei.server.services import Services
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
-    return ".".join(parts) or "body"
-
-
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with one readable message per field (no pydantic internals, no input echo)."""
-    errors = [
-        {"field": _field(tuple(err.get("loc", ()))), "message": str(err.get("msg", "")).removeprefix("Value error, ")}
-        for err in exc.errors()
-    ]
-    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    """422 with one sentence per field (schemas.error_sentence: what is allowed, the value
+    given when it is short; no pydantic internals)."""
+    errors = [{"field": error_field(err) or "body", "message": error_sentence(err)} for err in exc.errors()]
+    message = "; ".join(e["message"] for e in errors)
     return JSONResponse({"detail": message, "errors": errors}, status_code=422)
 
 

@@ -61,9 +61,18 @@ def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]
         return model.model_validate(data)
     except ValidationError as exc:
         return [
-            {"type": err["type"], "loc": ("body", *err["loc"]), "msg": err["msg"], "input": None}
-            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+            {"type": err["type"], "loc": ("body", *err["loc"]), "msg": err["msg"], "input": _short(err.get("input")),
+             "ctx": {k: v for k, v in (err.get("ctx") or {}).items() if isinstance(v, (int, float, str))}}
+            for err in exc.errors(include_url=False)
         ]
+
+
+def _short(value: Any) -> Any:
+    """A value an error may repeat to the caller (a number, or a short text); never a body's
+    images, which the error would keep alive as long as it lives."""
+    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
+        return value
+    return None
 
 
 async def read_body(request: Request) -> bytearray:
