@@ -532,13 +532,12 @@ _LOC_SOURCES = frozenset({"body", "query", "header", "path", "__root__"})
 
 
 def _given(value: Any) -> str:
-    """The value a field was given, when it is short enough to repeat (never an image)."""
+    """The value a field was given, when it is a number or a flag. Text is never repeated: it
+    may be a password, an invite code or a key sent in the wrong field."""
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
     if isinstance(value, (int, float)):
         return f"{value:g}" if isinstance(value, float) else str(value)
-    if isinstance(value, str) and len(value) <= 40:
-        return repr(value)
     return ""
 
 

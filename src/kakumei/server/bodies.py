@@ -68,11 +68,9 @@ def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]
 
 
 def _short(value: Any) -> Any:
-    """A value an error may repeat to the caller (a number, or a short text); never a body's
-    images, which the error would keep alive as long as it lives."""
-    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
-        return value
-    return None
+    """A value an error may repeat to the caller: a number or a flag (schemas.error_sentence);
+    never text, nor a body's images, which the error would keep alive as long as it lives."""
+    return value if isinstance(value, (bool, int, float)) else None
 
 
 async def read_body(request: Request) -> bytearray:
