@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -338,3 +339,25 @@ class AccountStore:
         tx.run("DELETE FROM account_events WHERE kind = ? AND network = ? AND created_at <= ?", (kind, network, now - HOUR))
         tx.run("INSERT INTO account_events (kind, network, created_at) VALUES (?, ?, ?)", (kind, network, now))
 
+
+class KeyUse:
+    """When keys were last used, written at most once per `every` seconds per process: an
+    API call costs no write of its own, and last_used_at is right to about that much."""
+
+    def __init__(self, accounts: AccountStore, *, every: float = 60.0, most: int = 10_000) -> None:
+        self.accounts = accounts
+        self.every = every
+        self.most = most
+        self._pending: dict[str, float] = {}
+        self._written_at = accounts.clock()
+        self._lock = threading.Lock()
+
+    def note(self, key_hash: str) -> None:
+        now = self.accounts.clock()
+        with self._lock:
+            if len(self._pending) < self.most or key_hash in self._pending:
+                self._pending[key_hash] = now
+            if now - self._written_at < self.every:
+                return
+            pending, self._pending, self._written_at = self._pending, {}, now
+        self.accounts.touch_keys(pending)
