@@ -109,7 +109,11 @@ def test_bodies_that_are_not_accounts_get_a_422_not_a_trace(make_server) -> None
             refused = c.post("/api/v1/accounts", json=body)
             assert refused.status_code == 422 and refused.json()["errors"], (body, refused.text)
             assert "Traceback" not in refused.text and "nul\x00inside" not in refused.text
-        assert c.post("/api/v1/accounts", content=b"{", headers={"content-type": "application/json"}).status_code == 422
+        for raw in (b"{", b"\xff\xfe\x00not text", b""):
+            for path in ("/api/v1/accounts", "/api/v1/sessions"):
+                refused = c.post(path, content=raw, headers={"content-type": "application/json"})
+                assert refused.status_code == 422 and refused.json()["errors"], (path, raw, refused.text)
+        assert c.post("/api/v1/accounts", content=b"name=dave", headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 415
         assert c.post("/api/v1/sessions", json={"name": "dave"}).status_code == 422
     assert server.services.users.by_name("dave") is None
 

@@ -11,6 +11,7 @@ from kakumei.store.accounts import (
     GUEST,
     AccountStore,
     InviteRefused,
+    KeyUse,
     NameTaken,
     NotAGuest,
     TooMany,
@@ -196,3 +197,18 @@ def test_last_use_of_keys_is_recorded(stores: Stores, accounts: AccountStore) ->
     accounts.touch_keys({k.key_hash: 500.0})
     accounts.touch_keys({k.key_hash: 400.0})
     assert accounts.keys(user.id)[0].last_used_at == 500.0
+
+
+def test_key_use_is_written_once_a_minute_at_most(stores: Stores, accounts: AccountStore) -> None:
+    user, _ = stores.users.add("kim")
+    (k,) = accounts.keys(user.id)
+    use = KeyUse(accounts, every=60)
+    use.note(k.key_hash)
+    assert accounts.keys(user.id)[0].last_used_at is None, "not written on every call"
+    stores.clock.advance(61)
+    use.note(k.key_hash)
+    assert accounts.keys(user.id)[0].last_used_at == stores.clock.now
+    small = KeyUse(accounts, every=60, most=1)
+    small.note("a" * 64)
+    small.note(k.key_hash)
+    assert small._pending == {"a" * 64: stores.clock.now}, "what is kept in memory is bounded"

@@ -7,11 +7,14 @@ event loop.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kakumei.schemas import OneLine
 from kakumei.server import signup
+from kakumei.server.bodies import documented, json_body
 from kakumei.server.deps import Address, Svc, Visitor, Who
 from kakumei.server.models import KeyOut, NewAccount, NewKey, SessionKey
 from kakumei.server.openapi import problems
@@ -37,20 +40,22 @@ class KeyIn(BaseModel):
     label: OneLine = Field("", max_length=64, description="what the key is for, to tell your keys apart")
 
 
-@router.post("/accounts", status_code=201, response_model=NewAccount, responses=problems(401, 403, 409, 413, 422, 429))
-def sign_up(body: AccountIn, svc: Svc, who: Visitor) -> NewAccount:
+@router.post("/accounts", status_code=201, response_model=NewAccount, responses=problems(401, 403, 409, 413, 415, 422, 429),
+             openapi_extra=documented(AccountIn))
+def sign_up(svc: Svc, who: Visitor, body: Annotated[AccountIn, Depends(json_body(AccountIn))]) -> NewAccount:
     """Make an account and get its first key. Sent with a guest's key, the guest becomes the
     account, keeping its jobs and images (and the guest key keeps working)."""
     return signup.sign_up(svc, who, body.name, body.password, body.invite)
 
 
-@router.post("/sessions", response_model=SessionKey, responses=problems(401, 409, 413, 422, 429))
-def sign_in(body: SignInIn, svc: Svc, addr: Address) -> SessionKey:
+@router.post("/sessions", response_model=SessionKey, responses=problems(401, 409, 413, 415, 422, 429),
+             openapi_extra=documented(SignInIn))
+def sign_in(svc: Svc, addr: Address, body: Annotated[SignInIn, Depends(json_body(SignInIn))]) -> SessionKey:
     """Sign in with name and password: a new API key labelled sign-in."""
     return signup.sign_in(svc, addr, body.name, body.password)
 
 
-@router.post("/guests", status_code=201, response_model=NewAccount, responses=problems(403, 413, 429))
+@router.post("/guests", status_code=201, response_model=NewAccount, responses=problems(403, 413, 415, 429))
 def add_guest(svc: Svc, addr: Address) -> NewAccount:
     """A guest session: a user of your own with its own key, without a password."""
     return signup.add_guest(svc, addr)
@@ -62,10 +67,11 @@ def list_keys(svc: Svc, who: Who) -> list[KeyOut]:
     return signup.list_keys(svc, who)
 
 
-@router.post("/me/keys", status_code=201, response_model=NewKey, responses=problems(401, 403, 409, 413, 422))
-def add_key(svc: Svc, who: Who, body: KeyIn | None = None) -> NewKey:
+@router.post("/me/keys", status_code=201, response_model=NewKey, responses=problems(401, 403, 409, 413, 415, 422),
+             openapi_extra=documented(KeyIn, optional=True))
+def add_key(svc: Svc, who: Who, body: Annotated[KeyIn, Depends(json_body(KeyIn, optional=True))]) -> NewKey:
     """A new API key for you, shown once."""
-    return signup.add_key(svc, who, (body or KeyIn()).label)
+    return signup.add_key(svc, who, body.label)
 
 
 @router.delete("/me/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404))
