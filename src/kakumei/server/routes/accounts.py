@@ -74,8 +74,9 @@ def add_key(svc: Svc, who: Who, body: Annotated[KeyIn, Depends(json_body(KeyIn, 
     return signup.add_key(svc, who, body.label)
 
 
-@router.delete("/me/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404))
+@router.delete("/me/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404, 409))
 def revoke_key(key_id: int, svc: Svc, who: Who) -> Response:
-    """Revoke one of your keys; it stops working with the next request."""
+    """Revoke one of your keys; it stops working with the next request. An operator's user
+    (no password) keeps its last key."""
     signup.revoke_key(svc, who, key_id)
     return Response(status_code=204)
