@@ -105,10 +105,14 @@ def test_bodies_that_are_not_accounts_get_a_422_not_a_trace(make_server) -> None
     server = make_server(signup="open")
     with client(server) as c:
         for body in ({"name": "dave"}, {"name": 5, "password": GOOD}, {"name": "dave", "password": GOOD, "admin": True},
-                     {"name": "dave", "password": "nul\x00inside-it"}, [], "dave"):
-            refused = c.post("/api/v1/accounts", json=body)
-            assert refused.status_code == 422 and refused.json()["errors"], (body, refused.text)
-            assert "Traceback" not in refused.text and "nul\x00inside" not in refused.text
+                     {"name": "dave", "password": "nul\x00inside-it"}, {"name": "dave", "password": 98765432101},
+                     {"name": "dave", "password": "p" * 1025}, [], "dave"):
+            for path in ("/api/v1/accounts", "/api/v1/sessions"):
+                refused = c.post(path, json=body)
+                assert refused.status_code == 422 and refused.json()["errors"], (body, refused.text)
+                # No trace, and a password is never repeated, not even a wrong one.
+                assert "Traceback" not in refused.text and "nul" not in refused.text
+                assert "98765432101" not in refused.text and "ppp" not in refused.text
         for raw in (b"{", b"\xff\xfe\x00not text", b""):
             for path in ("/api/v1/accounts", "/api/v1/sessions"):
                 refused = c.post(path, content=raw, headers={"content-type": "application/json"})
