@@ -275,7 +275,7 @@ class Admission:
                                 f"retry when one has started", self._eta(user_id=user.id))
         if cap == ANONYMOUS_GROUP:
             return Refusal(429, f"anonymous visitors together have {counts.anonymous} jobs queued, the most this "
-                                f"server allows; retry later or use an API key", self._eta(user_id=user.id))
+                                f"server allows; retry later or use an API key", self._eta(keyless=True))
         network = network_of(addr, self.groups) if self.groups.enabled else None
         where = f"your network {network}" if network else "your group"
         if cap == FREE_IN_GROUP:
@@ -287,11 +287,11 @@ class Admission:
                             f"jobs queued, the most this server allows; retry when theirs have started",
                        self._eta(group_id=counts.group_id))
 
-    def _eta(self, *, user_id: int | None = None, group_id: int | None = None) -> float | None:
+    def _eta(self, *, user_id: int | None = None, group_id: int | None = None, keyless: bool = False) -> float | None:
         """When the first of these queued jobs should start: a fair time to retry."""
-        if user_id is None and group_id is None:
+        if user_id is None and group_id is None and not keyless:
             return None
-        job_id = next_queued(self.db, user_id=user_id, group_id=group_id)
+        job_id = next_queued(self.db, user_id=user_id, group_id=group_id, keyless=keyless)
         if job_id is None:
             return None
         placed = self.jobs.place(job_id)

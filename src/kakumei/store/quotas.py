@@ -29,6 +29,8 @@ QUEUED_ANONYMOUS = "SELECT COALESCE(SUM(queued_jobs), 0) AS n FROM users WHERE q
 NEXT_QUEUED_OF_USER = """
 SELECT id FROM jobs WHERE user_id = ? AND state = 'queued' ORDER BY priority DESC, seq LIMIT 1
 """
+# Some keyless person with jobs queued (the cap of all of them together waits on theirs).
+A_QUEUED_KEYLESS_PERSON = "SELECT id FROM users WHERE queued_jobs > 0 AND is_anonymous = 1 ORDER BY id LIMIT 1"
 NEXT_QUEUED_IN_GROUP = "SELECT id FROM jobs WHERE group_id = ? AND state = 'queued' ORDER BY seq LIMIT 1"
 
 
@@ -131,9 +133,16 @@ def hold_queue_limits(tx: Transaction, placement: Placement, limits: QueueLimits
         raise QueueFull(cap, counts)
 
 
-def next_queued(db: Database, *, user_id: int | None = None, group_id: int | None = None) -> str | None:
-    """Id of the user's job that will start first, or the group's oldest, if any."""
+def next_queued(
+    db: Database, *, user_id: int | None = None, group_id: int | None = None, keyless: bool = False
+) -> str | None:
+    """Id of the user's job that will start first, or the group's oldest, or (`keyless`) the
+    next of some keyless person, if any."""
     with db.transaction(write=False) as tx:
+        if keyless:
+            user_id = tx.scalar(A_QUEUED_KEYLESS_PERSON)
+            if user_id is None:
+                return None
         if user_id is not None:
             return tx.scalar(NEXT_QUEUED_OF_USER, (user_id,))
         return tx.scalar(NEXT_QUEUED_IN_GROUP, (group_id,))
