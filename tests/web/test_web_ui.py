@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 from support import wait_done
 from PIL import Image
 from playwright.sync_api import expect
