@@ -619,10 +619,8 @@ async function takeGuestKey() {
   try {
     const guest = await api("POST", "/api/v1/guests", undefined, {}, "");
     setKey(guest.key, "guest");
-    return null;
   } catch (err) {
     setKey("", "");
-    return err;
   }
 }
 
@@ -636,10 +634,8 @@ async function settleKey() {
       if (err.status === 401) setKey("", "");
     }
   }
-  let refusal = null;
-  if (!state.key) refusal = await takeGuestKey();
+  if (!state.key) await takeGuestKey();
   await refreshAccount();
-  if (refusal && refusal.status === 429 && !$("signin-needed").hidden) $("signin-error").textContent = refusal.message;
 }
 
 function signupMode() {
@@ -822,7 +818,7 @@ function keyItem(key) {
   const label = key.label || SAY.unnamedKey;
   item.dataset.keyId = key.id;
   item.querySelector(".key-label").textContent = label;
-  const made = key.created_at ? new Date(key.created_at) : null;
+  const made = key.created_at ? whenOf(key.created_at) : null;
   item.querySelector(".key-created").textContent = made && !Number.isNaN(made.getTime()) ? SAY.keyMade(made.toLocaleDateString()) : "";
   item.querySelector(".key-current").hidden = !key.current;
   const revoke = item.querySelector(".key-revoke");
@@ -998,6 +994,11 @@ function duration(seconds) {
   if (seconds < 90) return `${Math.round(seconds)} s`;
   if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
   return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+// The API gives times as seconds since 1970 (or as ISO text).
+function whenOf(value) {
+  return new Date(typeof value === "number" ? value * 1000 : value);
 }
 
 function formatNumber(v) {
