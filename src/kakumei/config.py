@@ -95,12 +95,14 @@ class Settings(BaseModel):
     group_prefix_v6: int = Field(56, ge=16, le=128)
     # Accounts: who may sign up ("off": only the operator makes users; "invite": with a code
     # from `kakumei users invite`; "open": anyone), sign-ups and guest sessions one network
-    # may start an hour, the shortest password, and the API keys one user may hold.
+    # may start an hour, the shortest password, the API keys one user may hold, and the
+    # wrong passwords one network may try an hour before sign-in waits.
     signup: Literal["off", "invite", "open"] = "off"
     signups_per_network_per_hour: int = Field(5, ge=1)
     guests_per_network_per_hour: int = Field(30, ge=1)
     min_password_length: int = Field(10, ge=8, le=128)
     max_keys_per_user: int = Field(20, ge=1)
+    failed_sign_ins_per_network_per_hour: int = Field(20, ge=1)
     # Token buckets: requests a minute and burst, per API key and per client address (0: off).
     key_rate_per_minute: float = Field(30.0, ge=0)
     key_burst: int = Field(10, ge=0)
@@ -221,6 +223,7 @@ _ENV_FIELDS = {
     "KAKUMEI_GUESTS_PER_NETWORK_PER_HOUR": "guests_per_network_per_hour",
     "KAKUMEI_MIN_PASSWORD_LENGTH": "min_password_length",
     "KAKUMEI_MAX_KEYS_PER_USER": "max_keys_per_user",
+    "KAKUMEI_FAILED_SIGN_INS_PER_NETWORK_PER_HOUR": "failed_sign_ins_per_network_per_hour",
     "KAKUMEI_KEY_RATE_PER_MINUTE": "key_rate_per_minute",
     "KAKUMEI_KEY_BURST": "key_burst",
     "KAKUMEI_IP_RATE_PER_MINUTE": "ip_rate_per_minute",

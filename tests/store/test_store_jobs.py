@@ -31,7 +31,7 @@ def test_api_keys_are_stored_hashed(stores) -> None:
     assert stores.users.by_key(key) == user
     assert stores.users.by_key(key + "x") is None
     with stores.db.transaction(write=False) as tx:
-        stored = tx.scalar("SELECT key_hash FROM users WHERE id = ?", (user.id,))
+        stored = tx.scalar("SELECT key_hash FROM api_keys WHERE user_id = ?", (user.id,))
     assert key not in stored
 
 

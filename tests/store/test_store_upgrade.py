@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kakumei.fairness.cost import request_cost
 from kakumei.schemas import GenerationRequest
+from kakumei.store.accounts import AccountStore
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageResult, ImageStore
 from kakumei.store.jobs import JobState, JobStore, NewJob, request_hash
@@ -94,6 +95,12 @@ def test_a_first_release_database_upgrades_with_its_data_intact(database_url: st
         assert not alice.is_admin and alice.weight_override is None and alice.virtual_counter == 4.0
         assert Ledger(db).balance(alice.id) == 0 == alice.balance
         assert users.anonymous().is_anonymous
+        # Their keys moved into api_keys, one each; the old column holds none.
+        accounts = AccountStore(db)
+        assert [k.label for k in accounts.keys(alice.id)] == ["first key"] == [k.label for k in accounts.keys(bob.id)]
+        assert accounts.kind_of(alice.id) == "operator" and accounts.kind_of(users.anonymous().id) == "anonymous"
+        with db.transaction(write=False) as tx:
+            assert tx.scalar("SELECT COUNT(*) AS n FROM users WHERE key_hash IS NOT NULL") == 0
 
         # The finished job reads as before, with its images and events.
         done = jobs.get("done-job")

@@ -1,4 +1,4 @@
-"""`kakumei users add|list` (the server's users and API keys) and
+"""`kakumei users add|list|invite` (the server's users, API keys and invite codes) and
 `kakumei users grant|weight|admin|ban|unban|ban-ip|unban-ip|pardon|audit`: the operator's tools
 on the command line, the same actions as /api/v1/admin, audited as actor "cli"."""
 
@@ -35,6 +35,11 @@ def register(subparsers: Any) -> None:
     listing = users_sub.add_parser("list", help="list users with their share and queue")
     add_database_option(listing)
     listing.set_defaults(func=cmd_users_list)
+    invite = users_sub.add_parser("invite", help="print a new invite code for sign-up (shown once)")
+    invite.add_argument("--uses", type=int, default=1, help="how many sign-ups it admits (default 1)")
+    invite.add_argument("--hours", type=float, default=168.0, help="how long it is good for (default 168, a week; 0: no end)")
+    add_database_option(invite)
+    invite.set_defaults(func=cmd_users_invite)
 
     def sub(name: str, help: str, func: Any) -> argparse.ArgumentParser:
         parser = users_sub.add_parser(name, help=help)
@@ -103,6 +108,27 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'name':<24} {'weight':>6} {'counter':>10} {'queued':>6}")
     for user in users:
         print(f"{user.name:<24} {user.weight:>6g} {user.virtual_counter:>10.2f} {user.queued_jobs:>6}")
+    return 0
+
+
+def cmd_users_invite(args: argparse.Namespace, settings: Settings) -> int:
+    from kakumei.store.accounts import AccountStore
+
+    if args.uses < 1:
+        raise ConfigError(f"--uses must be at least 1, got {args.uses}")
+    if args.hours < 0:
+        raise ConfigError(f"--hours must be 0 (no end) or more, got {args.hours}")
+    settings = with_overrides(settings, database=args.database)
+    db = open_database(settings)
+    try:
+        invite, code = AccountStore(db).add_invite(uses=args.uses, hours=args.hours or None, created_by=_actor())
+    finally:
+        db.close()
+    print(code)
+    until = "no end" if invite.expires_at is None else datetime.datetime.fromtimestamp(
+        invite.expires_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note = "" if settings.signup == "invite" else f"; sign-up is {settings.signup!r} here, set signup = \"invite\" to use it"
+    print(f"invite for {invite.uses_left} sign-up(s), good until {until}; it is not shown again{note}", file=sys.stderr)
     return 0
 
 

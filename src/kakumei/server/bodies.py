@@ -75,11 +75,14 @@ async def read_body(request: Request) -> bytearray:
     return raw
 
 
-def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A FastAPI dependency: the request body as `model`, parsed in the parse pool."""
+def json_body(model: type[M], *, optional: bool = False) -> Callable[[Request], Awaitable[M]]:
+    """A FastAPI dependency: the request body as `model`, parsed in the parse pool. With
+    `optional`, no body at all is `model()` (its defaults)."""
 
     async def body(request: Request) -> M:
         raw = await read_body(request)
+        if optional and not raw:
+            return model()
         result = await in_parse_pool(request, validated, raw, model)
         del raw
         if isinstance(result, list):
@@ -89,12 +92,12 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return body
 
 
-def documented(model: type[BaseModel]) -> dict[str, Any]:
+def documented(model: type[BaseModel], *, optional: bool = False) -> dict[str, Any]:
     """`openapi_extra` for a route that reads its body with json_body: the body's schema, as
     FastAPI would document a body parameter of `model`."""
     return {
         "requestBody": {
-            "required": True,
+            "required": not optional,
             "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
         }
     }

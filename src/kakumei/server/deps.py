@@ -14,7 +14,7 @@ from kakumei.server.addresses import client_address
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import Job
-from kakumei.store.users import User
+from kakumei.store.users import User, hash_key
 from kakumei.store.workers import WORKER_KEY_PREFIX
 
 
@@ -22,6 +22,8 @@ from kakumei.store.workers import WORKER_KEY_PREFIX
 class Caller:
     user: User
     client_addr: str | None
+    # The SHA-256 of the key the caller sent (None: keyless), to tell their keys apart.
+    key_hash: str | None = None
 
     @property
     def scope_addr(self) -> str | None:
@@ -62,6 +64,21 @@ def services(request: Request) -> Services:
 
 
 def caller(request: Request) -> Caller:
+    return _caller(request, keyless=services(request).settings.allow_anonymous)
+
+
+def visitor(request: Request) -> Caller:
+    """Like `caller`, but a keyless visitor is let in even where keys are required: sign-up
+    and sign-in are how a visitor gets a key."""
+    return _caller(request, keyless=True)
+
+
+def address(request: Request) -> str | None:
+    """The caller's address alone, whatever key it sends (sign-in, guest sessions)."""
+    return client_address(request, services(request).settings.trusted_proxies)
+
+
+def _caller(request: Request, *, keyless: bool) -> Caller:
     svc = services(request)
     header = request.headers.get("authorization")
     addr = client_address(request, svc.settings.trusted_proxies)
@@ -74,8 +91,10 @@ def caller(request: Request) -> Caller:
             if key.strip().startswith(WORKER_KEY_PREFIX) and svc.workers.by_key(key.strip()) is not None:
                 raise HTTPException(403, "this is a worker key; it can only run jobs, not submit or read them")
             raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
-        return Caller(user, addr)
-    if not svc.settings.allow_anonymous:
+        key_hash = hash_key(key.strip())
+        svc.key_use.note(key_hash)
+        return Caller(user, addr, key_hash)
+    if not keyless:
         raise HTTPException(
             401, "this server needs an API key: 'Authorization: Bearer YOUR_KEY'", {"WWW-Authenticate": "Bearer"}
         )
@@ -127,5 +146,7 @@ def workers_admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
 # The dependencies as route parameter types.
 Svc = Annotated[Services, Depends(services)]
 Who = Annotated[Caller, Depends(caller)]
+Visitor = Annotated[Caller, Depends(visitor)]
+Address = Annotated[str | None, Depends(address)]
 Admin = Annotated[Caller, Depends(admin)]
 WorkersAdmin = Annotated[Caller, Depends(workers_admin)]

@@ -152,6 +152,36 @@ class UserOut(BaseModel):
     banned: str | None  # the ban's reason while banned
 
 
+# -- sign-up, sign-in, guests and keys (server/signup.py) ----------------------------------
+
+
+class NewAccount(BaseModel):
+    """A new account or guest and its first key."""
+
+    name: str
+    key: str = Field(description="the API key: send it as 'Authorization: Bearer KEY'; it is not shown again")
+
+
+class SessionKey(BaseModel):
+    key: str = Field(description="a new API key labelled sign-in; it is not shown again")
+
+
+class KeyOut(BaseModel):
+    """One of your API keys (never the key itself)."""
+
+    id: int
+    label: str
+    created_at: float
+    last_used_at: float | None = Field(None, description="about when it was last used (to the minute); null: not yet")
+    current: bool = Field(description="whether this request was made with it")
+
+
+class NewKey(BaseModel):
+    id: int
+    label: str
+    key: str = Field(description="the API key; it is not shown again")
+
+
 class Sampler(BaseModel):
     name: str
     sigma_schedules: bool

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kakumei.config import Settings
+from kakumei.server.passwords import Passwords
+from kakumei.store.accounts import AccountStore, KeyUse
 from kakumei.store.db import Database
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
@@ -45,10 +47,17 @@ class Services:
     ledger: Ledger = field(init=False)
     moderation: Moderation = field(init=False)
     admission: Any = field(init=False)  # server.admission.Admission
+    # Sign-up, sign-in, guests and keys (server/signup.py).
+    accounts: AccountStore = field(init=False)
+    passwords: Passwords = field(init=False)
+    key_use: KeyUse = field(init=False)
 
     def __post_init__(self) -> None:
         from kakumei.server.admission import Admission
 
+        self.accounts = AccountStore(self.db)
+        self.passwords = Passwords()
+        self.key_use = KeyUse(self.accounts)
         self.ledger = self.jobs.ledger
         self.moderation = Moderation(self.db)
         self.admission = Admission(self.settings, self.db, self.jobs, self.moderation)

@@ -127,9 +127,15 @@ class UserStore:
         try:
             with self.db.transaction() as tx:
                 row = tx.one(
-                    f"INSERT INTO users (name, key_hash, weight, weight_override, is_admin, created_at) "
-                    f"VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
-                    (name, hash_key(key), 1.0 if weight is None else weight, weight, int(admin), time.time()),
+                    f"INSERT INTO users (name, kind, weight, weight_override, is_admin, created_at) "
+                    f"VALUES (?, 'operator', ?, ?, ?, ?) RETURNING {_COLUMNS}",
+                    (name, 1.0 if weight is None else weight, weight, int(admin), time.time()),
+                )
+                assert row is not None
+                # The operator's key is the user's first; store/accounts.py writes the others.
+                tx.run(
+                    "INSERT INTO api_keys (user_id, key_hash, label, created_at) VALUES (?, ?, 'kakumei users add', ?)",
+                    (row["id"], hash_key(key), time.time()),
                 )
         except self.db.integrity_errors:
             raise UserExists(f"a user named {name!r} already exists") from None
@@ -137,8 +143,14 @@ class UserStore:
         return _user(row), key
 
     def by_key(self, key: str) -> User | None:
+        """The user holding `key`, unless the key was revoked (store/accounts.py keeps keys)."""
         with self.db.transaction(write=False) as tx:
-            row = tx.one(f"SELECT {_COLUMNS} FROM users WHERE key_hash = ?", (hash_key(key),))
+            # A revoked key fails at once: only live keys are looked at.
+            row = tx.one(
+                f"SELECT {_COLUMNS} FROM users WHERE id = "
+                f"(SELECT user_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL)",
+                (hash_key(key),),
+            )
         return None if row is None else _user(row)
 
     def by_name(self, name: str) -> User | None:
