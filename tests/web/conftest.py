@@ -79,6 +79,7 @@ def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymou
         "KAKUMEI_KEY_RATE_PER_MINUTE": "0",
         "KAKUMEI_GUESTS_PER_NETWORK_PER_HOUR": "10000",
         "KAKUMEI_SIGNUPS_PER_NETWORK_PER_HOUR": "10000",
+        "KAKUMEI_FAILED_SIGN_INS_PER_NETWORK_PER_HOUR": "10000",
     }
     options = ["--database", database_url, "--model", "kakumei:tiny"]
     if not local_worker:

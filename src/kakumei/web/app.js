@@ -675,17 +675,19 @@ function clearAccountErrors(formId) {
   form.querySelector(".error").textContent = "";
 }
 
-// The server's sentence goes next to the form; the field it is about (named in a 422's
-// errors, or the one field the sentence mentions) is marked and focused.
+// The server's sentence goes next to the form; the field it is about is marked and focused:
+// the fields a 422 names, else the field the sentence is about ("a password needs at least
+// 10 characters", "the name 'bob' is taken"): the first it mentions. "wrong name or password"
+// (401) is about neither on its own.
 function showAccountError(formId, err, fallbackField) {
   const form = $(formId);
   const fields = ACCOUNT_FIELDS[formId];
   form.querySelector(".error").textContent = err.message;
   let names = (err.errors || []).map((e) => String(e.field || "").split(".")[0]).filter((n) => fields[n]);
-  if (!names.length) {
+  if (!names.length && err.status !== 401) {
     const text = err.message.toLowerCase();
-    names = Object.keys(fields).filter((n) => new RegExp(`\\b${n}`).test(text));
-    if (names.length !== 1) names = err.status === 409 && fields.name ? ["name"] : [];
+    const at = (n) => text.search(new RegExp(`\\b${n}`));
+    names = Object.keys(fields).filter((n) => at(n) >= 0).sort((a, b) => at(a) - at(b)).slice(0, 1);
   }
   if (!names.length && fallbackField) names = [fallbackField];
   for (const n of names) $(fields[n]).setAttribute("aria-invalid", "true");
@@ -820,7 +822,7 @@ function keyItem(key) {
   item.querySelector(".key-label").textContent = label;
   const made = key.created_at ? whenOf(key.created_at) : null;
   item.querySelector(".key-created").textContent = made && !Number.isNaN(made.getTime()) ? SAY.keyMade(made.toLocaleDateString()) : "";
-  item.querySelector(".key-current").hidden = !key.current;
+  if (!key.current) item.querySelector(".key-current").remove();
   const revoke = item.querySelector(".key-revoke");
   // The key this browser signs in with goes with "Sign out", not from this list.
   revoke.hidden = Boolean(key.current);
