@@ -136,7 +136,7 @@ def test_sign_up_keeps_the_guests_images_then_sign_out_and_in(web_server, open_p
     expect(gallery_card(page, prompt)).to_have_count(1)
 
 
-def test_keys_of_an_account_mint_copy_revoke(web_server, open_page) -> None:
+def test_keys_of_an_account_mint_copy_revoke(web_server, open_page, screenshot) -> None:
     name = new_name()
     with web_server.client() as client:
         made = client.post("/api/v1/accounts", json={"name": name, "password": STRONG_PASSWORD})
@@ -166,6 +166,7 @@ def test_keys_of_an_account_mint_copy_revoke(web_server, open_page) -> None:
     expect(page.locator("#key-copy")).to_be_focused()
     page.locator("#key-copy").click()
     expect(page.locator("#status")).to_have_text("Key copied.")
+    screenshot(page, "web-account")
     assert page.evaluate("navigator.clipboard.readText()") == minted
     with web_server.client(minted) as client:
         assert client.get("/api/v1/me").json()["name"] == name

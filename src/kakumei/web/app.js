@@ -909,8 +909,10 @@ async function loadMe() {
 
   const notes = [];
   if (typeof me.share === "number" && me.share > 0 && me.share <= 1) notes.push(SAY.share(`${formatNumber(me.share * 100)} %`));
+  // Where the share comes from, for those who can change it (a guest runs no workers) and
+  // where the group's sentence has not said it already.
   const source = SAY.sources[me.weight_source];
-  if (source && !(me.weight_source === "anonymous" && group)) notes.push(source);
+  if (source && state.kind !== "guest" && !(me.weight_source === "anonymous" && group)) notes.push(source);
   const caps = me.free_tier && me.limits && me.limits.free_caps;
   if (caps) notes.push(SAY.freeCaps(caps));
   $("me-notes").textContent = notes.join(" ");
