@@ -653,6 +653,7 @@ function showAccount() {
   $("signout").hidden = !member;
   $("signup-invite-field").hidden = mode !== "invite";
   $("signup-keeps").hidden = !guest;
+  $("signin-guest-note").hidden = !guest || mode === "off";
   if (member || mode === "off") $("signup").hidden = true;
   if (member) $("signin").hidden = true;
   const needKey = !state.key && state.options && !state.options.allow_anonymous;
