@@ -3,6 +3,8 @@ once), sign-up all or nothing, invites, guests turning into accounts, the hourly
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from kakumei.store.accounts import (
@@ -12,6 +14,7 @@ from kakumei.store.accounts import (
     AccountStore,
     InviteRefused,
     KeyUse,
+    LastKey,
     NameTaken,
     NotAGuest,
     TooMany,
@@ -41,9 +44,19 @@ def test_operator_users_keep_one_key_in_api_keys(stores: Stores, accounts: Accou
     assert stores.users.by_key(key) == user
     (only,) = accounts.keys(user.id)
     assert only.label == "kakumei users add" and accounts.kind_of(user.id) == "operator"
+    # Without a password, the last key is the only way in: it stays.
+    with pytest.raises(LastKey):
+        accounts.revoke_key(user.id, only.id)
+    assert stores.users.by_key(key) == user
+    _, spare = accounts.add_key(user.id, "spare", max_keys=5)
     assert accounts.revoke_key(user.id, only.id)
-    assert stores.users.by_key(key) is None
+    assert stores.users.by_key(key) is None and stores.users.by_key(spare) == user
     assert not accounts.revoke_key(user.id, only.id)
+    # A guest may end its session; an account can sign in again.
+    guest, guest_key = accounts.add_guest("198.51.100.0/24", per_hour=5)
+    assert accounts.revoke_key(guest.id, accounts.keys(guest.id)[0].id) and stores.users.by_key(guest_key) is None
+    account, account_key = _sign_up(accounts, "lone")
+    assert accounts.revoke_key(account.id, accounts.keys(account.id)[0].id) and stores.users.by_key(account_key) is None
 
 
 def test_keys_are_minted_listed_and_revoked_each_on_its_own(stores: Stores, accounts: AccountStore) -> None:
@@ -212,3 +225,33 @@ def test_key_use_is_written_once_a_minute_at_most(stores: Stores, accounts: Acco
     small.note("a" * 64)
     small.note(k.key_hash)
     assert small._pending == {"a" * 64: stores.clock.now}, "what is kept in memory is bounded"
+
+
+def test_sign_ups_at_once_make_one_account_per_name_and_keep_the_limit(stores: Stores, database_url: str) -> None:
+    """Threads with their own connections, as servers sharing a database: of the same name
+    in any case one account is made, and a network's limit holds however many arrive at once."""
+    accounts = AccountStore(stores.db, clock=stores.clock)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(name: str, network: str) -> None:
+        try:
+            accounts.sign_up(name, HASH, network, per_hour=3, max_keys=20)
+            outcome = "made"
+        except NameTaken:
+            outcome = "taken"
+        except TooMany:
+            outcome = "too many"
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=attempt, args=(name, f"198.51.{i}.0/24"))
+               for i, name in enumerate(["zed", "Zed", "ZED", "zeD", "zEd", "ZeD"])]
+    threads += [threading.Thread(target=attempt, args=(f"net{i}", "203.0.113.0/24")) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results).count("made") == 1 + 3, results
+    assert results.count("taken") == 5 and results.count("too many") == 5
+    assert _count(stores, "SELECT COUNT(*) FROM users WHERE LOWER(name) = 'zed'") == 1

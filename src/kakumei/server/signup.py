@@ -25,6 +25,7 @@ from kakumei.store.accounts import (
     GUEST,
     GUEST_PREFIX,
     InviteRefused,
+    LastKey,
     NameTaken,
     NotAGuest,
     TooMany,
@@ -188,5 +189,9 @@ def add_key(svc: Services, who: Caller, label: str) -> NewKey:
 
 
 def revoke_key(svc: Services, who: Caller, key_id: int) -> None:
-    if not svc.accounts.revoke_key(_holder(who).user.id, key_id):
+    try:
+        revoked = svc.accounts.revoke_key(_holder(who).user.id, key_id)
+    except LastKey as refused:
+        raise Refused(409, f"{refused}; make another key first (POST /api/v1/me/keys)") from None
+    if not revoked:
         raise Refused(404, f"no key {key_id} of yours")

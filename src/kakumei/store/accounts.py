@@ -11,6 +11,7 @@ never sees one in the clear.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
@@ -21,6 +22,8 @@ from typing import Literal
 
 from kakumei.store.db import Database, Transaction
 from kakumei.store.users import _COLUMNS, KEY_PREFIX, User, _user, hash_key
+
+log = logging.getLogger(__name__)
 
 INVITE_PREFIX = "kki_"
 GUEST_PREFIX = "guest-"
@@ -56,6 +59,10 @@ class NotAGuest(ValueError):
 
 
 class TooManyKeys(ValueError):
+    pass
+
+
+class LastKey(ValueError):
     pass
 
 
@@ -136,13 +143,20 @@ class AccountStore:
         return ApiKey(key_id, user_id, label, self.clock(), None, hash_key(key)), key
 
     def revoke_key(self, user_id: int, key_id: int) -> bool:
-        """Revoke one of the user's keys; False if they hold no such key (any more)."""
+        """Revoke one of the user's keys; False if they hold no such key (any more). LastKey
+        for the last key of an operator's user: without a password they could never get
+        another (a guest may end its session; an account signs in again)."""
         with self.db.transaction() as tx:
-            changed = tx.run(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
-                (self.clock(), key_id, user_id),
-            )
-        return changed > 0
+            user = tx.one("SELECT kind, password_hash FROM users WHERE id = ? {for_update}", (user_id,))
+            if user is None:
+                return False
+            held = tx.one("SELECT id FROM api_keys WHERE id = ? AND user_id = ? AND revoked_at IS NULL", (key_id, user_id))
+            if held is None:
+                return False
+            if user["kind"] != GUEST and user["password_hash"] is None and int(tx.scalar(LIVE_KEYS, (user_id,))) <= 1:
+                raise LastKey("this is your last key, and without a password you could not sign in again")
+            tx.run("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (self.clock(), key_id))
+        return True
 
     def touch_keys(self, used: dict[str, float]) -> None:
         """Record when keys (by hash) were last used."""
@@ -360,4 +374,7 @@ class KeyUse:
             if now - self._written_at < self.every:
                 return
             pending, self._pending, self._written_at = self._pending, {}, now
-        self.accounts.touch_keys(pending)
+        try:
+            self.accounts.touch_keys(pending)
+        except Exception:  # a busy or lost database: the times are a hint, the request goes on
+            log.warning("could not record when %d API key(s) were last used", len(pending), exc_info=True)

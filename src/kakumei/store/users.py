@@ -1,4 +1,5 @@
-"""Users: their API keys, and every write to the `users` table.
+"""Users: every write to the `users` table but those of sign-up and guests
+(store/accounts.py, which also keeps the API keys), and finding a user by key.
 
 Keys are stored as SHA-256 hashes only. A key is 32 random bytes, so a fast hash is enough:
 there is nothing to guess that a slow password hash would protect.

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from kakumei.schemas import OneLine
+from kakumei.schemas import OneLine, refuse_control
 from kakumei.server import signup
 from kakumei.server.bodies import documented, json_body
 from kakumei.server.deps import Address, Svc, Visitor, Who
@@ -22,17 +22,36 @@ from kakumei.server.openapi import problems
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
 
+MAX_PASSWORD = 1024
+
+
+def _password(value: object) -> str:
+    # Every refusal in its own words: a validation error may repeat a short value it was
+    # given, and a password is never repeated.
+    if not isinstance(value, str):
+        raise ValueError("password must be text (a JSON string)")
+    if len(value) > MAX_PASSWORD:
+        raise ValueError(f"a password may be at most {MAX_PASSWORD} characters")
+    try:
+        return refuse_control(value)
+    except ValueError:
+        raise ValueError("a password may not hold control characters") from None
+
+
+Password = Annotated[str, PlainValidator(_password), WithJsonSchema({"type": "string", "maxLength": MAX_PASSWORD})]
+
+
 class AccountIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: OneLine = Field(max_length=100, description=signup.NAME_RULE)
-    password: OneLine = Field(max_length=1024, description="at least min_password_length characters; never shown again")
+    password: Password = Field(description="at least min_password_length characters; never shown again")
     invite: OneLine | None = Field(None, max_length=200, description="an invite code, where sign-up is by invite")
 
 
 class SignInIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: OneLine = Field(max_length=100)
-    password: OneLine = Field(max_length=1024)
+    password: Password
 
 
 class KeyIn(BaseModel):
@@ -74,8 +93,9 @@ def add_key(svc: Svc, who: Who, body: Annotated[KeyIn, Depends(json_body(KeyIn, 
     return signup.add_key(svc, who, body.label)
 
 
-@router.delete("/me/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404))
+@router.delete("/me/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404, 409))
 def revoke_key(key_id: int, svc: Svc, who: Who) -> Response:
-    """Revoke one of your keys; it stops working with the next request."""
+    """Revoke one of your keys; it stops working with the next request. An operator's user
+    (no password) keeps its last key."""
     signup.revoke_key(svc, who, key_id)
     return Response(status_code=204)
