@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support import listening_socket, start_serve, stop, url_of
+from tests.web.pages import wait_ready
 
 CHROMIUM = Path(os.environ.get("KAKUMEI_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Quiet, offline Chromium: no sandbox (CI runs as root), no GPU, no calls home.
@@ -62,7 +63,7 @@ class Server:
         return key
 
 
-def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymous: bool) -> Server:
+def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymous: bool, signup: str = "off") -> Server:
     folder.mkdir(parents=True, exist_ok=True)
     sock, log = listening_socket(), folder / "server.log"
     database_url = f"sqlite:///{folder / 'kakumei.db'}"
@@ -71,9 +72,14 @@ def start_server(home: Path, folder: Path, *, local_worker: bool, allow_anonymou
         "KAKUMEI_HOME": str(home),
         "KAKUMEI_DEVICE": "cpu",
         "KAKUMEI_ALLOW_ANONYMOUS": "true" if allow_anonymous else "false",
-        # Every page submits from 127.0.0.1; rate limits are tested in tests/server.
+        "KAKUMEI_SIGNUP": signup,
+        # Every page submits from 127.0.0.1 (and takes a guest key there); rate limits are
+        # tested in tests/server.
         "KAKUMEI_IP_RATE_PER_MINUTE": "0",
         "KAKUMEI_KEY_RATE_PER_MINUTE": "0",
+        "KAKUMEI_GUESTS_PER_NETWORK_PER_HOUR": "10000",
+        "KAKUMEI_SIGNUPS_PER_NETWORK_PER_HOUR": "10000",
+        "KAKUMEI_FAILED_SIGN_INS_PER_NETWORK_PER_HOUR": "10000",
     }
     options = ["--database", database_url, "--model", "kakumei:tiny"]
     if not local_worker:
@@ -93,15 +99,17 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def web_server(kakumei_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`kakumei serve` with its local worker; anonymous visitors welcome."""
-    server = start_server(kakumei_home, tmp_path_factory.mktemp("web-server"), local_worker=True, allow_anonymous=True)
+    """`kakumei serve` with its local worker; anonymous visitors welcome, anyone may sign up."""
+    server = start_server(kakumei_home, tmp_path_factory.mktemp("web-server"), local_worker=True,
+                          allow_anonymous=True, signup="open")
     yield server
     stop_server(server)
 
 
 @pytest.fixture(scope="session")
 def keyed_server(kakumei_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`kakumei serve --no-local-worker` that needs an API key: jobs wait until a test runs them."""
+    """`kakumei serve --no-local-worker` that needs an API key (so no guests, and no sign-up):
+    jobs wait until a test runs them."""
     server = start_server(kakumei_home, tmp_path_factory.mktemp("keyed-server"), local_worker=False, allow_anonymous=False)
     yield server
     stop_server(server)
@@ -149,7 +157,7 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
 
         page.on("request", check_origin)
         page.goto(server.url + "/")
-        page.locator("body[data-ready='true']").wait_for(state="attached")
+        wait_ready(page)
         return page
 
     yield open_

@@ -35,3 +35,5 @@ def test_served_with_a_same_origin_policy(tiny_settings, tmp_path: Path) -> None
             assert served.content == (WEB_DIR / name).read_bytes()
         assert client.get("/web/index.py").status_code == 404
         assert client.get("/web/..%2Fapp.py").status_code == 404
+        # The page offers sign-up only where the server says it is on.
+        assert client.get("/api/v1/options").json()["signup"] == settings.signup == "off"

@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 from support import wait_done
 from PIL import Image
 from playwright.sync_api import expect
@@ -23,45 +21,10 @@ from kakumei.protocol import Progress
 from kakumei.store.db import Database
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
+from tests.web.pages import fill, gallery_card, job_card, reload, stored_key, unique, use_key
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMALL = {"steps": 2, "width": 64, "height": 64}
-
-
-def unique(text: str) -> str:
-    return f"{text} {uuid.uuid4().hex[:8]}"
-
-
-def fill(page: Any, **fields: Any) -> None:
-    """Set form fields by their GenerationRequest names, as a user would."""
-    for name, value in fields.items():
-        field = page.locator(f"#{name}")
-        if not field.is_visible():
-            page.locator("#advanced > summary").click()
-        tag = field.evaluate("e => e.tagName")
-        if tag == "SELECT":
-            field.select_option(str(value))
-        elif field.get_attribute("type") == "checkbox":
-            field.set_checked(bool(value))
-        else:
-            field.fill(str(value))
-
-
-def gallery_card(page: Any, prompt: str) -> Any:
-    return page.locator("#gallery > li", has_text=prompt)
-
-
-def job_card(page: Any, prompt: str) -> Any:
-    return page.locator("#jobs > li", has_text=prompt)
-
-
-
-
-def sign_in(page: Any, key: str) -> None:
-    page.get_by_role("textbox", name="API key").fill(key)
-    page.locator("#signin-form button[type=submit]").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-    expect(page.locator("#signin")).to_be_hidden()
 
 
 def test_generate_from_the_page_shows_the_image_and_its_recipe(web_server, open_page, screenshot) -> None:
@@ -94,11 +57,10 @@ def test_generate_from_the_page_shows_the_image_and_its_recipe(web_server, open_
 
     expect(page.locator("#jobs-section")).to_be_hidden()  # finished jobs leave "In progress"
     expect(page.locator("#status")).to_have_text("Finished: 1 image.")
-    if httpx.get(f"{web_server.url}/api/v1/me").status_code == 404:
-        expect(page.locator("#me")).to_be_hidden()  # no figures on a server without /api/v1/me
-    else:
-        expect(page.locator("#me dd[data-field=weight]")).to_be_visible()
-        expect(page.locator("#me dd[data-field=share]")).to_contain_text("%")
+    expect(page.locator("#me-notes")).to_contain_text("of the machine is yours")  # in words...
+    expect(page.locator("#me dd[data-field=weight]")).to_be_hidden()
+    page.get_by_text("The numbers").click()  # ...and the figures on request
+    expect(page.locator("#me dd[data-field=share]")).to_contain_text("%")
     screenshot(page, "web-desktop")
 
 
@@ -128,11 +90,11 @@ def test_reuse_settings_and_same_seed_new_prompt(web_server, open_page) -> None:
     request = {"prompt": prompt, "negative_prompt": "ugly", "steps": 3, "cfg_scale": 5.5, "width": 64,
                "height": 72, "seed": 4242, "sampler_name": "DPM++ 2M", "scheduler": "Karras",
                "batch_size": 2, "clip_skip": 2}
-    with web_server.client() as client:  # same address as the browser: the same anonymous visitor
+    page = open_page(web_server)
+    with web_server.client(stored_key(page)[0]) as client:  # as this browser's guest
         job = wait_done(client, client.post("/api/v1/jobs", json=request).json()["id"])
     assert job["state"] == "succeeded", job
-
-    page = open_page(web_server)
+    reload(page)
     second = gallery_card(page, prompt).nth(1)  # image 1 of the batch: seed 4243
     expect(second.locator(".image-summary")).to_contain_text("seed 4243")
     second.get_by_role("button", name="Reuse settings").click()
@@ -223,32 +185,35 @@ def test_phone_sized_screen(web_server, open_page, screenshot) -> None:
     screenshot(page, "web-phone")
 
 
-def test_anonymous_images_stay_private_to_their_browser(web_server, open_page) -> None:
+def test_a_pasted_key_shows_that_users_images(web_server, open_page) -> None:
     prompt = unique("someone else's fox")
     key = web_server.add_user()
     with web_server.client(key) as client:
         assert wait_done(client, client.post("/api/v1/jobs", json={"prompt": prompt, **SMALL}).json()["id"])["state"] == "succeeded"
-    page = open_page(web_server)  # anonymous: sees none of that user's images
-    expect(page.locator("#gallery > li").first).to_be_visible()  # earlier tests' anonymous images
-    expect(gallery_card(page, prompt)).to_have_count(0)
+    page = open_page(web_server)  # a guest: sees none of that user's images
+    expect(page.locator("#gallery-empty")).to_be_visible()
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("textbox", name="API key")).to_be_focused()
-    sign_in(page, key)
+    expect(page.locator("#login-name")).to_be_focused()
+    page.get_by_text("Use an API key instead").click()
+    use_key(page, key)
     expect(gallery_card(page, prompt)).to_have_count(1)
+    assert stored_key(page) == (key, "key")
 
 
 def test_delete_an_image(web_server, open_page) -> None:
     prompt = unique("to be deleted")
-    with web_server.client() as client:
-        job = wait_done(client, client.post("/api/v1/jobs", json={"prompt": prompt, **SMALL, "batch_size": 2}).json()["id"])
     page = open_page(web_server)
+    key = stored_key(page)[0]
+    with web_server.client(key) as client:
+        job = wait_done(client, client.post("/api/v1/jobs", json={"prompt": prompt, **SMALL, "batch_size": 2}).json()["id"])
+    reload(page)
     cards = gallery_card(page, prompt)
     expect(cards).to_have_count(2)
     page.on("dialog", lambda dialog: dialog.accept())
     cards.first.get_by_role("button", name="Delete").click()
     expect(cards).to_have_count(1)
     expect(page.locator("#status")).to_have_text("Image deleted.")
-    with web_server.client() as client:
+    with web_server.client(key) as client:
         assert client.get(job["images"][0]["url"]).status_code == 404
         assert client.get(job["images"][1]["url"]).status_code == 200
 
@@ -268,11 +233,14 @@ def preview_png() -> str:
 def test_sign_in_then_cancel_a_waiting_job(keyed_server, open_page) -> None:
     key = keyed_server.add_user()
     page = open_page(keyed_server)
-    expect(page.locator("#signin-needed")).to_be_visible()  # this server needs a key
+    expect(page.locator("#signin-needed")).to_be_visible()  # this server needs a key: no guests
+    expect(page.get_by_role("button", name="Sign up")).to_be_hidden()  # and no sign-up
+    assert stored_key(page) == (None, None)
     page.get_by_role("textbox", name="API key").fill("not-a-key")
-    page.locator("#signin-form button[type=submit]").click()
+    page.get_by_role("button", name="Use this key").click()
     expect(page.locator("#signin-error")).to_have_text("unknown API key")
-    sign_in(page, key)
+    expect(page.get_by_role("textbox", name="API key")).to_have_attribute("aria-invalid", "true")
+    use_key(page, key)
     expect(page.locator("#prompt")).to_be_focused()
 
     prompt = unique("waiting in line")
@@ -287,18 +255,19 @@ def test_sign_in_then_cancel_a_waiting_job(keyed_server, open_page) -> None:
     with keyed_server.client(key) as client:
         assert [j["state"] for j in client.get("/api/v1/jobs").json()["jobs"]] == ["cancelled"]
 
-    page.reload()  # the key is remembered by this browser
-    page.locator("body[data-ready='true']").wait_for(state="attached")
+    reload(page)  # the key is remembered by this browser
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("#who")).to_have_text("anonymous")
     expect(page.locator("#signin-needed")).to_be_visible()
+    with keyed_server.client(key) as client:  # a pasted key is forgotten here, not revoked
+        assert client.get("/api/v1/jobs").status_code == 200
 
 
 def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_page) -> None:
     key = keyed_server.add_user()
     page = open_page(keyed_server)
-    sign_in(page, key)
+    use_key(page, key)
     store, db = job_store(keyed_server)
     try:
         running = unique("running")
@@ -342,16 +311,19 @@ def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_pa
         db.close()
 
 
-def test_account_figures_and_terms_when_the_server_has_them(web_server, open_page) -> None:
+def test_account_in_words_and_terms_when_the_server_has_them(web_server, open_page) -> None:
     """The account panel and the terms, with /api/v1/me played by the browser (page.route) so
-    that the page is shown an account that needs the terms accepted, is on the free tier and
-    is timed out, whatever the server under test has."""
+    that the page is shown an account with credits and a network group, that needs the terms
+    accepted, is on the free tier and is timed out, whatever the server under test has."""
+    sentence = "You share this server's free time with 3 other people on your network 203.0.113.0/24."
     me: dict[str, Any] = {
-        "name": "alice", "balance": 12.5, "weight": 2, "share": 0.25, "weight_source": "merit",
-        "free_tier": True, "limits": {"free_caps": {"max_pixels": 262144, "max_steps": 30, "max_images": 2}},
+        "name": "alice", "anonymous": False, "balance": 12.5, "weight": 2, "share": 0.25, "weight_source": "merit",
+        "virtual_counter": 7, "free_tier": True,
+        "limits": {"free_caps": {"max_pixels": 262144, "max_steps": 30, "max_images": 2}},
         "standing": {"allowed": False, "reason": "too many refused requests; try again in 60 s"},
         "terms": {"required": True, "accepted": False, "version": "1",
                   "text": "CreativeML OpenRAIL-M: you are responsible for what you make."},
+        "group": {"kind": "network", "network": "203.0.113.0/24", "others": 3, "sentence": sentence},
     }
     accepted: list[Any] = []
 
@@ -361,18 +333,31 @@ def test_account_figures_and_terms_when_the_server_has_them(web_server, open_pag
             me["terms"] = {**me["terms"], "accepted": True}
         route.fulfill(json=me)
 
+    key = web_server.add_user()
+
     def setup(context: Any) -> None:
         context.route(re.compile(r".*/api/v1/me(/terms)?$"), serve_me)
+        # Signed in with a pasted key already: figures of an account, not of a guest.
+        context.add_init_script(f"localStorage.setItem('kakumei.apiKey', {key!r});"
+                                "localStorage.setItem('kakumei.keyKind', 'key');")
 
     page = open_page(web_server, setup=setup)
     expect(page.locator("#me")).to_be_visible()
     expect(page.locator("#who")).to_have_text("alice")
-    expect(page.locator("#me dd[data-field=balance]")).to_have_text("12.5 credits")
+    expect(page.locator("#me-group")).to_have_text(sentence)
+    expect(page.locator("#me-balance")).to_have_text("You have 12.5 credits, earned by running a worker and spent as you generate.")
+    expect(page.locator("#me-notes")).to_have_text(
+        "While you have images waiting, about 25 % of the machine is yours. "
+        "Your share grows with what your workers contribute. "
+        "Free tier for now: up to 262,144 pixels, 30 steps and 2 images per job.")
+    expect(page.locator("#me-standing")).to_have_text("too many refused requests; try again in 60 s")
+    for jargon in ("Weight", "Usage counter", "virtual"):
+        assert jargon not in page.locator("#me").inner_text()  # until the numbers are asked for
+    page.get_by_text("The numbers").click()
+    expect(page.locator("#me dd[data-field=balance]")).to_have_text("12.5")
     expect(page.locator("#me dd[data-field=weight]")).to_have_text("2")
     expect(page.locator("#me dd[data-field=share]")).to_have_text("25 %")
-    expect(page.locator("#me-notes")).to_have_text(
-        "Your weight grows with what your workers contribute. Free tier for now: up to 262,144 pixels, 30 steps and 2 images per job.")
-    expect(page.locator("#me-standing")).to_have_text("too many refused requests; try again in 60 s")
+    expect(page.locator("#me dd[data-field=network]")).to_have_text("203.0.113.0/24")
     expect(page.locator("#terms")).to_be_visible()
     expect(page.locator("#terms-text")).to_contain_text("OpenRAIL-M")
     page.get_by_role("button", name="I accept these terms").click()
@@ -385,7 +370,7 @@ def test_many_waiting_jobs_leave_the_page_responsive(keyed_server, open_page) ->
     more jobs than that waiting, the page must still submit, answer and cancel."""
     key = keyed_server.add_user()
     page = open_page(keyed_server)
-    sign_in(page, key)
+    use_key(page, key)
     try:
         fill(page, **SMALL)
         prompts = [unique(f"waiting {i}") for i in range(8)]

@@ -206,5 +206,6 @@ class Options(BaseModel):
     models: list[str]
     default_model: str
     allow_anonymous: bool
+    signup: str  # who may create an account: "off", "invite" or "open"
     limits: dict[str, int | float]
     defaults: dict[str, Any]

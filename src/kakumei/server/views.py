@@ -167,6 +167,7 @@ def options_out(svc: Services) -> Options:
         models=svc.known_models(),
         default_model=svc.settings.model,
         allow_anonymous=svc.settings.allow_anonymous,
+        signup=svc.settings.signup,
         limits={
             "min_side": schemas.MIN_SIDE,
             "max_side": schemas.MAX_SIDE,

@@ -3,6 +3,9 @@
 "use strict";
 
 const KEY_STORE = "kakumei.apiKey";
+// What the stored key is: "guest" (taken by this page on a first visit), "account" (from
+// signing up or in; signing out revokes it) or "key" (pasted, e.g. one the operator gave).
+const KIND_STORE = "kakumei.keyKind";
 const FORM_STORE = "kakumei.lastRequest";
 const GALLERY_LIMIT = 60;
 // A browser opens at most six connections to one server over HTTP/1.1, and each event
@@ -13,6 +16,8 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   key: localStorage.getItem(KEY_STORE) || "",
+  kind: localStorage.getItem(KIND_STORE) || (localStorage.getItem(KEY_STORE) ? "key" : ""),
+  name: "", // the account's name, once /api/v1/me has said it
   options: null,
   jobs: new Map(), // job id -> {card, abort, done}
   imageUrls: new Map(), // image id -> blob URL (images never change, so they are cached)
@@ -31,8 +36,8 @@ const ADVANCED_FIELDS = ["n_iter", "clip_skip", "enable_hr", "hr_scale", "hr_ups
 
 // ---- talking to the server -------------------------------------------------------------
 
-function authHeaders() {
-  return state.key ? { Authorization: `Bearer ${state.key}` } : {};
+function authHeaders(key = state.key) {
+  return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
 class ApiError extends Error {
@@ -44,8 +49,9 @@ class ApiError extends Error {
 }
 
 // The API answers errors with a sentence in `detail`; that sentence is what the user sees.
-async function api(method, path, body, extraHeaders = {}) {
-  const headers = { ...authHeaders(), ...extraHeaders };
+// `key` is the key to send: this browser's by default, none ("") where a key is being taken.
+async function api(method, path, body, extraHeaders = {}, key = state.key) {
+  const headers = { ...authHeaders(key), ...extraHeaders };
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -443,7 +449,8 @@ async function resumeJobs() {
     // key on a server that needs one, the sign-in panel already says so.)
     if (err.status === 401 && state.key) {
       $("signin").hidden = false;
-      $("signin-error").textContent = err.message;
+      if (state.kind === "key") $("key-details").open = true;
+      $(state.kind === "key" ? "signin-error" : "login-error").textContent = err.message;
     }
   }
 }
@@ -551,10 +558,334 @@ async function deleteImage(item, card) {
   announce("Image deleted.");
 }
 
-// ---- account: key, /me, terms ----------------------------------------------------------
+// ---- account: guest key, sign-up, sign-in, keys, /me, terms -----------------------------
+
+// Sentences of the account panels, in one place.
+const SAY = {
+  guest: "guest",
+  anonymous: "anonymous",
+  signedIn: "signed in",
+  enterName: "Enter your name.",
+  enterPassword: "Enter your password.",
+  enterKey: "Enter the API key the server's operator gave you.",
+  signedUp: (name) => `Welcome, ${name}: your account is ready.`,
+  signedInAs: (name) => `Signed in as ${name}.`,
+  signedOut: "Signed out.",
+  credits: (n) => `You have ${n} credits, earned by running a worker and spent as you generate.`,
+  noCredits: "No credits yet: you are served all the same, and running a worker for this server earns credits and a larger share.",
+  share: (pct) => `While you have images waiting, about ${pct} of the machine is yours.`,
+  sources: {
+    merit: "Your share grows with what your workers contribute.",
+    admin: "The operator set your share.",
+    anonymous: "Visitors without a key share one place in line.",
+  },
+  freeCaps: (caps) => `Free tier for now: up to ${formatNumber(caps.max_pixels)} pixels, ${caps.max_steps} steps and ` +
+    `${plural(caps.max_images, "image")} per job.`,
+  unnamedKey: "unnamed key",
+  keyMade: (when) => `made ${when}`,
+  keyCreated: "Key created: copy it now.",
+  keyCopied: "Key copied.",
+  keyRevoked: "Key revoked.",
+  revokeKey: (label) => `Revoke the key ${label}`,
+  confirmRevoke: (label) => `Revoke the key "${label}"? Programs that use it stop working.`,
+};
+
+// Fields of the account forms, by the name the API gives them in its errors.
+const ACCOUNT_FIELDS = {
+  "login-form": { name: "login-name", password: "login-password" },
+  "signup-form": { name: "signup-name", password: "signup-password", invite: "signup-invite" },
+  "signin-form": { key: "api-key" },
+};
+
+function setKey(key, kind) {
+  state.key = key;
+  state.kind = key ? kind : "";
+  if (key) {
+    localStorage.setItem(KEY_STORE, key);
+    localStorage.setItem(KIND_STORE, kind);
+  } else {
+    localStorage.removeItem(KEY_STORE);
+    localStorage.removeItem(KIND_STORE);
+  }
+}
+
+const isMember = () => Boolean(state.key) && state.kind !== "guest";
+
+// A first visit takes a guest key, so that the visitor's images are theirs alone (not shared
+// with everyone behind the same address) and can later move into an account. Where the server
+// has no guests (403, or 404 on an older server) or this network started too many (429), the
+// page works without a key as before, if the server allows that; showAccount says if not.
+async function takeGuestKey() {
+  try {
+    const guest = await api("POST", "/api/v1/guests", undefined, {}, "");
+    setKey(guest.key, "guest");
+  } catch (err) {
+    setKey("", "");
+  }
+}
+
+// At start: a stored guest key the server no longer knows (a new database) is replaced by a
+// new one; a missing key is taken. An unknown account key is left for the user to see.
+async function settleKey() {
+  if (state.key && state.kind === "guest") {
+    try {
+      await api("GET", "/api/v1/jobs?limit=1");
+    } catch (err) {
+      if (err.status === 401) setKey("", "");
+    }
+  }
+  if (!state.key) await takeGuestKey();
+  await refreshAccount();
+}
+
+function signupMode() {
+  // "off", "invite" or "open"; a server that does not say has no sign-up.
+  return (state.options && state.options.signup) || "off";
+}
+
+function showAccount() {
+  const member = isMember();
+  const guest = Boolean(state.key) && !member;
+  $("who").textContent = member ? state.name || SAY.signedIn : guest ? SAY.guest : SAY.anonymous;
+  const mode = signupMode();
+  $("signup-open").hidden = member || mode === "off";
+  $("signin-open").hidden = member;
+  $("signout").hidden = !member;
+  $("signup-invite-field").hidden = mode !== "invite";
+  $("signup-keeps").hidden = !guest;
+  $("signin-guest-note").hidden = !guest || mode === "off";
+  if (member || mode === "off") $("signup").hidden = true;
+  if (member) $("signin").hidden = true;
+  const needKey = !state.key && state.options && !state.options.allow_anonymous;
+  $("signin-needed").hidden = !needKey;
+  if (needKey) {
+    $("signin").hidden = false;
+    // Without sign-up, a key from the operator is the likely way in.
+    if (mode === "off") $("key-details").open = true;
+  }
+  $("keys").hidden = !member;
+  if (!member) {
+    $("key-new").hidden = true;
+    $("key-new-value").textContent = "";
+  }
+}
+
+function clearAccountErrors(formId) {
+  const form = $(formId);
+  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  form.querySelector(".error").textContent = "";
+}
+
+// The server's sentence goes next to the form; the field it is about is marked and focused:
+// the fields a 422 names, else the field the sentence is about ("a password needs at least
+// 10 characters", "the name 'bob' is taken"): the first it mentions. "wrong name or password"
+// (401) is about neither on its own.
+function showAccountError(formId, err, fallbackField) {
+  const form = $(formId);
+  const fields = ACCOUNT_FIELDS[formId];
+  form.querySelector(".error").textContent = err.message;
+  let names = (err.errors || []).map((e) => String(e.field || "").split(".")[0]).filter((n) => fields[n]);
+  if (!names.length && err.status !== 401) {
+    const text = err.message.toLowerCase();
+    const at = (n) => text.search(new RegExp(`\\b${n}`));
+    names = Object.keys(fields).filter((n) => at(n) >= 0).sort((a, b) => at(a) - at(b)).slice(0, 1);
+  }
+  if (!names.length && fallbackField) names = [fallbackField];
+  for (const n of names) $(fields[n]).setAttribute("aria-invalid", "true");
+  const first = names.length ? $(fields[names[0]]) : form.querySelector("input");
+  first.focus();
+}
+
+function openPanel(id, focusId) {
+  for (const other of ["signin", "signup"]) {
+    if (other !== id && $("signin-needed").hidden) $(other).hidden = true;
+  }
+  $(id).hidden = false;
+  $(focusId).focus();
+}
+
+function closePanel(id) {
+  $(id).hidden = true;
+  clearAccountErrors(id === "signin" ? "login-form" : "signup-form");
+  const opener = $(`${id}-open`);
+  (opener.hidden ? $("prompt") : opener).focus();
+}
+
+async function signedIn(key, kind, name, message) {
+  setKey(key, kind);
+  state.name = name || "";
+  for (const form of ["login-form", "signup-form", "signin-form"]) {
+    for (const input of $(form).querySelectorAll("input")) input.value = "";
+    clearAccountErrors(form);
+  }
+  $("signin").hidden = true;
+  $("signup").hidden = true;
+  await refreshAccount();
+  if (message) announce(message);
+  $("prompt").focus();
+}
+
+async function signUp(event) {
+  event.preventDefault();
+  clearAccountErrors("signup-form");
+  const body = { name: $("signup-name").value.trim(), password: $("signup-password").value };
+  if (!body.name) return showAccountError("signup-form", new ApiError(0, SAY.enterName), "name");
+  if (!body.password) return showAccountError("signup-form", new ApiError(0, SAY.enterPassword), "password");
+  if (signupMode() === "invite") body.invite = $("signup-invite").value.trim();
+  // From a guest session the guest's key goes along: the server turns that guest into the
+  // account, so the images made so far stay.
+  const key = state.kind === "guest" ? state.key : "";
+  let account;
+  try {
+    account = await api("POST", "/api/v1/accounts", body, {}, key);
+  } catch (err) {
+    const aboutInvite = err.status === 403 && signupMode() === "invite" ? "invite" : null;
+    return showAccountError("signup-form", err, aboutInvite);
+  }
+  await signedIn(account.key, "account", account.name || body.name, SAY.signedUp(account.name || body.name));
+}
+
+async function logIn(event) {
+  event.preventDefault();
+  clearAccountErrors("login-form");
+  const body = { name: $("login-name").value.trim(), password: $("login-password").value };
+  if (!body.name) return showAccountError("login-form", new ApiError(0, SAY.enterName), "name");
+  if (!body.password) return showAccountError("login-form", new ApiError(0, SAY.enterPassword), "password");
+  let session;
+  try {
+    session = await api("POST", "/api/v1/sessions", body, {}, "");
+  } catch (err) {
+    return showAccountError("login-form", err);
+  }
+  await signedIn(session.key, "account", body.name, SAY.signedInAs(body.name));
+}
+
+async function useKey(event) {
+  event.preventDefault();
+  clearAccountErrors("signin-form");
+  const key = $("api-key").value.trim();
+  if (!key) return showAccountError("signin-form", new ApiError(0, SAY.enterKey), "key");
+  try {
+    await api("GET", "/api/v1/jobs?limit=1", undefined, {}, key); // any authenticated read tells whether the key is known
+  } catch (err) {
+    return showAccountError("signin-form", err, "key");
+  }
+  await signedIn(key, "key", "", null);
+}
+
+async function signOut() {
+  // A key from signing in is this browser's alone: revoke it rather than leave it working.
+  // A pasted key may be in use elsewhere, so it is only forgotten.
+  if (state.kind === "account") {
+    try {
+      const current = (await listKeys()).find((k) => k.current);
+      if (current) await api("DELETE", `/api/v1/me/keys/${encodeURIComponent(current.id)}`);
+    } catch (err) {
+      // Forgetting the key is what signing out needs; a server that cannot revoke it now
+      // leaves it listed under the account's keys.
+    }
+  }
+  setKey("", "");
+  state.name = "";
+  $("me").hidden = true;
+  await takeGuestKey();
+  await refreshAccount();
+  announce(SAY.signedOut);
+  $("signin-open").focus();
+}
+
+// ---- API keys of an account ----
+
+async function listKeys() {
+  const data = await api("GET", "/api/v1/me/keys");
+  return Array.isArray(data) ? data : (data && data.keys) || [];
+}
+
+async function loadKeys() {
+  if (!isMember()) return;
+  $("keys-error").textContent = "";
+  let keys;
+  try {
+    keys = await listKeys();
+  } catch (err) {
+    // A pasted key of a user without keys of their own (or an older server): no panel.
+    if ([403, 404].includes(err.status)) $("keys").hidden = true;
+    else $("keys-error").textContent = err.message;
+    return;
+  }
+  $("keys-list").replaceChildren(...keys.map(keyItem));
+}
+
+function keyItem(key) {
+  const item = $("key-template").content.firstElementChild.cloneNode(true);
+  const label = key.label || SAY.unnamedKey;
+  item.dataset.keyId = key.id;
+  item.querySelector(".key-label").textContent = label;
+  const made = key.created_at ? whenOf(key.created_at) : null;
+  item.querySelector(".key-created").textContent = made && !Number.isNaN(made.getTime()) ? SAY.keyMade(made.toLocaleDateString()) : "";
+  if (!key.current) item.querySelector(".key-current").remove();
+  const revoke = item.querySelector(".key-revoke");
+  // The key this browser signs in with goes with "Sign out", not from this list.
+  revoke.hidden = Boolean(key.current);
+  revoke.setAttribute("aria-label", SAY.revokeKey(label));
+  revoke.addEventListener("click", () => revokeKey(key, label));
+  return item;
+}
+
+async function revokeKey(key, label) {
+  if (!window.confirm(SAY.confirmRevoke(label))) return;
+  try {
+    await api("DELETE", `/api/v1/me/keys/${encodeURIComponent(key.id)}`);
+  } catch (err) {
+    $("keys-error").textContent = err.message;
+    return;
+  }
+  await loadKeys();
+  announce(SAY.keyRevoked);
+  $("key-label").focus();
+}
+
+async function mintKey(event) {
+  event.preventDefault();
+  $("keys-error").textContent = "";
+  const label = $("key-label").value.trim();
+  let minted;
+  try {
+    minted = await api("POST", "/api/v1/me/keys", label ? { label } : {});
+  } catch (err) {
+    $("keys-error").textContent = err.message;
+    $("key-label").focus();
+    return;
+  }
+  $("key-label").value = "";
+  $("key-new-value").textContent = minted.key;
+  $("key-new").hidden = false;
+  await loadKeys();
+  announce(SAY.keyCreated);
+  $("key-copy").focus();
+}
+
+async function copyNewKey() {
+  const text = $("key-new-value").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (err) {
+    // No clipboard API outside a secure context (a LAN server over plain HTTP): select the
+    // key, so that the user's own copy takes it.
+    const range = document.createRange();
+    range.selectNodeContents($("key-new-value"));
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    if (!document.execCommand("copy")) return;
+  }
+  announce(SAY.keyCopied);
+}
+
+// ---- /me: in words first, the numbers on request ----
 
 async function loadMe() {
-  // /api/v1/me (balance, weight, share, terms) exists only on servers that have it: a 404
+  // /api/v1/me (balance, share, group, terms) exists only on servers that have it: a 404
   // hides the panel rather than showing an error.
   const panel = $("me");
   let me;
@@ -565,42 +896,53 @@ async function loadMe() {
     $("terms").hidden = true;
     return;
   }
-  if (me && me.name) $("who").textContent = me.name;
+  me = me || {};
+  if (isMember() && me.name) {
+    state.name = me.name;
+    $("who").textContent = me.name;
+  }
+  const member = isMember() && !me.anonymous;
+  const group = me.group && me.group.sentence ? me.group.sentence : "";
+  $("me-group").textContent = group;
+  let balance = "";
+  if (member && typeof me.balance === "number") balance = me.balance > 0 ? SAY.credits(formatNumber(me.balance)) : SAY.noCredits;
+  $("me-balance").textContent = balance;
+
+  const notes = [];
+  if (typeof me.share === "number" && me.share > 0 && me.share <= 1) notes.push(SAY.share(`${formatNumber(me.share * 100)} %`));
+  // Where the share comes from, for those who can change it (a guest runs no workers) and
+  // where the group's sentence has not said it already.
+  const source = SAY.sources[me.weight_source];
+  if (source && state.kind !== "guest" && !(me.weight_source === "anonymous" && group)) notes.push(source);
+  const caps = me.free_tier && me.limits && me.limits.free_caps;
+  if (caps) notes.push(SAY.freeCaps(caps));
+  $("me-notes").textContent = notes.join(" ");
+  // The server's own sentence on why this account cannot submit now (a ban, a timeout).
+  $("me-standing").textContent = me.standing && me.standing.allowed === false ? me.standing.reason || "" : "";
+
   const figures = [
-    ["balance", "Balance", (v) => `${formatNumber(v)} credits`],
-    ["weight", "Weight", formatNumber],
+    ["balance", "Credits", formatNumber],
+    ["weight", "Weight (how much your share counts)", formatNumber],
     ["share", "Share of the machine", (v) => (v <= 1 ? `${formatNumber(v * 100)} %` : formatNumber(v))],
-    ["virtual_counter", "Usage counter", formatNumber],
-  ].filter(([key]) => me && typeof me[key] === "number");
+    ["virtual_counter", "Fair-share counter (work served, divided by weight)", formatNumber],
+  ].filter(([key]) => typeof me[key] === "number");
+  if (me.group && me.group.network) figures.push(["network", "Network", String, me.group.network]);
+  if (me.group && typeof me.group.others === "number") figures.push(["others", "Others sharing your group", formatNumber, me.group.others]);
   $("me-figures").replaceChildren(
-    ...figures.map(([key, label, format]) => {
+    ...figures.map(([key, label, format, value]) => {
       const pair = document.createElement("div");
       const dt = document.createElement("dt");
       dt.textContent = label;
       const dd = document.createElement("dd");
       dd.dataset.field = key;
-      dd.textContent = format(me[key]);
+      dd.textContent = format(value === undefined ? me[key] : value);
       pair.append(dt, dd);
       return pair;
     }),
   );
-  const notes = [];
-  const sources = {
-    merit: "Your weight grows with what your workers contribute.",
-    admin: "Your weight is set by the operator.",
-    anonymous: "Anonymous visitors share one weight; sign in for your own.",
-  };
-  if (me && sources[me.weight_source]) notes.push(sources[me.weight_source]);
-  const caps = me && me.free_tier && me.limits && me.limits.free_caps;
-  if (caps) {
-    notes.push(`Free tier for now: up to ${formatNumber(caps.max_pixels)} pixels, ${caps.max_steps} steps and ` +
-      `${plural(caps.max_images, "image")} per job.`);
-  }
-  $("me-notes").textContent = notes.join(" ");
-  // The server's own sentence on why this account cannot submit now (a ban, a timeout).
-  $("me-standing").textContent = me && me.standing && me.standing.allowed === false ? me.standing.reason || "" : "";
-  panel.hidden = figures.length === 0;
-  showTerms(me && me.terms);
+  $("me-numbers").hidden = figures.length === 0;
+  panel.hidden = !(group || balance || notes.length || $("me-standing").textContent || figures.length);
+  showTerms(me.terms);
 }
 
 function showTerms(terms) {
@@ -623,46 +965,23 @@ function showTerms(terms) {
   };
 }
 
-function showAccount() {
-  const signedIn = Boolean(state.key);
-  $("who").textContent = signedIn ? "signed in" : "anonymous";
-  $("signin-open").hidden = signedIn;
-  $("signout").hidden = !signedIn;
-  const needKey = !signedIn && state.options && !state.options.allow_anonymous;
-  $("signin-needed").hidden = !needKey;
-  if (needKey) $("signin").hidden = false;
-}
-
-async function signIn(event) {
-  event.preventDefault();
-  const key = $("api-key").value.trim();
-  $("signin-error").textContent = "";
-  if (!key) {
-    $("signin-error").textContent = "Enter the API key the server's operator gave you.";
-    $("api-key").focus();
-    return;
-  }
-  const previous = state.key;
-  state.key = key;
-  try {
-    await api("GET", "/api/v1/jobs?limit=1"); // any authenticated read tells whether the key is known
-  } catch (err) {
-    state.key = previous;
-    $("signin-error").textContent = err.message;
-    $("api-key").focus();
-    return;
-  }
-  localStorage.setItem(KEY_STORE, key);
-  $("api-key").value = "";
-  $("signin").hidden = true;
-  await refreshAccount();
-  $("prompt").focus();
-}
-
 async function refreshAccount() {
   for (const id of [...state.jobs.keys()]) dismissJob(id);
   showAccount();
-  await Promise.all([loadMe(), loadGallery(), resumeJobs()]);
+  await Promise.all([loadMe(), loadGallery(), resumeJobs(), loadKeys()]);
+}
+
+function wireAccount() {
+  $("signin-open").addEventListener("click", () => openPanel("signin", "login-name"));
+  $("signup-open").addEventListener("click", () => openPanel("signup", "signup-name"));
+  $("signin").querySelector(".panel-cancel").addEventListener("click", () => closePanel("signin"));
+  $("signup").querySelector(".panel-cancel").addEventListener("click", () => closePanel("signup"));
+  $("login-form").addEventListener("submit", logIn);
+  $("signup-form").addEventListener("submit", signUp);
+  $("signin-form").addEventListener("submit", useKey);
+  $("signout").addEventListener("click", signOut);
+  $("key-form").addEventListener("submit", mintKey);
+  $("key-copy").addEventListener("click", copyNewKey);
 }
 
 // ---- small helpers -----------------------------------------------------------------------
@@ -680,6 +999,11 @@ function duration(seconds) {
   if (seconds < 90) return `${Math.round(seconds)} s`;
   if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
   return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+// The API gives times as seconds since 1970 (or as ISO text).
+function whenOf(value) {
+  return new Date(typeof value === "number" ? value * 1000 : value);
 }
 
 function formatNumber(v) {
@@ -728,7 +1052,7 @@ async function start() {
     generate();
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("signin").contains(event.target)) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.target.closest(".account-form")) {
       event.preventDefault();
       generate();
     }
@@ -742,24 +1066,8 @@ async function start() {
   $("seed-random").addEventListener("click", () => {
     $("seed").value = "-1";
   });
-  $("signin-open").addEventListener("click", () => {
-    $("signin").hidden = false;
-    $("api-key").focus();
-  });
-  $("signin-cancel").addEventListener("click", () => {
-    $("signin").hidden = true;
-    $("signin-error").textContent = "";
-    $("signin-open").focus();
-  });
-  $("signin-form").addEventListener("submit", signIn);
-  $("signout").addEventListener("click", async () => {
-    localStorage.removeItem(KEY_STORE);
-    state.key = "";
-    $("me").hidden = true;
-    await refreshAccount();
-    $("signin-open").focus();
-  });
-  await refreshAccount();
+  wireAccount();
+  await settleKey();
   document.body.dataset.ready = "true";
 }
 
