@@ -80,13 +80,14 @@ class Settings(BaseModel):
     anonymous_weight: float = Field(0.5, gt=0)
     merit_max_bonus: float = Field(4.0, ge=0)
     merit_half_balance: float = Field(100.0, gt=0)
-    # Queued jobs one user may have (anonymous visitors: per address).
+    # Queued jobs one person may have (a keyless caller: one address).
     max_queued_jobs: int = Field(20, ge=1)
-    # Free-tier users (no balance, no admin weight) behind one address: queued jobs in all,
-    # and how many of them may have jobs queued at once, so that many keys from one address
-    # count as few users.
+    # Free-tier people (no balance, no admin weight) of one network group: queued jobs in all,
+    # and how many of them may have jobs queued at once. The group's share of the machine is
+    # one person's however many keys it holds, so the second cap need not be tight: it is
+    # there so that a family or a class behind one address can all queue, not to stop keys.
     free_queued_per_ip: int = Field(20, ge=1)
-    free_users_per_ip: int = Field(2, ge=1)
+    free_users_per_ip: int = Field(8, ge=1)
     anonymous_max_queued: int = Field(100, ge=1)
     # Fair share among people (fairness/groups.py): people without merit are grouped by the
     # network their requests come from (these prefix lengths), and a group gets what one
