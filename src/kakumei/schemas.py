@@ -28,6 +28,7 @@ from pydantic import (
 
 from kakumei.errors import InvalidRequest
 from kakumei.images import declared_size_b64, decode_image_b64
+from kakumei.prompt_schedule import has_schedule
 
 # A1111 sampler names -> whether the sampler takes a sigma schedule (Karras, ...).
 # The diffusers classes behind them live in engine/samplers.py; this table is pure data so
@@ -427,11 +428,14 @@ class GenerationRequest(BaseModel):
     def batch_key(self, model: str | None = None) -> str | None:
         """Requests with equal keys can share one batch (each keeping its own prompt, negative
         prompt, CFG scale and seed); None when this request must run alone (img2img,
-        inpainting, hires fix, refiner, several batches, LoRA tags merged into weights)."""
+        inpainting, hires fix, refiner, several batches, LoRA tags merged into weights,
+        prompt editing or alternation)."""
         if self.mode != "txt2img" or self.enable_hr or self.refiner_checkpoint or self.n_iter != 1:
             return None
         if "<lora:" in self.prompt or "<lora:" in self.negative_prompt:
             return None
+        if has_schedule(self.prompt) or has_schedule(self.negative_prompt):
+            return None  # its prompt encodings change during the loop ([from:to:when], [a|b])
         fields = [model or self.model or "", *(str(getattr(self, f)) for f in BATCH_FIELDS)]
         return hashlib.sha256("\0".join(fields).encode("utf-8")).hexdigest()[:32]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from kakumei.engine.imageops import fill_masked, paste_over
 from kakumei.engine.models import LoadedModel
-from kakumei.engine.plan import BatchPlan
+from kakumei.engine.plan import BatchPlan, PromptTimeline
 from kakumei.engine.prompts import EncodedPrompt
 from kakumei.engine.results import StepProgress
 from kakumei.engine.samplers import make_scheduler
@@ -71,6 +71,32 @@ def _refusing_nan_decodes(pipe: Any) -> Iterator[None]:
         handle.remove()
 
 
+def _next_conditioning(
+    pipe: Any,
+    kw: dict[str, Any],
+    timeline: PromptTimeline,
+    step: int,
+    current: list[tuple[EncodedPrompt, EncodedPrompt]],
+) -> None:
+    """Put the encodings of loop step `step` into the callback's tensors where they change.
+
+    diffusers' SD and SDXL pipelines concatenate [negative, positive] along the batch once
+    before their loop when CFG is on (`prompt_embeds`, and SDXL's pooled `add_text_embeds`),
+    and read back whatever the step callback returns for the next step.
+    """
+    cond, uncond = timeline.at(step)
+    if cond is current[0][0] and uncond is current[0][1]:
+        return
+    current[0] = (cond, uncond)
+    guided = bool(pipe.do_classifier_free_guidance)
+    for name, pick in (("prompt_embeds", lambda e: e.embeds), ("add_text_embeds", lambda e: e.pooled)):
+        if name not in kw:
+            continue
+        ref = kw[name]
+        tensor = pick(cond).to(ref.device, ref.dtype)
+        kw[name] = torch.cat([pick(uncond).to(ref.device, ref.dtype), tensor]) if guided else tensor
+
+
 class _PlanRun:
     """One plan through its passes; counts steps across passes for the progress."""
 
@@ -101,7 +127,18 @@ class _PlanRun:
             kw["negative_pooled_prompt_embeds"] = uncond.pooled.to(dev, dt)
         return kw
 
-    def _call(self, pipe: Any, model: LoadedModel, planned_after: int, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        pipe: Any,
+        model: LoadedModel,
+        planned_after: int,
+        timeline: PromptTimeline | None = None,
+        first_step: int = 0,
+        **kwargs: Any,
+    ) -> Any:
+        """One pipeline call. With a `timeline`, the step callback swaps the prompt
+        encodings for the next step where the schedule changes; `first_step` is the
+        timeline's step at this call's first step (the refiner goes on from the base pass)."""
         req = self.request
         pipe.scheduler = make_scheduler(req.sampler_name, req.scheduler, model.base_scheduler_config)
         if hasattr(pipe.scheduler, "noise_sampler_seed"):
@@ -117,14 +154,25 @@ class _PlanRun:
             if self.cancelled is not None and self.cancelled():
                 self.stopped = True
                 p._interrupt = True  # diffusers' own way to leave the denoising loop
+            if timeline is not None:
+                _next_conditioning(p, kw, timeline, first_step + i + 1, current)
             return kw
 
+        extra: dict[str, Any] = {}
+        current: list[tuple[EncodedPrompt, EncodedPrompt]] = []
+        if timeline is not None:
+            current.append(timeline.at(first_step))
+            # diffusers hands these to the callback and takes back what it returns
+            extra["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"] + (
+                ["add_text_embeds"] if hasattr(pipe, "text_encoder_2") else []
+            )
         with torch.inference_mode(), _refusing_nan_decodes(pipe):
             out = pipe(
                 guidance_scale=self.plan.guidance,
                 # CPU generators: img2img noise and ancestral/SDE noise are device-independent too
                 generator=cpu_generators(self.seeds),
                 callback_on_step_end=step_end,
+                **extra,
                 **kwargs,
             )
         if self.stopped:
@@ -161,6 +209,7 @@ class _PlanRun:
             pipe,
             self.model,
             planned_after,
+            self.plan.timelines.get("base"),
             num_inference_steps=req.steps,
             width=req.width,
             height=req.height,
@@ -176,6 +225,7 @@ class _PlanRun:
             pipe,
             self.model,
             0,
+            self.plan.timelines.get("base"),
             image=self._batch_inputs(),
             strength=req.denoising_strength,
             num_inference_steps=req.steps,
@@ -197,6 +247,7 @@ class _PlanRun:
             pipe,
             self.model,
             0,
+            self.plan.timelines.get("base"),
             # diffusers' mask crop takes one PIL image, which it repeats over the batch
             image=filled[0] if single else filled,
             mask_image=mask if single else [mask] * len(filled),
@@ -226,15 +277,19 @@ class _PlanRun:
         else:
             upscaled = [im.resize((hr_w, hr_h), resample=_PIXEL_MODES[req.hr_upscaler]) for im in first]
         pipe = self.model.variant("img2img")
+        # The second pass has a schedule of its own (prompt_schedule's hires_steps).
+        timeline = self.plan.timelines.get("hires")
+        cond, uncond = timeline.at(0) if timeline is not None else (self.plan.cond, self.plan.uncond)
         return self._call(
             pipe,
             self.model,
             0,
+            timeline,
             image=upscaled,
             strength=req.denoising_strength,
             num_inference_steps=hr_steps,
             output_type="pil",
-            **self._conditioning(pipe, self.plan.cond, self.plan.uncond),
+            **self._conditioning(pipe, cond, uncond),
         )
 
     def _refined(self) -> list[Image.Image]:
@@ -242,12 +297,16 @@ class _PlanRun:
         assert self.refiner is not None and self.plan.refiner_conds is not None
         planned = req.steps - int(req.steps * req.refiner_switch_at)
         latents = self._txt2img("latent", planned, denoising_end=req.refiner_switch_at)
+        base_steps = self.steps_done  # the refiner goes on with the schedule from here
         pipe = self.refiner.variant("img2img")
-        cond, uncond = self.plan.refiner_conds
+        timeline = self.plan.timelines.get("refiner")
+        cond, uncond = timeline.at(base_steps) if timeline is not None else self.plan.refiner_conds
         return self._call(
             pipe,
             self.refiner,
             0,
+            timeline,
+            base_steps,
             image=latents,
             num_inference_steps=req.steps,
             denoising_start=req.refiner_switch_at,

@@ -35,12 +35,21 @@ from kakumei.engine.models import (
     resolve_model,
 )
 from kakumei.engine.passes import run_plan
-from kakumei.engine.plan import GenerationExtras, PreparedRequest, build_plan, check_request_fits, prepare_inputs
+from kakumei.engine.plan import (
+    GenerationExtras,
+    PreparedRequest,
+    PromptTimeline,
+    build_plan,
+    check_request_fits,
+    prepare_inputs,
+)
 from kakumei.engine.prompt_cache import PromptCache
 from kakumei.engine.prompts import EncodedPrompt, encode_prompts, extract_lora_tags
 from kakumei.engine.results import GeneratedImage, GenerationResult, StepProgress
+from kakumei.engine.samplers import calls_per_step
 from kakumei.engine.seeds import resolve_seed
 from kakumei.errors import GenerationCancelled, InvalidRequest
+from kakumei.prompt_schedule import ScheduledText, has_schedule, prompt_schedule
 from kakumei.schemas import GenerationRequest
 
 __all__ = ["Engine", "GeneratedImage", "GenerationResult", "StepProgress", "library_versions"]
@@ -234,23 +243,37 @@ class Engine:
         loras = self._loras.resolve(tags + negative_tags, model.family)
         with apply_loras(model, loras, self._loras):
             embeddings = self._embeddings.for_text(prompt + " " + negative, model.family)
-            (cond, uncond), used = self._encode(model, prompt, negative, request.clip_skip, embeddings, bool(loras))
-            refiner_conds = None
-            if refiner is not None:
-                (r_cond, r_uncond), _ = encode_prompts(refiner.pipe, [prompt, negative], request.clip_skip, embeddings)
-                refiner_conds = (r_cond, r_uncond)
+            timelines: dict[str, PromptTimeline] = {}
+            if has_schedule(prompt) or has_schedule(negative):
+                schedules = _prompt_schedules(request, prompt, negative)
+                texts = list(dict.fromkeys(t for pair in schedules.values() for sched in pair for _, t in sched))
+                encoded, used = self._encode(model, texts, request.clip_skip, embeddings, bool(loras))
+                timelines = {name: _timeline(pair, texts, encoded) for name, pair in schedules.items() if name != "refiner"}
+                cond, uncond = timelines["base"].at(0)
+                refiner_conds = None
+                if refiner is not None:
+                    r_texts = list(dict.fromkeys(t for sched in schedules["refiner"] for _, t in sched))
+                    r_encoded, _ = encode_prompts(refiner.pipe, r_texts, request.clip_skip, embeddings)
+                    timelines["refiner"] = _timeline(schedules["refiner"], r_texts, r_encoded)
+                    refiner_conds = timelines["refiner"].at(0)
+            else:
+                (cond, uncond), used = self._encode(model, [prompt, negative], request.clip_skip, embeddings, bool(loras))
+                refiner_conds = None
+                if refiner is not None:
+                    (r_cond, r_uncond), _ = encode_prompts(refiner.pipe, [prompt, negative], request.clip_skip, embeddings)
+                    refiner_conds = (r_cond, r_uncond)
             extras = GenerationExtras(
                 loras=loras, embeddings=[self._embeddings.info(name) for name in used], refiner=refiner, inputs=inputs
             )
-            yield PreparedRequest(request, user, model, cond, uncond, refiner_conds, extras)
+            yield PreparedRequest(request, user, model, cond, uncond, refiner_conds, extras, timelines)
 
     def _encode(
-        self, model: LoadedModel, prompt: str, negative: str, clip_skip: int, embeddings: dict, loras: bool
+        self, model: LoadedModel, texts: list[str], clip_skip: int, embeddings: dict, loras: bool
     ) -> tuple[list[EncodedPrompt], list[str]]:
         """encode_prompts through the prompt cache. Not cached when LoRA weights are merged
         into the text encoder or textual-inversion vectors are in play (files can change)."""
-        key = None if loras or embeddings else (model.sha256, str(model.dtype), prompt, negative, clip_skip)
-        return self._prompts.get(key, lambda: encode_prompts(model.pipe, [prompt, negative], clip_skip, embeddings))
+        key = None if loras or embeddings else (model.sha256, str(model.dtype), tuple(texts), clip_skip)
+        return self._prompts.get(key, lambda: encode_prompts(model.pipe, texts, clip_skip, embeddings))
 
     def _finish(
         self, image: Image.Image, prepared: PreparedRequest, index: int, seed: int, versions: dict[str, str]
@@ -281,12 +304,42 @@ class Engine:
         return GeneratedImage(image, md.encode_png(image, infotext, meta), seed, index, infotext, meta)
 
 
+Schedule = list[ScheduledText]
+
+
+def _prompt_schedules(request: GenerationRequest, prompt: str, negative: str) -> dict[str, tuple[Schedule, Schedule]]:
+    """The (prompt, negative prompt) schedules of each pass the request runs. Steps count
+    the denoising loop's UNet calls, as A1111's do. img2img and inpainting follow A1111 in
+    counting from the first step they run, against the schedule of all `steps`; the refiner
+    goes on with the base pass's schedule from the step where it takes over (the passes
+    count on), and a hires fix's second pass has a schedule of its own (prompt_schedule's
+    hires_steps)."""
+    per_step = calls_per_step(request.sampler_name)
+    steps = request.steps * per_step
+    base = (prompt_schedule(prompt, steps), prompt_schedule(negative, steps))
+    schedules = {"base": base}
+    if request.enable_hr:
+        hires = (request.hr_second_pass_steps or request.steps) * per_step
+        schedules["hires"] = (prompt_schedule(prompt, steps, hires), prompt_schedule(negative, steps, hires))
+    if request.refiner_checkpoint:
+        schedules["refiner"] = base
+    return schedules
+
+
+def _timeline(pair: tuple[Schedule, Schedule], texts: list[str], encoded: list[EncodedPrompt]) -> PromptTimeline:
+    by_text = dict(zip(texts, encoded))
+    cond, uncond = pair
+    return PromptTimeline([(u, by_text[t]) for u, t in cond], [(u, by_text[t]) for u, t in uncond])
+
+
 def _share_key(request: GenerationRequest, position: int) -> Any:
     """Requests with equal keys share a batch. LoRA weights are merged into the model for a
     whole batch, so a request with any LoRA tag (batch_key lets <lyco:...> through) runs
     alone, as does one whose tags are malformed: it then fails with its own message."""
     key = request.batch_key()
-    if key is None:
+    if key is None or has_schedule(request.prompt) or has_schedule(request.negative_prompt):
+        # a schedule changes the prompt encodings during the loop: jobs queued before
+        # batch_key knew that still run alone
         return ("alone", position)
     try:
         tags = extract_lora_tags(request.prompt)[1] + extract_lora_tags(request.negative_prompt)[1]

@@ -121,6 +121,34 @@ class GenerationExtras:
 
 
 @dataclass
+class PromptTimeline:
+    """The prompt encodings each denoising step of one pass uses, for a prompt or negative
+    prompt that edits itself ([from:to:when], [a|b]): entries (until_step, encoding) as in
+    prompt_schedule, steps 1-based there and counted from 0 here."""
+
+    cond: list[tuple[int, EncodedPrompt]]
+    uncond: list[tuple[int, EncodedPrompt]]
+
+    def at(self, step: int) -> tuple[EncodedPrompt, EncodedPrompt]:
+        """The (cond, uncond) of loop step `step` (0-based); past the end, the last entry."""
+        return _entry_at(self.cond, step), _entry_at(self.uncond, step)
+
+    def repeated(self, count: int) -> PromptTimeline:
+        """One row per image: the same schedule for each of a request's `count` images."""
+        return PromptTimeline(
+            [(until, _stack([e], [count])) for until, e in self.cond],
+            [(until, _stack([e], [count])) for until, e in self.uncond],
+        )
+
+
+def _entry_at(entries: list[tuple[int, EncodedPrompt]], step: int) -> EncodedPrompt:
+    for until, encoding in entries:
+        if step + 1 <= until:
+            return encoding
+    return entries[-1][1]
+
+
+@dataclass
 class PreparedRequest:
     """A resolved request with its models loaded and its prompts encoded: what every batch
     of it shares."""
@@ -132,6 +160,9 @@ class PreparedRequest:
     uncond: EncodedPrompt
     refiner_conds: tuple[EncodedPrompt, EncodedPrompt] | None
     extras: GenerationExtras
+    # Per pass ("base", "hires", "refiner") when the prompts edit themselves; then cond and
+    # uncond are the base pass's first step. Empty for every other request.
+    timelines: dict[str, PromptTimeline] = field(default_factory=dict)
 
     @property
     def prompt_shape(self) -> tuple[int, ...]:
@@ -154,6 +185,7 @@ class BatchPlan:
     guidance: float | PerImageScale
     inputs: Inputs
     offset: int  # index of the first image within its request (for progress and input images)
+    timelines: dict[str, PromptTimeline] = field(default_factory=dict)  # one row per image
 
     @property
     def request(self) -> GenerationRequest:
@@ -172,11 +204,14 @@ class BatchPlan:
 def build_plan(members: list[PreparedRequest], batch: int) -> BatchPlan:
     """Batch number `batch` of each member (always 0 for a shared batch: those have one)."""
     if len(members) > 1 and any(
-        m.model is not members[0].model or m.extras.loras or m.extras.refiner or m.extras.inputs.images for m in members
+        m.model is not members[0].model or m.extras.loras or m.extras.refiner or m.extras.inputs.images or m.timelines
+        for m in members
     ):
-        # LoRAs, a refiner and input images belong to one request; GenerationRequest.batch_key
-        # keeps such requests out of shared batches.
-        raise ValueError("only text-to-image requests of one model without LoRAs or a refiner share a batch")
+        # LoRAs, a refiner, input images and prompt schedules belong to one request;
+        # GenerationRequest.batch_key keeps such requests out of shared batches.
+        raise ValueError(
+            "only text-to-image requests of one model without LoRAs, a refiner or prompt editing share a batch"
+        )
     owners: list[int] = []
     indices: list[int] = []
     seeds: list[int] = []
@@ -202,6 +237,7 @@ def build_plan(members: list[PreparedRequest], batch: int) -> BatchPlan:
         guidance=guidance_for([m.request.cfg_scale for m in members for _ in range(m.request.batch_size)]),
         inputs=first.extras.inputs,
         offset=indices[0],
+        timelines={name: t.repeated(first.request.batch_size) for name, t in first.timelines.items()},
     )
 
 

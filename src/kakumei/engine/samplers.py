@@ -62,6 +62,13 @@ assert set(_SCHEDULE_CONFIG) == set(SCHEDULE_NAMES)
 _DROP_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "algorithm_type", "solver_order")
 
 
+def calls_per_step(sampler_name: str) -> int:
+    """Denoising-loop iterations (UNet calls) per step: 2 for second-order samplers (Heun,
+    DPM2, DPM++ SDE), whose diffusers loop visits every step twice, else 1. Prompt schedules
+    count these, as A1111's count its sampler's model calls."""
+    return int(_SAMPLER_TABLE[sampler_name][0].order) if sampler_name in _SAMPLER_TABLE else 1
+
+
 def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]) -> SchedulerMixin:
     """Build the scheduler for an A1111 sampler + schedule on top of a model's own
     scheduler config (which carries beta schedule, prediction type, timestep count)."""
