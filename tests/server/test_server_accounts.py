@@ -228,12 +228,14 @@ def test_a_guest_becomes_an_account_and_keeps_its_images(make_server) -> None:
     with client(server, "127.0.28.1") as visitor:
         guest = visitor.post("/api/v1/guests").json()
     with client(server, "127.0.28.1", guest["key"]) as g:
+        assert g.get("/api/v1/me").json()["kind"] == "guest"
         job = wait_done(g, g.post("/api/v1/jobs", json=SMALL).json()["id"])
         assert job["state"] == "succeeded"
         made = g.post("/api/v1/accounts", json={"name": "ivy", "password": GOOD})
         assert made.status_code == 201, made.text
         assert made.json()["name"] == "ivy" and made.json()["key"] != guest["key"]
-        assert g.get("/api/v1/me").json()["name"] == "ivy", "the guest key keeps working, as the account"
+        me = g.get("/api/v1/me").json()
+        assert me["name"] == "ivy" and me["kind"] == "account", "the guest key keeps working, as the account"
         again = g.post("/api/v1/accounts", json={"name": "ivy2", "password": GOOD})
         assert again.status_code == 409 and "signed in as 'ivy'" in again.json()["detail"]
     with client(server, "127.0.29.9", made.json()["key"]) as ivy:

@@ -45,13 +45,14 @@ def test_a_household_of_guests_behind_one_address(kakumei_home: Path, tmp_path: 
                         assert guest.delete(f"/api/v1/jobs/{other}").status_code == 404
                 me = guest.get("/api/v1/me").json()
                 assert me["group"]["kind"] == "network" and me["group"]["network"] == "127.0.7.0/24"
-                assert me["group"]["others"] == 4
+                assert me["group"]["others"] == 4 and me["kind"] == "guest"
         # A keyless neighbour on another network stands as a group of its own: its share is
         # one group's, as large as the whole household's.
         with httpx.Client(base_url=url, timeout=60, transport=httpx.HTTPTransport(local_address="127.0.8.5")) as neighbour:
             assert neighbour.post("/api/v1/jobs", json=SMALL).status_code in (200, 201, 202)
             mine = neighbour.get("/api/v1/me").json()
             assert mine["group"]["network"] == "127.0.8.0/24" and mine["group"]["others"] == 0
+            assert mine["kind"] == "keyless"
             assert abs(mine["share"] - 0.5) < 0.01, mine["share"]
     finally:
         stop(proc)

@@ -102,12 +102,14 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
 
     db = open_database(with_overrides(settings, database=args.database))
     try:
-        users = UserStore(db).list()
+        store = UserStore(db)
+        users, groups = store.list(), store.group_keys()
     finally:
         db.close()
-    print(f"{'name':<24} {'weight':>6} {'counter':>10} {'queued':>6}")
+    print(f"{'name':<24} {'kind':<9} {'group':<24} {'weight':>6} {'counter':>10} {'queued':>6}")
     for user in users:
-        print(f"{user.name:<24} {user.weight:>6g} {user.virtual_counter:>10.2f} {user.queued_jobs:>6}")
+        group = groups.get(user.id, "-")
+        print(f"{user.name:<24} {user.kind:<9} {group:<24} {user.weight:>6g} {user.virtual_counter:>10.2f} {user.queued_jobs:>6}")
     return 0
 
 
@@ -169,7 +171,7 @@ def cmd_grant(args: argparse.Namespace, settings: Settings) -> int:
     def act(users: Any, ledger: Any, moderation: Any) -> str:
         user = _named(users, args.name)
         if user.is_anonymous:
-            raise ValueError("anonymous visitors share one account; grant credit to a registered user")
+            raise ValueError("keyless callers have no account to hold credit; grant it to a registered user")
         moderation.grant(ledger, user.id, user.name, args.amount, args.note, _actor())
         return f"{user.name}: balance {ledger.balance(user.id):g}"
     return _run(args, settings, act)

@@ -40,6 +40,7 @@ def me_out(svc: Services, who: Caller) -> Me:
     earned, spent = totals(svc.db, user.id)
     return Me(
         name=user.name,
+        kind=user.kind,
         anonymous=user.is_anonymous,
         admin=user.is_admin,
         balance=None if user.is_anonymous else user.balance,
@@ -137,7 +138,7 @@ def grant(svc: Services, admin: User, name: str, amount: float, note: str) -> Us
     """Give credit (a negative amount takes it back); the user as they are afterwards."""
     user = user_named(svc, name)
     if user.is_anonymous:
-        raise Refused(400, "anonymous visitors share one account; grant credit to a registered user")
+        raise Refused(400, "keyless callers have no account to hold credit; grant it to a registered user")
     svc.moderation.grant(svc.ledger, user.id, user.name, amount, note, admin.name)
     return user_out(svc, user_named(svc, name))
 

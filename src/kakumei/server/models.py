@@ -133,6 +133,8 @@ class Group(BaseModel):
 
 class Me(BaseModel):
     name: str
+    # "operator", "account", "guest", "keyless" (one address's person) or "anonymous"
+    kind: str
     anonymous: bool
     admin: bool
     balance: float | None  # None for anonymous visitors, who share one account

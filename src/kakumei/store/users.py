@@ -38,6 +38,9 @@ class User:
     balance: float = 0.0
     weight_override: float | None = None
     is_admin: bool = False
+    # 'operator' (made with `kakumei users add`), 'account' (signed up), 'guest', 'keyless'
+    # (one address's person) or 'anonymous' (the shared keyless user of older releases).
+    kind: str = "operator"
 
 
 def hash_key(key: str) -> str:
@@ -56,12 +59,13 @@ def _user(row: dict) -> User:
         balance=float(row["balance"]),
         weight_override=None if row["weight_override"] is None else float(row["weight_override"]),
         is_admin=bool(row["is_admin"]),
+        kind=row["kind"],
     )
 
 
 _COLUMNS = (
     "id, name, is_anonymous, weight, virtual_counter, queued_jobs, created_at, balance, "
-    "weight_override, is_admin"
+    "weight_override, is_admin, kind"
 )
 
 
@@ -241,7 +245,8 @@ class UserStore:
             try:
                 with self.db.transaction() as tx:
                     tx.run(
-                        "INSERT INTO users (name, is_anonymous, weight, keyless_addr, created_at) VALUES (?, 1, ?, ?, ?)",
+                        "INSERT INTO users (name, is_anonymous, weight, keyless_addr, kind, created_at) "
+                        "VALUES (?, 1, ?, ?, 'keyless', ?)",
                         (name, weight, addr, time.time()),
                     )
             except self.db.integrity_errors:
@@ -268,6 +273,12 @@ class UserStore:
         with self.db.transaction(write=False) as tx:
             rows = tx.all(f"SELECT {_COLUMNS} FROM users ORDER BY id")
         return [_user(r) for r in rows]
+
+    def group_keys(self) -> dict[int, str]:
+        """The fair-share group each user was last placed in (fairness/groups.py keys)."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all("SELECT u.id, g.key FROM users u JOIN fair_groups g ON g.id = u.group_id")
+        return {int(r["id"]): r["key"] for r in rows}
 
     # -- writes inside another store's transaction ----------------------------------------
 
