@@ -24,6 +24,7 @@ from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
 from kakumei.server.limits import BodyLimits
 from kakumei.server.method_not_allowed import method_not_allowed
+from kakumei.server.model_hashes import ModelHashes
 from kakumei.server.routes import (
     admin,
     docs,
@@ -87,6 +88,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.state.event_streams = Slots(settings.max_event_streams_per_user)  # routes/events.py
+    app.state.model_hashes = ModelHashes(settings)  # /sdapi/v1/sd-models
     routers = (jobs, events, images, health, gallery, options, me, admin, a1111, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)
