@@ -2,9 +2,10 @@
 
 The hashes are the ones the engine writes into every image ("Model hash" is the first 10 hex
 digits): a file's sha256, or for a diffusers folder the sha256 of its sorted (relative path,
-file sha256) list, through the engine's own `HashCache` and its cache file in the data dir.
-Hashing a multi-GB checkpoint takes seconds, so it runs in a background thread, once per
-version of the file (size and modification time); a listing waits for it only briefly, and
+file sha256) list, computed by the engine's own `HashCache` (kept in a cache file of its own,
+so that a restarted server does not read the files again). Hashing a multi-GB checkpoint takes
+seconds, so it runs in a background thread, once per version of the file (size and
+modification time); a listing waits for it only briefly, and
 answers None for a hash still being computed, as A1111 does for checkpoints it has not hashed.
 """
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 # How long a listing waits for hashes being computed: small files (and cached ones) are ready,
 # a big checkpoint is answered without its hash until it is.
 LISTING_WAIT_SECONDS = 2.0
+# The listing's own hash cache in the data dir's cache folder (same form as the engine's).
+LISTING_CACHE = "listing-hashes.json"
 # Suffixes that count for a folder's version (those the engine's folder hash reads).
 _FOLDER_FILES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json")
 
@@ -128,8 +131,9 @@ class ModelHashes:
 
         try:
             with self._one_at_a_time:
-                # The engine's cache file: a model the engine loaded is not read again.
-                hashes = HashCache(settings.home / "cache" / "hashes.json")
+                # A cache file of its own: the engine rewrites its hashes.json while loading a
+                # model, and two writers of one file in one process could lose one's update.
+                hashes = HashCache(settings.home / "cache" / LISTING_CACHE)
                 digest = hashes.folder_sha256(path) if path.is_dir() else hashes.file_sha256(path)
             with self._lock:
                 self._known[key] = digest

@@ -23,7 +23,7 @@ from kakumei.server.bodies import documented, in_parse_pool, read_body
 from kakumei.server.deps import Caller, caller, services
 from kakumei.server.limits import cross_site_form
 from kakumei.server.multipart import FormError, Part, form_parts, is_form
-from kakumei.server.openai_errors import openai_error
+from kakumei.server.openai_errors import openai_error, param_of
 from kakumei.server.openai_mapping import (
     PARAM_OF_FIELD,
     ImagesGenerate,
@@ -51,7 +51,7 @@ def _body(data: Any) -> ImagesGenerate | JSONResponse:
         return ImagesGenerate.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]["loc"] if exc.errors() else ()
-        return openai_error(400, validation_message(exc), str(first[0]) if first else None)
+        return openai_error(400, validation_message(exc), param_of(first))
 
 
 def _checked(raw: bytes | bytearray, svc: Services) -> tuple[ImagesGenerate, GenerationRequest] | JSONResponse:
