@@ -8,22 +8,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kakumei
 from kakumei.config import Settings
 from kakumei.fairness.limits import Slots
 from kakumei.schemas import error_field, error_sentence
-from kakumei.server import openapi
+from kakumei.server import openai_errors, openapi
 from kakumei.server.a1111 import routes as a1111
 from kakumei.server.bodies import return_big_buffers_to_the_system
 from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
 from kakumei.server.limits import BodyLimits
 from kakumei.server.method_not_allowed import method_not_allowed
+from kakumei.server.model_hashes import ModelHashes
 from kakumei.server.routes import (
     accounts,
     admin,
@@ -49,12 +50,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     given when it is short; no pydantic internals)."""
     errors = [{"field": error_field(err) or "body", "message": error_sentence(err)} for err in exc.errors()]
     message = "; ".join(e["message"] for e in errors)
-    return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+    return openai_errors.validation_error(request.url.path, errors, message) or JSONResponse(
+        {"detail": message, "errors": errors}, status_code=422
+    )
 
 
 async def _refused(request: Request, exc: Refused) -> Response:
     """A service module's refusal, answered exactly as the HTTPException it stands for."""
-    return await http_exception_handler(request, HTTPException(exc.status, str(exc), exc.headers))
+    return await openai_errors.http_error(request, HTTPException(exc.status, str(exc), exc.headers))
 
 
 def create_app(settings: Settings, engine: Any | None = None, *, local_worker: bool | None = None) -> FastAPI:
@@ -86,8 +89,11 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     openapi.install(app)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
+    # Every HTTP error (unknown paths included) in OpenAI's shape on /v1, FastAPI's elsewhere.
+    app.add_exception_handler(StarletteHTTPException, openai_errors.http_error)  # type: ignore[arg-type]
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.state.event_streams = Slots(settings.max_event_streams_per_user)  # routes/events.py
+    app.state.model_hashes = ModelHashes(settings)  # /sdapi/v1/sd-models
     routers = (jobs, events, images, health, gallery, options, me, accounts, admin, a1111, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)

@@ -6,15 +6,36 @@ A pure ASGI middleware, so that it acts on the raw request: a body whose Content
 body takes JSON, so a body of any other content type is answered 415: that is what keeps a web
 page on another site from submitting jobs through its visitors' browsers, since a browser sends
 a text/plain or form body cross-site without asking (no CORS preflight), but not a JSON one.
+The one exception is OpenAI's /v1/images/edits, whose clients send multipart forms (FORM_PATHS);
+that route refuses forms a browser sent from another site (`cross_site_form`).
 """
 
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kakumei.server.multipart import is_form
+from kakumei.server.openai_errors import error_body, is_openai_path
+
+
+# Paths whose clients send multipart/form-data (the OpenAI SDKs upload edits that way).
+FORM_PATHS = frozenset({"/v1/images/edits"})
+
+
+def cross_site_form(request: Request, cors_origins: list[str]) -> str | None:
+    """Why a form from a web page on another site is refused (browsers send a form
+    cross-site without a CORS preflight, and name the page's origin); None when it comes from
+    this server's own pages, an allowed origin (`cors_origins`), or a program (no Origin)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin in cors_origins or urlsplit(origin).netloc == request.headers.get("host"):
+        return None
+    return "a form sent by a web page on another site is refused; call this API from a program, or an allowed origin"
 
 
 def is_json(content_type: str | None) -> bool:
@@ -50,11 +71,13 @@ class BodyLimits:
         except ValueError:
             declared = None
         if declared is not None and declared > self.max_body_bytes:
-            await _answer(send, 413, self._too_large())
+            await _answer(scope, send, 413, self._too_large())
             return
-        if (chunked or (declared or 0) > 0) and not is_json(headers.get("content-type")):
+        content_type = headers.get("content-type")
+        form_ok = scope.get("path") in FORM_PATHS and is_form(content_type)
+        if (chunked or (declared or 0) > 0) and not (is_json(content_type) or form_ok):
             await _answer(
-                send, 415, "send the request body as JSON with 'Content-Type: application/json'; other content types are refused"
+                scope, send, 415, "send the request body as JSON with 'Content-Type: application/json'; other content types are refused"
             )
             return
         if declared is not None and not chunked:
@@ -77,8 +100,9 @@ class BodyLimits:
         await self.app(scope, counted, send)
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _answer(scope: Scope, send: Send, status: int, detail: str) -> None:
+    shaped = error_body(status, detail) if is_openai_path(scope.get("path", "")) else {"detail": detail}
+    body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     # The body was not read, so the connection cannot carry another request.
     headers.append((b"connection", b"close"))

@@ -8,10 +8,11 @@ handler asks every route instead.
 from __future__ import annotations
 
 from fastapi import HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
+
+from kakumei.server.openai_errors import http_error
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -31,4 +32,4 @@ async def method_not_allowed(request: Request, exc: StarletteHTTPException) -> R
     allowed = allowed_methods(request)
     if allowed:
         headers["Allow"] = ", ".join(allowed)
-    return await http_exception_handler(request, HTTPException(405, exc.detail, headers))
+    return await http_error(request, HTTPException(405, exc.detail, headers))

@@ -19,7 +19,8 @@ from kakumei.engine.metadata import parse_infotext
 from kakumei.errors import KakumeiError
 from kakumei.fairness.shares import Place
 from kakumei.schemas import SCHEDULE_NAMES, GenerationRequest
-from kakumei.server.a1111.models import Img2ImgRequest, ProgressResponse, ProgressState, Txt2ImgRequest
+from kakumei.server.a1111.models import Img2ImgRequest, ProgressResponse, ProgressState, SDModelItem, Txt2ImgRequest
+from kakumei.server.model_hashes import ModelFile
 from kakumei.store.activity import ActiveJob
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import Job
@@ -428,6 +429,16 @@ def progress_response(
         state=state,
         current_image=preview.split(",", 1)[1] if preview else None,
         textinfo=textinfo,
+    )
+
+
+def sd_model_item(name: str, file: ModelFile | None) -> SDModelItem:
+    """A1111's checkpoint entry for a model kakumei knows by `name` (also its title, which
+    is what sd_model_checkpoint takes and GET /options reports)."""
+    if file is None:
+        return SDModelItem(title=name, model_name=name, hash=None, sha256=None, filename=name, config=None)
+    return SDModelItem(
+        title=name, model_name=name, hash=file.short_hash, sha256=file.sha256, filename=file.filename, config=None
     )
 
 

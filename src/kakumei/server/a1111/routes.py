@@ -213,9 +213,14 @@ def latent_upscale_modes(who: CallerDep) -> list[LatentUpscalerModeItem]:
 
 
 @router.get("/sd-models", response_model=list[SDModelItem])
-def sd_models(svc: Svc, who: CallerDep) -> list[SDModelItem]:
-    """Models jobs may name; `title` is what sd_model_checkpoint takes."""
-    return [SDModelItem(title=m, model_name=m, hash=None, sha256=None, filename=m, config=None) for m in svc.known_models()]
+def sd_models(request: Request, svc: Svc, who: CallerDep) -> list[SDModelItem]:
+    """Models jobs may name; `title` is what sd_model_checkpoint takes. `hash` (A1111's short
+    hash, the one images record) and `sha256` are those of the model's files on disk, None
+    for a hub model or while a big file is still being hashed; `filename` is relative to the
+    models folder."""
+    known = svc.known_models()
+    files = request.app.state.model_hashes.describe(known, svc.engine)
+    return [mapping.sd_model_item(name, files.get(name)) for name in known]
 
 
 @router.post("/refresh-checkpoints")
