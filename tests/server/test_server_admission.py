@@ -36,7 +36,8 @@ def submit(stores, adm: Admission, user: User, addr: str, request: GenerationReq
     if refusal is None:
         from kakumei.store.jobs import NewJob
 
-        stores.jobs.submit(NewJob(user.id, request, "m", request_cost(request, "m"), client_addr=addr))
+        stores.jobs.submit(NewJob(user.id, request, "m", request_cost(request, "m"), client_addr=addr,
+                                  group=adm.group_key(fresh, addr)))
     return refusal
 
 
@@ -84,8 +85,9 @@ def test_a_flood_from_one_key_is_capped_and_cannot_delay_another_user(stores, tm
     assert refusals.count(None) == 20
     refused = assert_explained(next(r for r in refusals if r is not None))
     assert refused.status == 429 and "20 jobs queued" in refused.message
-    assert submit(stores, adm, victim, "10.0.0.2") is None
-    assert jobs_before(stores, victim.id) <= 1  # fair share with one other user: one job ahead
+    # on another network: the flooder's group is not the victim's
+    assert submit(stores, adm, victim, "10.0.1.2") is None
+    assert jobs_before(stores, victim.id) <= 1  # fair share with one other group: one job ahead
 
 
 def test_many_keys_behind_one_address_count_as_few_users(stores, tmp_path) -> None:
@@ -94,7 +96,7 @@ def test_many_keys_behind_one_address_count_as_few_users(stores, tmp_path) -> No
     victim = stores.users.add("victim")[0]
     outcomes = [submit(stores, adm, s, "203.0.113.7") for s in sybils for _ in range(3)]
     assert outcomes.count(None) == 6  # two accounts, three jobs each
-    assert "free-tier accounts at your address" in assert_explained(
+    assert "free-tier people on your network 203.0.113.0/24" in assert_explained(
         next(o for o in outcomes if o is not None)).message
     assert submit(stores, adm, victim, "198.51.100.1") is None
     assert jobs_before(stores, victim.id) <= 2
@@ -107,9 +109,10 @@ def test_rate_limits_per_key_and_per_address_refill(stores, tmp_path) -> None:
     assert submit(stores, adm, alice, "10.0.0.1") is None
     limited = assert_explained(submit(stores, adm, alice, "10.0.0.1"))
     assert "API key" in limited.message and limited.retry_after == pytest.approx(10.0)
-    # bob's own key is fresh, but the address's bucket (3) is now spent
-    assert submit(stores, adm, bob, "10.0.0.1") is None
-    assert "your address" in assert_explained(submit(stores, adm, bob, "10.0.0.1")).message
+    # bob's own key is fresh, but the network's bucket (3) is now spent, from another address
+    # of it too: free-tier people of one network share it
+    assert submit(stores, adm, bob, "10.0.0.2") is None
+    assert "your network" in assert_explained(submit(stores, adm, bob, "10.0.0.9")).message
     stores.clock.advance(10.0)
     assert submit(stores, adm, alice, "10.0.0.1") is None
 
@@ -134,8 +137,9 @@ def test_free_tier_caps_follow_the_queue(stores, tmp_path) -> None:
 
 def test_anonymous_visitors_are_capped_as_a_group(stores, tmp_path) -> None:
     adm = admission(stores, tmp_path, anonymous_max_queued=5, max_queued_jobs=2, **NO_RATES)
-    anon = stores.users.anonymous()
-    results = [submit(stores, adm, anon, f"10.1.0.{i}") for i in range(4) for _ in range(3)]
+    # each keyless address is a person of its own
+    results = [submit(stores, adm, stores.users.keyless_person(f"10.1.{i}.1", 0.5), f"10.1.{i}.1")
+               for i in range(4) for _ in range(3)]
     assert results.count(None) == 5
     messages = {assert_explained(r).message.split(",")[0] for r in results if r is not None}
     assert any("anonymous visitors together" in m for m in messages)
@@ -188,11 +192,11 @@ def test_free_tier_is_one_rule_for_the_caller_and_the_address_counts(stores, tmp
     users = (anon, rider, giver, weighted, admin)
     for user in users:
         assert submit(stores, adm, user, "203.0.113.5") is None
-    counted = adm.queue_state(stores.users.get(rider.id), "203.0.113.5").free_users_at_addr
+    counted = adm.queue_state(stores.users.get(rider.id), "203.0.113.5").free_users_in_group
     assert {u.id for u in users if adm.free(stores.users.get(u.id))} == {rider.id} == counted
     # The anonymous visitors' admin weight stands them apart: their jobs at this address do
     # not use up the free-tier jobs of the registered free rider there.
     assert submit(stores, adm, anon, "203.0.113.5") is None
     assert submit(stores, adm, rider, "203.0.113.5") is None
-    assert "free-tier users at your address" in assert_explained(
+    assert "free-tier people on your network" in assert_explained(
         submit(stores, adm, rider, "203.0.113.5")).message

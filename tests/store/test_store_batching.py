@@ -23,8 +23,8 @@ def test_compatible_jobs_of_several_users_share_a_claim(stores) -> None:
     stores.jobs.submit_many([job(a, prompt="fox", cfg_scale=5), job(a, prompt="fox 2")])
     stores.jobs.submit_many([job(b, prompt="whale", seed=3)])
     stores.jobs.submit_many([job(c, prompt="castle", cfg_scale=9)])
-    slack = 3 * stores.jobs.get(stores.jobs.for_user(a)[0].id).cost
-    leases = stores.jobs.claim_batch("w", max_jobs=4, slack=slack)
+    # slack in job-times: 3 of the fairest job's charges
+    leases = stores.jobs.claim_batch("w", max_jobs=4, slack=3)
     owners = [lease.job.user_id for lease in leases]
     # fair order, each user's own order kept: a, b, c, then a's second job
     assert owners == [a, b, c, a]
@@ -61,10 +61,9 @@ def test_batching_respects_the_slack_bound(stores) -> None:
     for _ in range(2):  # a, then b: b's counter jumps by 10x the cost
         lease = stores.jobs.claim("w")
         stores.jobs.complete(lease.job.id, lease.lease_id, [])
-    cost = stores.jobs.get(stores.jobs.for_user(a)[0].id).cost
-    leases = stores.jobs.claim_batch("w", max_jobs=4, slack=0.5 * cost)
+    leases = stores.jobs.claim_batch("w", max_jobs=4, slack=0.5)
     assert [lease.job.user_id for lease in leases] == [a]
-    wide = stores.jobs.claim_batch("w", max_jobs=4, slack=20 * cost)
+    wide = stores.jobs.claim_batch("w", max_jobs=4, slack=20)
     assert [lease.job.user_id for lease in wide][:2] == [a, b]
 
 
@@ -72,9 +71,8 @@ def test_affinity_prefers_the_loaded_model_within_slack(stores) -> None:
     a, b = users(stores, "ab")
     stores.jobs.submit_many([job(a, model="other")])
     stores.jobs.submit_many([job(b, model="loaded")])
-    cost = stores.jobs.get(stores.jobs.for_user(a)[0].id).cost
     # a is fairest (older), but b's job is for the loaded model and within the slack
-    leases = stores.jobs.claim_batch("w", prefer_model="loaded", slack=2 * cost)
+    leases = stores.jobs.claim_batch("w", prefer_model="loaded", slack=2)
     assert [lease.job.model for lease in leases] == ["loaded"]
 
 
@@ -84,8 +82,8 @@ def test_affinity_does_not_starve_other_models(stores) -> None:
     stores.jobs.submit_many([job(b, model="loaded") for _ in range(10)])
     served = []
     for _ in range(11):
-        lease = stores.jobs.claim_batch("w", prefer_model="loaded", slack=1.5 * stores.jobs.get(stores.jobs.for_user(a)[0].id).cost)[0]
+        lease = stores.jobs.claim_batch("w", prefer_model="loaded", slack=1.5)[0]
         served.append(lease.job.model)
         stores.jobs.complete(lease.job.id, lease.lease_id, [])
-    # the other model's job waits at most ~slack worth of b's work, not behind all 10
+    # the other model's job waits about slack job-times of b's work, not behind all 10
     assert served.index("other") <= 3

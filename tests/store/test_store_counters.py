@@ -20,7 +20,16 @@ def assert_in_step(stores) -> None:
             "FROM users u LEFT JOIN jobs j ON j.user_id = u.id AND j.state = 'queued' "
             "GROUP BY u.id, u.queued_jobs, u.queued_cost"
         )
-    for row in rows:
+        groups = tx.all(
+            "SELECT g.id, g.queued_jobs, g.queued_cost, COUNT(j.seq) AS n, COALESCE(SUM(j.cost), 0) AS cost "
+            "FROM fair_groups g LEFT JOIN jobs j ON j.group_id = g.id AND j.state = 'queued' "
+            "GROUP BY g.id, g.queued_jobs, g.queued_cost"
+        )
+        # every queued job is in its owner's group
+        strays = tx.scalar("SELECT COUNT(*) AS n FROM jobs j JOIN users u ON u.id = j.user_id "
+                           "WHERE j.state = 'queued' AND (j.group_id IS NULL OR j.group_id <> u.group_id)")
+    assert strays == 0
+    for row in rows + groups:
         assert int(row["queued_jobs"]) == int(row["n"]), row
         assert float(row["queued_cost"]) == pytest.approx(float(row["cost"]), abs=1e-9), row
 
@@ -71,4 +80,5 @@ def test_a_user_coming_back_starts_where_the_others_are(stores) -> None:
         lease = stores.jobs.claim("w")
         stores.jobs.complete(lease.job.id, lease.lease_id, [])
     stores.jobs.submit(NewJob(bob.id, SMALL, "m", cost))  # bob was idle: no banked time
-    assert stores.users.get(bob.id).virtual_counter == stores.users.get(alice.id).virtual_counter
+    # people in groups of their own: their groups' counters are the ones compared
+    assert stores.users.group(user_id=bob.id).virtual_counter == stores.users.group(user_id=alice.id).virtual_counter

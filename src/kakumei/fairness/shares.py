@@ -1,8 +1,10 @@
 """Virtual-counter fair sharing (Sheng et al., "Fairness in Serving Large Language Models",
 2024, applied to images) and what it means for one job's place in the queue.
 
-Each user has a counter. Serving a job adds cost / weight to its owner's counter, and the
-next job comes from the backlogged user with the lowest counter. The store applies these
+Fair share is a hierarchy group -> person -> job (fairness/groups.py says who shares a
+group). Groups and people have counters. Serving a job adds cost / weight to the counters of
+its person and of its group, and the next job comes from the backlogged group with the
+lowest counter, then its backlogged person with the lowest counter. The store applies these
 rules in SQL; this module holds the arithmetic so that it is tested in one place and the
 ETA the API shows follows the same rules as the claim.
 """
@@ -87,6 +89,35 @@ def place_in_queue(
         jobs += n
         cost += n * mean
     return Place(jobs_ahead=jobs, cost_ahead=cost)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A group's or a person's counter and weight."""
+
+    id: int
+    counter: float
+    weight: float
+
+
+def place_in_hierarchy(
+    group: Standing,
+    person: Standing,
+    own_ahead: int,
+    own_ahead_cost: float,
+    *,
+    groups: Sequence[Backlog],
+    members: Sequence[Backlog],
+) -> Place:
+    """Place of a job in the hierarchy: `members` are the backlogged people of its group,
+    `groups` every backlogged group (Backlog.user_id holds the group's id there).
+
+    First inside the group: the people served before the job (place_in_queue among
+    `members`). Then the group needs those jobs and this one's predecessors served, which
+    takes its counter to where the other groups are served meanwhile (place_in_queue among
+    `groups`). The same assumptions as place_in_queue: no new arrivals, mean costs."""
+    inside = place_in_queue(person.id, person.counter, person.weight, own_ahead, own_ahead_cost, members)
+    return place_in_queue(group.id, group.counter, group.weight, inside.jobs_ahead, inside.cost_ahead, groups)
 
 
 def eta_seconds(cost_ahead: float, own_cost: float, units_per_second: float, workers: int) -> float:

@@ -8,13 +8,14 @@ only parse and render. A request turned down raises Refused with the status that
 from __future__ import annotations
 
 from kakumei.fairness.credits import current_share, weight_source
+from kakumei.fairness.groups import is_network_group
 from kakumei.server.admission import terms_version
 from kakumei.server.deps import Caller
 from kakumei.server.errors import Refused
-from kakumei.server.models import FreeCapsOut, Limits, Me, Standing, Terms, UserOut
+from kakumei.server.models import FreeCapsOut, Group, Limits, Me, Standing, Terms, UserOut
 from kakumei.server.services import Services
 from kakumei.store.moderation import USER, Ban, parse_network
-from kakumei.store.quotas import backlogged_weights, totals
+from kakumei.store.quotas import group_shares, totals
 from kakumei.store.users import User
 
 
@@ -30,8 +31,7 @@ def me_out(svc: Services, who: Caller) -> Me:
     user = svc.users.get(who.user.id) or who.user
     admission = svc.admission
     counts = admission.queue_state(user, who.client_addr)
-    weights = backlogged_weights(svc.db)
-    weights.pop(user.id, None)
+    group_weight, other_groups, person_weight, others = group_shares(svc.db, user.id, counts.group_id)
     free = admission.free(user)
     caps = admission.caps_now(counts.total) if free else None
     refusal = admission.standing(user, who.client_addr)
@@ -48,7 +48,8 @@ def me_out(svc: Services, who: Caller) -> Me:
         weight=user.weight,
         weight_source=_weight_source(user),
         virtual_counter=user.virtual_counter,
-        share=current_share(user.weight, weights.values()),
+        # the group's share of the machine, times the person's share of the group
+        share=current_share(group_weight, other_groups) * current_share(person_weight, others),
         free_tier=free,
         limits=Limits(
             max_queued_jobs=svc.settings.max_queued_jobs,
@@ -61,12 +62,38 @@ def me_out(svc: Services, who: Caller) -> Me:
                           retry_after=refusal.retry_after if refusal else None),
         terms=Terms(
             required=version is not None,
-            accepted=version is None or svc.moderation.accepted_terms(user.id, addr, version),
+            accepted=version is None or svc.moderation.accepted_terms(who.scope_id, addr, version),
             version=version,
             text=svc.settings.terms,
             url=svc.settings.terms_url,
         ),
+        group=group_out(svc, who, user, len(others)),
     )
+
+
+def group_out(svc: Services, who: Caller, user: User, others: int) -> Group:
+    """Whom the caller shares with: their network's people without merit, or nobody."""
+    key = svc.admission.group_key(user, who.client_addr)
+    if is_network_group(key):
+        network = key.split(":", 1)[1]
+        if others:
+            people = "person" if others == 1 else "people"
+            sentence = f"You share this server's free time with {others} other {people} on your network {network}."
+        else:
+            sentence = (f"You share this server's free time with the other people on your network {network}; "
+                        "none of them has jobs queued now.")
+        return Group(kind="network", network=network, others=others, sentence=sentence)
+    if not svc.settings.network_groups:
+        sentence = "Everyone on this server has a share of their own, and so do you."
+    elif user.is_admin or user.weight_override is not None:
+        sentence = ("Your standing on this server (an admin's choice) gives you a share of your own: "
+                    "you do not share it with others on your network.")
+    elif user.balance > 0:
+        sentence = ("Your workers' credit gives you a share of your own: "
+                    "you do not share it with others on your network.")
+    else:
+        sentence = "Your address names no network, so your share is your own."
+    return Group(kind="own", network=None, others=0, sentence=sentence)
 
 
 def accept_terms(svc: Services, who: Caller, accepted: bool, version: str) -> Me:
@@ -79,7 +106,7 @@ def accept_terms(svc: Services, who: Caller, accepted: bool, version: str) -> Me
         raise Refused(400, "send {\"accepted\": true} to accept the terms; without them you cannot submit jobs")
     if version != current:
         raise Refused(409, f"the terms changed (now version {current}); read them again at GET /api/v1/me")
-    svc.moderation.accept_terms(who.user.id, who.scope_addr, current)
+    svc.moderation.accept_terms(who.scope_id, who.scope_addr, current)
     return me_out(svc, who)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from kakumei.config import Settings
 from kakumei.fairness.credits import MeritPolicy, is_free_tier
-from kakumei.fairness.groups import GroupPolicy
+from kakumei.fairness.groups import NETWORK, GroupPolicy, group_key, network_of
 from kakumei.fairness.limits import FreeCaps, Refusal, TimeoutPolicy, TokenBuckets, free_caps, over_free_caps
 from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database
@@ -23,8 +23,8 @@ from kakumei.store.jobs import JobStore
 from kakumei.store.moderation import Moderation
 from kakumei.store.quotas import (
     ANONYMOUS_GROUP,
-    FREE_AT_ADDR,
-    FREE_USERS_AT_ADDR,
+    FREE_IN_GROUP,
+    FREE_USERS_IN_GROUP,
     OWN,
     QueueCounts,
     QueueFull,
@@ -33,7 +33,7 @@ from kakumei.store.quotas import (
     next_queued,
     queue_counts,
 )
-from kakumei.store.users import User
+from kakumei.store.users import ANONYMOUS, User, UserStore
 
 
 def merit_policy(settings: Settings) -> MeritPolicy:
@@ -95,6 +95,8 @@ class Admission:
         self.clock = clock
         self.by_key = TokenBuckets(settings.key_rate_per_minute, settings.key_burst)
         self.by_ip = TokenBuckets(settings.ip_rate_per_minute, settings.ip_burst)
+        self.groups = group_policy(settings)
+        self._shared: int | None = None
         self.timeouts = timeout_policy(settings)
         self.blocklist = [re.compile(p, re.IGNORECASE) for p in settings.prompt_blocklist]
         self.idle_caps = FreeCaps(settings.free_max_pixels, settings.free_max_steps, settings.free_max_images)
@@ -128,8 +130,10 @@ class Admission:
                 until - now,
             )
         version = terms_version(self.settings)
+        # Keyless callers' acceptance is kept under the shared anonymous user and their
+        # address (server/deps.py Caller.scope_id), before and after their first job.
         if version is not None and not self.moderation.accepted_terms(
-            user.id, addr if user.is_anonymous else None, version
+            self._shared_id() if user.is_anonymous else user.id, addr if user.is_anonymous else None, version
         ):
             return Refusal(
                 403,
@@ -150,8 +154,12 @@ class Admission:
                 return self._offence(user, addr, "blocked prompt", Refusal(
                     403, "the prompt matches a pattern this server's operator does not allow; change the prompt"))
         now = self.clock()
-        key = f"user:{user.id}" if not user.is_anonymous else None
-        # Whom the rate limits tell to wait, and who offends by not waiting: the user, or
+        # The per-key bucket is the person's (a keyless caller is one person per address);
+        # the address bucket is the network group's for people without merit, so that a
+        # network's keys and addresses share one allowance.
+        key = f"user:{user.id}" if user.id != self.shared_anonymous_id(user) else None
+        bucket = self.address_bucket(user, addr)
+        # Whom the rate limits tell to wait, and who offends by not waiting: the person, or
         # the address of a keyless caller.
         offender = key or addr
         ignored = offender is not None and (
@@ -161,21 +169,47 @@ class Admission:
             return self._rate_refusal(ignored, user, addr, Refusal(
                 429, f"too many requests with this API key: {self.settings.key_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.key_burst}); retry in {_wait(wait)}", wait))
-        ip_wait = self.by_ip.take(addr, now, caller=offender) if addr else 0.0
+        ip_wait = self.by_ip.take(bucket, now, caller=offender) if bucket else 0.0
         if ip_wait:
             if key:
                 self.by_key.give_back(key, now)
+            where = "your network" if bucket and bucket.startswith(NETWORK + ":") else "your address"
             return self._rate_refusal(ignored, user, addr, Refusal(
-                429, f"too many requests from your address: {self.settings.ip_rate_per_minute:g} a minute "
+                429, f"too many requests from {where}: {self.settings.ip_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.ip_burst}); retry in {_wait(ip_wait)}", ip_wait))
         refusal = self._queue_rules(user, addr, request)
         if refusal is not None:
             # A refused request should not also use up the caller's allowance.
             if key:
                 self.by_key.give_back(key, now)
-            if addr:
-                self.by_ip.give_back(addr, now)
+            if bucket:
+                self.by_ip.give_back(bucket, now)
         return refusal
+
+    def _shared_id(self) -> int:
+        if self._shared is None:
+            self._shared = UserStore(self.db).anonymous().id
+        return self._shared
+
+    @staticmethod
+    def shared_anonymous_id(user: User) -> int | None:
+        """The shared `anonymous` user of older releases has no key bucket (it is many people)."""
+        return user.id if user.is_anonymous and user.name == ANONYMOUS else None
+
+    def address_bucket(self, user: User, addr: str | None) -> str | None:
+        """The address rate limit's bucket: the network group's for people without merit
+        (when network groups are on), else the address's."""
+        if not addr:
+            return None
+        if self.groups.enabled and self.free(user):
+            network = network_of(addr, self.groups)
+            if network is not None:
+                return f"{NETWORK}:{network}"
+        return addr
+
+    def group_key(self, user: User, addr: str | None) -> str:
+        """The fair-share group the caller's next job joins (if they have nothing queued)."""
+        return group_key(user.id, addr, stands_alone=not self.free(user), policy=self.groups)
 
     def _rate_refusal(self, ignored: bool, user: User, addr: str | None, refusal: Refusal) -> Refusal:
         return self._offence(user, addr, "ignored Retry-After", refusal) if ignored else refusal
@@ -196,29 +230,30 @@ class Admission:
 
     def queue_limits(self, user: User, addr: str | None) -> QueueLimits:
         """The queue caps for this caller: checked first here, then again by `JobStore.submit`
-        in the transaction that queues the job, so concurrent submits cannot all pass."""
+        in the transaction that queues the job, so concurrent submits cannot all pass. The
+        free-tier caps count the caller's group: a network's people without merit together."""
         s = self.settings
-        free_here = self.free(user) and bool(addr)
+        free = self.free(user)
         return QueueLimits(
-            anonymous=user.is_anonymous,
             own=s.max_queued_jobs,
             anonymous_group=s.anonymous_max_queued if user.is_anonymous else None,
-            free_at_addr=s.free_queued_per_ip if free_here else None,
-            free_users_at_addr=s.free_users_per_ip if free_here else None,
+            free_in_group=s.free_queued_per_ip if free else None,
+            free_users_in_group=s.free_users_per_ip if free else None,
         )
 
     def when_full(self, user: User, addr: str | None, full: QueueFull) -> Refusal:
         """The refusal for a cap `JobStore.submit` found reached: the same as `check` gives,
         and the rate-limit tokens `check` took are given back."""
         now = self.clock()
-        if not user.is_anonymous:
+        if user.id != self.shared_anonymous_id(user):
             self.by_key.give_back(f"user:{user.id}", now)
-        if addr:
-            self.by_ip.give_back(addr, now)
+        bucket = self.address_bucket(user, addr)
+        if bucket:
+            self.by_ip.give_back(bucket, now)
         return self._full_refusal(user, addr, full.cap, full.counts)
 
     def _queue_rules(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
-        counts = queue_counts(self.db, user.id, addr, user.is_anonymous)
+        counts = self.queue_state(user, addr)
         if self.free(user):
             caps = self.caps_now(counts.total)
             broken = over_free_caps(request.width, request.height, request.steps, request.image_count, caps)
@@ -237,24 +272,26 @@ class Admission:
         if cap == OWN:
             where = " from your address" if user.is_anonymous else ""
             return Refusal(429, f"you have {counts.own} jobs queued{where}, the most this server allows; "
-                                f"retry when one has started", self._eta(user_id=user.id, addr=addr if user.is_anonymous else None))
+                                f"retry when one has started", self._eta(user_id=user.id))
         if cap == ANONYMOUS_GROUP:
             return Refusal(429, f"anonymous visitors together have {counts.anonymous} jobs queued, the most this "
-                                f"server allows; retry later or use an API key", self._eta(user_id=user.id, addr=None))
-        if cap == FREE_AT_ADDR:
-            return Refusal(429, f"free-tier users at your address have {counts.free_at_addr} jobs queued, the "
-                                f"most this server allows; retry when one has started", self._eta(addr=addr))
-        assert cap == FREE_USERS_AT_ADDR, cap
-        return Refusal(429, f"{len(counts.free_users_at_addr)} free-tier accounts at your address already have "
+                                f"server allows; retry later or use an API key", self._eta(keyless=True))
+        network = network_of(addr, self.groups) if self.groups.enabled else None
+        where = f"your network {network}" if network else "your group"
+        if cap == FREE_IN_GROUP:
+            return Refusal(429, f"free-tier people on {where} have {counts.free_in_group} jobs queued together, "
+                                f"the most this server allows; retry when one has started",
+                           self._eta(group_id=counts.group_id))
+        assert cap == FREE_USERS_IN_GROUP, cap
+        return Refusal(429, f"{len(counts.free_users_in_group)} free-tier people on {where} already have "
                             f"jobs queued, the most this server allows; retry when theirs have started",
-                       self._eta(addr=addr))
+                       self._eta(group_id=counts.group_id))
 
-    def _eta(self, *, user_id: int | None = None, addr: str | None = None) -> float | None:
+    def _eta(self, *, user_id: int | None = None, group_id: int | None = None, keyless: bool = False) -> float | None:
         """When the first of these queued jobs should start: a fair time to retry."""
-        if user_id is None and addr is None:
-            job_id = None
-        else:
-            job_id = next_queued(self.db, user_id=user_id if addr is None else None, addr=addr)
+        if user_id is None and group_id is None and not keyless:
+            return None
+        job_id = next_queued(self.db, user_id=user_id, group_id=group_id, keyless=keyless)
         if job_id is None:
             return None
         placed = self.jobs.place(job_id)
@@ -264,4 +301,4 @@ class Admission:
         return max(1.0, placed[1])
 
     def queue_state(self, user: User, addr: str | None) -> QueueCounts:
-        return queue_counts(self.db, user.id, addr, user.is_anonymous)
+        return queue_counts(self.db, user.id, self.group_key(user, addr))

@@ -20,20 +20,38 @@ from kakumei.store.workers import WORKER_KEY_PREFIX
 
 @dataclass(frozen=True)
 class Caller:
+    """Who is calling. A keyless caller is one person per address: `user` is their own row
+    once they have written anything (a job, their terms, their options), and until then the
+    shared `anonymous` user of older releases (`shared_id`), whose jobs from their address
+    stay theirs."""
+
     user: User
     client_addr: str | None
+    shared_id: int | None = None
 
     @property
     def scope_addr(self) -> str | None:
-        """The address that scopes this caller's own jobs, images and settings: anonymous
-        visitors share one user and are told apart by address; registered users are not."""
+        """The address that scopes this caller's own jobs, images and settings: keyless
+        callers are told apart by address; callers with a key are not."""
         return self.client_addr if self.user.is_anonymous else None
 
+    @property
+    def scope_id(self) -> int:
+        """The user that what a caller settles for their address (terms, options) is kept
+        under: for keyless callers the shared anonymous user, as in older releases, so that
+        it holds before and after their first job."""
+        if self.user.is_anonymous and self.shared_id is not None:
+            return self.shared_id
+        return self.user.id
+
     def owns(self, user_id: int, client_addr: str | None) -> bool:
-        # Anonymous visitors share one user; each sees only what its own address submitted.
-        if user_id != self.user.id:
+        # A keyless caller sees only what its own address submitted: as its own person, or
+        # under the shared anonymous user of older releases.
+        if not self.user.is_anonymous:
+            return user_id == self.user.id
+        if client_addr != self.client_addr:
             return False
-        return not self.user.is_anonymous or client_addr == self.client_addr
+        return user_id == self.user.id or (self.shared_id is not None and user_id == self.shared_id)
 
 
 def plain_request(request: Request) -> None:
@@ -79,7 +97,19 @@ def caller(request: Request) -> Caller:
         raise HTTPException(
             401, "this server needs an API key: 'Authorization: Bearer YOUR_KEY'", {"WWW-Authenticate": "Bearer"}
         )
-    return Caller(svc.users.anonymous(), addr)
+    shared = svc.users.anonymous()
+    # Reading writes nothing: an address that never wrote is the shared user, seeing nothing
+    # but its own address's jobs of older releases.
+    return Caller(svc.users.keyless(addr) or shared, addr, shared.id)
+
+
+def as_person(svc: Services, who: Caller) -> Caller:
+    """The caller about to submit: a keyless caller gets their own person row for their
+    address now, if they have none yet."""
+    if not who.user.is_anonymous or who.user.id != who.shared_id or not who.client_addr:
+        return who
+    person = svc.users.keyless_person(who.client_addr, svc.settings.anonymous_weight)
+    return Caller(person, who.client_addr, who.shared_id)
 
 
 def owned_job(svc: Services, who: Caller, job_id: str) -> Job:

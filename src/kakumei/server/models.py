@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -122,6 +122,15 @@ class Terms(BaseModel):
     accept_url: str = "/api/v1/me/terms"
 
 
+class Group(BaseModel):
+    """Whom a caller shares the server with (the fair-share group their next job joins)."""
+
+    kind: Literal["network", "own"]
+    network: str | None  # the network, CIDR form, for kind "network"
+    others: int  # other people with jobs queued in the group now
+    sentence: str  # the above, in words
+
+
 class Me(BaseModel):
     name: str
     anonymous: bool
@@ -137,6 +146,7 @@ class Me(BaseModel):
     limits: Limits
     standing: Standing
     terms: Terms
+    group: Group
 
 
 class UserOut(BaseModel):

@@ -18,7 +18,7 @@ from anyio import to_thread
 from kakumei.errors import KakumeiError
 from kakumei.fairness.cost import request_cost
 from kakumei.schemas import GenerationRequest
-from kakumei.server.deps import Caller
+from kakumei.server.deps import Caller, as_person
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import IdempotencyConflict, Job, NewJob
@@ -73,8 +73,9 @@ def submit_generation(
         raise SubmitRefused(400, f"unknown refiner_checkpoint {_shown(refiner)}; known: {', '.join(known)}")
     # Admission control (bans, terms, blocklist, rate limits, free-tier and queue caps) for
     # every API; an idempotent replay of an accepted job is answered without it.
-    # Anonymous visitors share one user: their keys are told apart by address, so that one
-    # visitor's key can never answer with another's job.
+    # Keyless callers' idempotency keys are told apart by address (older releases shared one
+    # user among them), so that one visitor's key can never answer with another's job.
+    who = as_person(svc, who)
     scope = who.scope_addr or ""
     if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, scope, idempotency_key):
         refusal = svc.admission.check(who.user, who.client_addr, request)
@@ -92,6 +93,7 @@ def submit_generation(
         idempotency_scope=scope,
         client_addr=who.client_addr,
         inputs=tuple(files.values()),
+        group=svc.admission.group_key(who.user, who.client_addr),
     )
     try:
         # The queue caps again, in the transaction that queues the job: the check above

@@ -27,7 +27,8 @@ from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import SPEND_GENERATION, Ledger
 from kakumei.store.quotas import QueueLimits, hold_queue_limits
-from kakumei.store.users import BACKLOGGED_MIN_COUNTER, UserStore
+from kakumei.fairness.groups import OWN
+from kakumei.store.users import UserStore
 
 
 class JobState(StrEnum):
@@ -102,6 +103,9 @@ class NewJob:
     # Whose key space the idempotency key is in, within the user: anonymous visitors share
     # one user, so theirs is their address; registered users' is "" (any address).
     idempotency_scope: str = ""
+    # The fair-share group the job joins if its owner has nothing queued (fairness/groups.py
+    # group_key); None: the owner's own group.
+    group: str | None = None
 
 
 class IdempotencyConflict(ValueError):
@@ -117,43 +121,58 @@ _JOB_COLUMNS = (
 # -- scheduling SQL -------------------------------------------------------------------------
 # `{can_run}` is the worker's capability filter on jobs j (see _can_run).
 
-# The backlogged user with the lowest virtual counter that has a job this worker can run.
-# Walks users_backlogged in counter order and probes jobs_queued_by_user per user, so with
-# many queued jobs it reads a handful of rows. The probe is a scalar subquery ordered like
-# that index rather than EXISTS: with EXISTS, SQLite picks jobs_by_user and reads the
-# user's whole history. On PostgreSQL concurrent claimers skip a user that another claimer
-# is charging right now.
-SELECT_NEXT_USER = """
+# Fair share is a hierarchy: the backlogged group with the lowest counter that has a job this
+# worker can run, then in it the backlogged person with the lowest counter that has one, then
+# that person's own priority and age. Each level walks its partial index in counter order
+# (fair_groups_backlogged, users_backlogged_in_group) and probes jobs through an index
+# (jobs_queued_by_group, jobs_queued_by_user), so with many queued jobs it reads a handful of
+# rows. Probes are scalar subqueries ordered like their index rather than EXISTS: with EXISTS,
+# SQLite picks jobs_by_user and reads the user's whole history. On PostgreSQL concurrent
+# claimers skip a group that another claimer is charging right now; a claimer holds the group
+# row before it writes the person's, as submits do (store/users.py, UserStore.place).
+SELECT_NEXT_GROUP = """
+SELECT g.id, g.weight, g.virtual_counter FROM fair_groups g
+WHERE g.queued_jobs > 0
+  AND (SELECT j.seq FROM jobs j
+       WHERE j.group_id = g.id AND j.state = 'queued' AND {can_run}
+       LIMIT 1) IS NOT NULL
+ORDER BY g.virtual_counter, g.id
+LIMIT 1 {lock_group_skip}
+"""
+
+# Model affinity: like SELECT_NEXT_GROUP, but only groups whose counter is within a bound
+# (about one job-time past the fairest choice, see claim_batch) and, through {can_run}, only
+# the loaded model. The bound is a range on fair_groups_backlogged, so the walk stops there.
+SELECT_NEXT_GROUP_WITHIN = """
+SELECT g.id, g.weight, g.virtual_counter FROM fair_groups g
+WHERE g.queued_jobs > 0 AND g.virtual_counter <= ?
+  AND (SELECT j.seq FROM jobs j
+       WHERE j.group_id = g.id AND j.state = 'queued' AND {can_run}
+       LIMIT 1) IS NOT NULL
+ORDER BY g.virtual_counter, g.id
+LIMIT 1 {lock_group_skip}
+"""
+
+# In the chosen group: its backlogged person with the lowest counter that has a runnable job.
+SELECT_GROUP_NEXT_USER = """
 SELECT u.id, u.weight FROM users u
-WHERE u.queued_jobs > 0
+WHERE u.group_id = ? AND u.queued_jobs > 0
   AND (SELECT j.seq FROM jobs j
        WHERE j.user_id = u.id AND j.state = 'queued' AND {can_run}
        ORDER BY j.priority DESC, j.seq LIMIT 1) IS NOT NULL
 ORDER BY u.virtual_counter, u.id
-LIMIT 1 {lock_user_skip}
+LIMIT 1
 """
 
-# Model affinity: like SELECT_NEXT_USER, but only users whose counter is within a bound
-# (the lowest backlogged counter + slack) and, through {can_run}, only the loaded model.
-# The bound is a range on users_backlogged, so the walk stops there.
-SELECT_NEXT_USER_WITHIN = """
-SELECT u.id, u.weight FROM users u
-WHERE u.queued_jobs > 0 AND u.virtual_counter <= ?
-  AND (SELECT j.seq FROM jobs j
-       WHERE j.user_id = u.id AND j.state = 'queued' AND {can_run}
-       ORDER BY j.priority DESC, j.seq LIMIT 1) IS NOT NULL
-ORDER BY u.virtual_counter, u.id
-LIMIT 1 {lock_user_skip}
-"""
-
-# Cross-user batching walks the backlogged users within the bound in counter order (a range
-# on users_backlogged) and reads each one's *next* job's batch key (head of their own order,
-# so nobody's order changes): a few index probes. Done as separate reads rather than one
-# query with "= key", whose selectivity estimate makes PostgreSQL scan and sort all users.
+# Cross-user batching walks the backlogged groups within the bound in counter order (a range
+# on fair_groups_backlogged) and reads the *next* job's batch key of each one's fairest person
+# with a job for the model (head of their own order, so nobody's order changes): a few index
+# probes. Done as separate reads rather than one query with "= key", whose selectivity
+# estimate makes PostgreSQL scan and sort everything.
 BATCH_CANDIDATES = """
-SELECT u.id FROM users u
-WHERE u.queued_jobs > 0 AND u.virtual_counter <= ?
-ORDER BY u.virtual_counter, u.id
+SELECT g.id FROM fair_groups g
+WHERE g.queued_jobs > 0 AND g.virtual_counter <= ?
+ORDER BY g.virtual_counter, g.id
 LIMIT ?
 """
 HEAD_BATCH_KEY = """
@@ -162,9 +181,10 @@ WHERE j.user_id = ? AND j.state = 'queued' AND {can_run}
 ORDER BY j.priority DESC, j.seq
 LIMIT 1
 """
-USER_BY_ID = "SELECT u.id, u.weight FROM users u WHERE u.id = ? AND u.queued_jobs > 0 {lock_user_skip}"
+PERSON_IN_GROUP = "SELECT u.id, u.weight FROM users u WHERE u.id = ? AND u.group_id = ? AND u.queued_jobs > 0"
+GROUP_BY_ID = "SELECT g.id, g.weight, g.virtual_counter FROM fair_groups g WHERE g.id = ? AND g.queued_jobs > 0 {lock_group_skip}"
 
-# That user's next runnable job: their own priority first, then age.
+# That person's next runnable job: their own priority first, then age.
 SELECT_USER_NEXT_JOB = """
 SELECT j.seq, j.id, j.cost FROM jobs j
 WHERE j.user_id = ? AND j.state = 'queued' AND {can_run}
@@ -174,38 +194,46 @@ LIMIT 1 {skip_locked}
 
 LEASE_JOB = """
 UPDATE jobs SET state = 'leased', worker_id = ?, lease_id = ?, lease_expires_at = ?,
-    claimed_at = ?, charged = ?, progress_step = NULL, progress_total = NULL
+    claimed_at = ?, charged = ?, group_charged = ?, progress_step = NULL, progress_total = NULL
 WHERE seq = ? AND state = 'queued'
 """
 
 # The counters themselves (queued_jobs, queued_cost, virtual_counter) are written only by
 # UserStore's queue bookkeeping (store/users.py): enqueue, charge, dequeue, refund.
-COUNTER_BEFORE_CLAIM = "SELECT u.virtual_counter - j.charged FROM users u JOIN jobs j ON j.user_id = u.id WHERE j.id = ?"
+# The first job's group counter before its claim, and that claim's charge to the group.
+GROUP_COUNTER_BEFORE_CLAIM = """
+SELECT g.virtual_counter - j.group_charged AS before, j.group_charged AS charge
+FROM fair_groups g JOIN jobs j ON j.group_id = g.id WHERE j.id = ?
+"""
 
 # A job as its lease holder's report finds it: only while that lease still holds it, so a
 # report on a lost lease (expired and re-queued, or already finished) finds nothing.
 HELD_JOB = """
-SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost, started_at,
-    claimed_at, image_count, worker_id FROM jobs
+SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost,
+    started_at, claimed_at, image_count, worker_id FROM jobs
 WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}
 """
 
 EXPIRED_LEASES = """
-SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost FROM jobs
+SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost FROM jobs
 WHERE state IN ('leased', 'running') AND lease_expires_at < ?
 ORDER BY lease_expires_at
 LIMIT 100 {skip_locked}
 """
 
 JOBS_OF_WORKER = """
-SELECT seq, id, user_id, attempts, max_attempts, cancel_requested, charged, cost FROM jobs
+SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost FROM jobs
 WHERE state IN ('leased', 'running') AND worker_id = ?
 {skip_locked}
 """
 
-# Users with queued work, for queue positions under fair sharing.
-BACKLOGS = """
-SELECT id, virtual_counter, weight, queued_jobs, queued_cost FROM users WHERE queued_jobs > 0
+# Groups with queued work, and the people with queued work in one group, for queue
+# positions under fair sharing (both read through their backlogged partial indexes).
+GROUP_BACKLOGS = """
+SELECT id, virtual_counter, weight, queued_jobs, queued_cost FROM fair_groups WHERE queued_jobs > 0
+"""
+MEMBER_BACKLOGS = """
+SELECT id, virtual_counter, weight, queued_jobs, queued_cost FROM users WHERE group_id = ? AND queued_jobs > 0
 """
 
 # A user's own queued jobs that will go before the job at (priority, seq).
@@ -302,6 +330,7 @@ class JobStore:
         max_attempts: int = 3,
         clock: Callable[[], float] = time.time,
         ledger: Ledger | None = None,
+        network_weight: float = 1.0,
     ) -> None:
         self.db = db
         self.images = images
@@ -310,6 +339,8 @@ class JobStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.clock = clock
+        # What a network group weighs: what one registered person weighs.
+        self.network_weight = network_weight
 
     # -- submit -------------------------------------------------------------------------
 
@@ -350,21 +381,22 @@ class JobStore:
                         "use a new key for a new request"
                     )
                 return _job(row), False
+        placement = UserStore.place(tx, new.user_id, new.group or f"{OWN}:{new.user_id}")
         if limits is not None:
             # A replay (above) is answered whatever the caps; a new job must fit under them.
-            hold_queue_limits(tx, new.user_id, new.client_addr, limits)
-        UserStore.enqueue(tx, new.user_id, new.cost)
+            hold_queue_limits(tx, placement, limits)
+        group_id = UserStore.enqueue(tx, new.user_id, new.cost, placement=placement, network_weight=self.network_weight)
         job_id = uuid.uuid4().hex
         InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "idempotency_scope, model, pixels, steps, image_count, cost, priority, max_attempts, created_at, "
-            "batch_key) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "batch_key, group_id) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
                 new.idempotency_key, new.idempotency_scope, new.model, new.request.width * new.request.height,
                 new.request.steps, new.request.image_count, new.cost, new.priority,
-                self.max_attempts, now, new.request.batch_key(new.model),
+                self.max_attempts, now, new.request.batch_key(new.model), group_id,
             ),
         )
         add_event(tx, job_id, "queued", {"attempts": 0}, now)
@@ -376,8 +408,8 @@ class JobStore:
 
     def claim(self, worker_id: str, caps: Capabilities = Capabilities()) -> Lease | None:
         """Lease the fair next job this worker can run, or None when there is none."""
-        user_sql, user_params = _with_caps(SELECT_NEXT_USER, caps)
-        return self._claim(worker_id, caps, user_sql, user_params)
+        group_sql, group_params = _with_caps(SELECT_NEXT_GROUP, caps)
+        return self._claim(worker_id, caps, group_sql, group_params)
 
     def claim_batch(
         self,
@@ -390,63 +422,97 @@ class JobStore:
     ) -> list[Lease]:
         """Lease up to `max_jobs` jobs that can share one batch, fairly.
 
+        `slack` is in job-times: how many of the fairest job's charges past the fairest group
+        batching and affinity may reach (1: about one job-time of this worker; 0: never).
+
         - Affinity: with `prefer_model` (the model the worker has loaded), a job for it is
-          taken first if its owner's counter is within `slack` compute units (cost / weight)
-          of the fairest backlogged user; otherwise the fair choice, whatever its model.
-        - Batching: then each further job is the next job of the fairest user within `slack`
-          of the first job's owner whose next job has the same batch key. Nobody's own order
-          changes, and nobody waits behind more than `slack` of another user's work.
+          taken first if its group's counter is within the bound; otherwise the fair choice,
+          whatever its model.
+        - Batching: then each further job is the next job, for the same model, of the fairest
+          person of the fairest group within the bound of the first job's group whose next
+          job has the same batch key. Nobody's own order changes.
         """
         first: Lease | None = None
-        if prefer_model is not None and (caps.models is None or prefer_model in caps.models):
-            bound = self._lowest_backlogged_counter()
-            if bound is not None:
+        if prefer_model is not None and slack > 0 and (caps.models is None or prefer_model in caps.models):
+            fairest = self._fairest(caps)
+            if fairest is not None and fairest[1] != prefer_model:
                 preferred = caps.model_copy(update={"models": (prefer_model,)})
-                sql, params = _with_caps(SELECT_NEXT_USER_WITHIN, preferred)
-                first = self._claim(worker_id, preferred, sql, [bound + slack, *params])
+                sql, params = _with_caps(SELECT_NEXT_GROUP_WITHIN, preferred)
+                first = self._claim(worker_id, preferred, sql, [fairest[0] + slack * fairest[2], *params])
         if first is None:
             first = self.claim(worker_id, caps)
         if first is None:
             return []
         leases = [first]
         key = first.job.request.batch_key(first.job.model)
-        if key is None or max_jobs <= 1:
+        if key is None or max_jobs <= 1 or slack <= 0:
             return leases
         with self.db.transaction() as tx:
-            # the first owner's counter before this claim charged it
-            before = tx.scalar(COUNTER_BEFORE_CLAIM, (first.job.id,))
-        bound = float(before or 0.0) + slack
+            # the first group's counter before this claim charged it, and that charge
+            row = tx.one(GROUP_COUNTER_BEFORE_CLAIM, (first.job.id,))
+        if row is None:
+            return leases
+        bound = float(row["before"]) + slack * float(row["charge"])
         mates = caps.model_copy(update={"models": (first.job.model,)})
         head_sql, head_params = _with_caps(HEAD_BATCH_KEY, mates)
+        person_sql, person_params = _with_caps(SELECT_GROUP_NEXT_USER, mates)
         while len(leases) < max_jobs:
+            mate: tuple[int, int] | None = None
             with self.db.transaction() as tx:
-                candidates = [int(r["id"]) for r in tx.all(BATCH_CANDIDATES, (bound, 4 * max_jobs))]
-                mate = next((uid for uid in candidates if tx.scalar(head_sql, [uid, *head_params]) == key), None)
+                for row in tx.all(BATCH_CANDIDATES, (bound, 4 * max_jobs)):
+                    person = tx.one(person_sql, [row["id"], *person_params])
+                    if person is not None and tx.scalar(head_sql, [person["id"], *head_params]) == key:
+                        mate = (int(row["id"]), int(person["id"]))
+                        break
             if mate is None:
                 break
             # Leased in its own transaction; on PostgreSQL another claimer may have taken that
             # head meanwhile, and the engine then runs a mismatched job alone (still correct).
-            lease = self._claim(worker_id, mates, USER_BY_ID, [mate])
+            lease = self._claim(worker_id, mates, GROUP_BY_ID, [mate[0]], person=mate[1])
             if lease is None:
                 break
             leases.append(lease)
         return leases
 
-    def _lowest_backlogged_counter(self) -> float | None:
-        with self.db.transaction() as tx:
-            value = tx.scalar(BACKLOGGED_MIN_COUNTER)
-        return None if value is None else float(value)
+    def _fairest(self, caps: Capabilities) -> tuple[float, str, float] | None:
+        """The fair choice without taking it: (its group's counter, its model, its charge to
+        the group), the yardstick of claim_batch's slack."""
+        group_sql, group_params = _with_caps(SELECT_NEXT_GROUP.replace("{lock_group_skip}", ""), caps)
+        person_sql, person_params = _with_caps(SELECT_GROUP_NEXT_USER, caps)
+        job_sql, job_params = _with_caps(SELECT_USER_NEXT_JOB.replace("{skip_locked}", ""), caps)
+        with self.db.transaction(write=False) as tx:
+            group = tx.one(group_sql, group_params)
+            person = None if group is None else tx.one(person_sql, [group["id"], *person_params])
+            job = None if person is None else tx.one(
+                "SELECT model, cost FROM jobs WHERE seq = ?",
+                (tx.scalar(job_sql, [person["id"], *job_params]),))
+        if group is None or job is None:
+            return None
+        return (float(group["virtual_counter"]), job["model"],
+                shares.charge(float(job["cost"]), float(group["weight"])))
 
-    def _claim(self, worker_id: str, caps: Capabilities, user_sql: str, user_params: list[Any]) -> Lease | None:
-        """Lease the next job of the user `user_sql` picks (one transaction)."""
+    def _claim(
+        self, worker_id: str, caps: Capabilities, group_sql: str, group_params: list[Any], *, person: int | None = None
+    ) -> Lease | None:
+        """Lease the next job of the group `group_sql` picks: of its fairest person, or of
+        `person` (one transaction)."""
+        person_sql, person_params = _with_caps(SELECT_GROUP_NEXT_USER, caps)
         job_sql, job_params = _with_caps(SELECT_USER_NEXT_JOB, caps)
         # A retry only happens on PostgreSQL, when a concurrent cancel or claim took the
-        # job between our two reads.
+        # job between our reads.
         for _ in range(5):
             with self.db.transaction() as tx:
-                user = tx.one(user_sql, user_params)
-                if user is None:
+                group = tx.one(group_sql, group_params)
+                if group is None:
                     return None
+                if person is None:
+                    user = tx.one(person_sql, [group["id"], *person_params])
+                else:
+                    user = tx.one(PERSON_IN_GROUP, (person, group["id"]))
+                if user is None:
+                    if person is not None:
+                        return None
+                    continue
                 job = tx.one(job_sql, [user["id"], *job_params])
                 if job is None:
                     continue
@@ -455,9 +521,10 @@ class JobStore:
                 expires = now + self.lease_seconds
                 cost = float(job["cost"])
                 charged = shares.charge(cost, float(user["weight"]))
-                if tx.run(LEASE_JOB, (worker_id, lease_id, expires, now, charged, job["seq"])) != 1:
+                group_charged = shares.charge(cost, float(group["weight"]))
+                if tx.run(LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"])) != 1:
                     continue
-                UserStore.charge(tx, int(user["id"]), cost, charged)
+                UserStore.charge(tx, int(user["id"]), int(group["id"]), cost, charged, group_charged)
                 add_event(tx, job["id"], "leased", {"worker": worker_id}, now)
                 row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (job["seq"],))
                 assert row is not None
@@ -629,11 +696,14 @@ class JobStore:
         tx.run(
             "UPDATE jobs SET state = ?, attempts = ?, error = ?, worker_id = NULL, lease_id = NULL, "
             "lease_expires_at = NULL, progress_step = NULL, progress_total = NULL, started_at = NULL, "
-            "charged = 0, finished_at = ? WHERE seq = ?",
+            "charged = 0, group_charged = 0, finished_at = ? WHERE seq = ?",
             (state.value, attempts, error, None if state == JobState.QUEUED else now, row["seq"]),
         )
         if state == JobState.QUEUED:
-            UserStore.refund(tx, int(row["user_id"]), float(row["cost"]), float(row["charged"]))
+            group_id = UserStore.refund(
+                tx, int(row["user_id"]), None if row["group_id"] is None else int(row["group_id"]),
+                float(row["cost"]), float(row["charged"]), float(row["group_charged"]))
+            tx.run("UPDATE jobs SET group_id = ? WHERE seq = ?", (group_id, row["seq"]))
             add_event(tx, row["id"], "queued", {"attempts": attempts, "reason": reason}, now)
         elif state == JobState.FAILED:
             add_event(tx, row["id"], "failed", {"reason": error}, now)
@@ -648,7 +718,7 @@ class JobStore:
         now = self.clock()
         with self.db.transaction() as tx:
             row = tx.one(
-                "SELECT seq, user_id, state, cost FROM jobs WHERE id = ? {for_update}", (job_id,)
+                "SELECT seq, user_id, group_id, state, cost FROM jobs WHERE id = ? {for_update}", (job_id,)
             )
             if row is None:
                 return None
@@ -657,7 +727,7 @@ class JobStore:
                     "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ? WHERE seq = ?",
                     (now, row["seq"]),
                 )
-                UserStore.dequeue(tx, int(row["user_id"]), float(row["cost"]))
+                UserStore.dequeue(tx, int(row["user_id"]), int(row["group_id"]), float(row["cost"]))
                 add_event(tx, job_id, "cancelled", {"image_ids": []}, now)
             elif row["state"] in (JobState.LEASED, JobState.RUNNING):
                 tx.run("UPDATE jobs SET cancel_requested = 1 WHERE seq = ?", (row["seq"],))
@@ -693,7 +763,7 @@ class JobStore:
         A leased or running job has nothing ahead; its ETA is its remaining work.
         """
         with self.db.transaction(write=False) as tx:
-            row = tx.one("SELECT seq, user_id, state, priority, cost, progress_step, progress_total "
+            row = tx.one("SELECT seq, user_id, group_id, state, priority, cost, progress_step, progress_total "
                          "FROM jobs WHERE id = ?", (job_id,))
             if row is None or row["state"] in TERMINAL_STATES:
                 return None
@@ -705,18 +775,21 @@ class JobStore:
                 done = (row["progress_step"] or 0) / (row["progress_total"] or 1)
                 cost *= max(0.0, 1.0 - done)
             else:
-                user = tx.one("SELECT virtual_counter, weight FROM users WHERE id = ?", (row["user_id"],))
-                assert user is not None
+                user = tx.one("SELECT virtual_counter, weight, group_id FROM users WHERE id = ?", (row["user_id"],))
+                group = tx.one("SELECT id, virtual_counter, weight FROM fair_groups WHERE id = ?", (row["group_id"],))
+                assert user is not None and group is not None
                 own = tx.one(OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"]))
                 assert own is not None
-                backlogs = [
-                    shares.Backlog(int(b["id"]), float(b["virtual_counter"]), float(b["weight"]),
-                                   int(b["queued_jobs"]), float(b["queued_cost"]))
-                    for b in tx.all(BACKLOGS)
-                ]
-                place = shares.place_in_queue(
-                    int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"]),
-                    int(own["n"]), float(own["cost"]), backlogs,
+
+                def backlogs(sql: str, params: tuple = ()) -> list[shares.Backlog]:
+                    return [shares.Backlog(int(b["id"]), float(b["virtual_counter"]), float(b["weight"]),
+                                           int(b["queued_jobs"]), float(b["queued_cost"])) for b in tx.all(sql, params)]
+
+                place = shares.place_in_hierarchy(
+                    shares.Standing(int(group["id"]), float(group["virtual_counter"]), float(group["weight"])),
+                    shares.Standing(int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"])),
+                    int(own["n"]), float(own["cost"]),
+                    groups=backlogs(GROUP_BACKLOGS), members=backlogs(MEMBER_BACKLOGS, (group["id"],)),
                 )
         assert rate is not None
         units_per_second = (

@@ -1,72 +1,81 @@
-"""Counts that admission control reads at submit: what a user, an address and the
-anonymous visitors have queued, and the next queued job whose ETA says when to retry.
+"""Counts that admission control reads at submit: what a person, their fair-share group and
+the anonymous visitors have queued, and the next queued job whose ETA says when to retry.
 
 The queue caps are also held inside the transaction that queues a job (`hold_queue_limits`,
 called by `JobStore.submit`): counting in one transaction and inserting in another would let
-concurrent submits all pass the same count.
+concurrent submits all pass the same count. Caps count per person (a keyless caller is one
+person per address) and per group (fairness/groups.py): the free-tier caps count every
+free-tier person of a network group together, however many keys they hold.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from kakumei.fairness.credits import is_free_tier
 from kakumei.store.db import Database, Transaction
-from kakumei.store.users import UserStore
+from kakumei.store.users import GROUP_OF_KEY, Placement
 
-# Queued jobs per user from one address, with the columns that decide the user's tier: the
+# The people with jobs queued in one group, with the columns that decide their tier: the
 # free-tier rule is credits.is_free_tier alone, applied to these rows, so it cannot drift
-# from the one admission applies to the caller. Reads jobs_queued_by_addr; one row per user.
-QUEUED_AT_ADDR_BY_USER = """
-SELECT j.user_id, u.is_anonymous, u.balance, u.weight_override, u.is_admin, COUNT(*) AS n
-FROM jobs j JOIN users u ON u.id = j.user_id
-WHERE j.client_addr = ? AND j.state = 'queued'
-GROUP BY j.user_id, u.is_anonymous, u.balance, u.weight_override, u.is_admin
+# from the one admission applies to the caller. Reads users_backlogged_in_group.
+QUEUED_IN_GROUP_BY_USER = """
+SELECT id, is_anonymous, balance, weight_override, is_admin, queued_jobs AS n FROM users
+WHERE group_id = ? AND queued_jobs > 0
 """
-
-QUEUED_OF_USER_AT_ADDR = "SELECT COUNT(*) AS n FROM jobs WHERE client_addr = ? AND user_id = ? AND state = 'queued'"
-QUEUED_OF_USER = "SELECT queued_jobs FROM users WHERE id = ?"
+USER_QUEUE = "SELECT group_id, queued_jobs FROM users WHERE id = ?"
 QUEUED_ALL = "SELECT COALESCE(SUM(queued_jobs), 0) AS n FROM users WHERE queued_jobs > 0"
-QUEUED_ANONYMOUS = "SELECT COALESCE(SUM(queued_jobs), 0) AS n FROM users WHERE is_anonymous = 1"
+QUEUED_ANONYMOUS = "SELECT COALESCE(SUM(queued_jobs), 0) AS n FROM users WHERE queued_jobs > 0 AND is_anonymous = 1"
 NEXT_QUEUED_OF_USER = """
 SELECT id FROM jobs WHERE user_id = ? AND state = 'queued' ORDER BY priority DESC, seq LIMIT 1
 """
-NEXT_QUEUED_AT_ADDR = "SELECT id FROM jobs WHERE client_addr = ? AND state = 'queued' ORDER BY seq LIMIT 1"
+# Some keyless person with jobs queued (the cap of all of them together waits on theirs).
+A_QUEUED_KEYLESS_PERSON = "SELECT id FROM users WHERE queued_jobs > 0 AND is_anonymous = 1 ORDER BY id LIMIT 1"
+NEXT_QUEUED_IN_GROUP = "SELECT id FROM jobs WHERE group_id = ? AND state = 'queued' ORDER BY seq LIMIT 1"
 
 
 @dataclass(frozen=True)
 class QueueCounts:
     total: int  # queued jobs on the server
-    own: int  # the caller's (anonymous: from their address)
-    anonymous: int  # all anonymous visitors together
-    free_at_addr: int  # free-tier jobs from the caller's address
-    free_users_at_addr: frozenset[int]  # free-tier users with jobs queued from that address
+    own: int  # the caller's (a keyless caller: their address's)
+    anonymous: int  # all keyless callers together
+    free_in_group: int  # free-tier jobs queued in the group the caller's next job joins
+    free_users_in_group: frozenset[int]  # free-tier people with jobs queued in it
+    group_id: int | None = None  # that group (None: it has never queued anything)
 
 
-def queue_counts(db: Database, user_id: int, addr: str | None, anonymous: bool) -> QueueCounts:
+def group_of_next_job(tx: Transaction, user_id: int, group_key: str) -> int | None:
+    """The group the user's next job joins: theirs while they have jobs queued, else the one
+    `group_key` names (None if it does not exist yet: nothing is queued in it)."""
+    row = tx.one(USER_QUEUE, (user_id,))
+    if row is not None and int(row["queued_jobs"]) > 0 and row["group_id"] is not None:
+        return int(row["group_id"])
+    found = tx.scalar(GROUP_OF_KEY, (group_key,))
+    return None if found is None else int(found)
+
+
+def queue_counts(db: Database, user_id: int, group_key: str) -> QueueCounts:
     with db.transaction(write=False) as tx:
-        return count_queue(tx, user_id, addr, anonymous)
+        return count_queue(tx, user_id, group_of_next_job(tx, user_id, group_key))
 
 
-def count_queue(tx: Transaction, user_id: int, addr: str | None, anonymous: bool) -> QueueCounts:
+def count_queue(tx: Transaction, user_id: int, group_id: int | None) -> QueueCounts:
     """The counts, read in an open transaction."""
     total = int(tx.scalar(QUEUED_ALL) or 0)
     anon = int(tx.scalar(QUEUED_ANONYMOUS) or 0)
-    if anonymous:
-        own = int(tx.scalar(QUEUED_OF_USER_AT_ADDR, (addr or "", user_id)) or 0)
-    else:
-        own = int(tx.scalar(QUEUED_OF_USER, (user_id,)) or 0)
-    at_addr = tx.all(QUEUED_AT_ADDR_BY_USER, (addr,)) if addr else []
-    rows = [r for r in at_addr if is_free_tier(
+    own_row = tx.one(USER_QUEUE, (user_id,))
+    own = 0 if own_row is None else int(own_row["queued_jobs"])
+    in_group = tx.all(QUEUED_IN_GROUP_BY_USER, (group_id,)) if group_id is not None else []
+    rows = [r for r in in_group if is_free_tier(
         is_anonymous=bool(r["is_anonymous"]), balance=float(r["balance"]),
         override=r["weight_override"], is_admin=bool(r["is_admin"]))]
     return QueueCounts(
         total=total,
         own=own,
         anonymous=anon,
-        free_at_addr=sum(int(r["n"]) for r in rows),
-        free_users_at_addr=frozenset(int(r["user_id"]) for r in rows),
+        free_in_group=sum(int(r["n"]) for r in rows),
+        free_users_in_group=frozenset(int(r["id"]) for r in rows),
+        group_id=group_id,
     )
 
 
@@ -74,15 +83,14 @@ def count_queue(tx: Transaction, user_id: int, addr: str | None, anonymous: bool
 class QueueLimits:
     """The queue caps one submit must stay under; None where a cap does not apply to it."""
 
-    anonymous: bool  # the caller is an anonymous visitor: `own` counts from their address
-    own: int | None = None
-    anonymous_group: int | None = None  # all anonymous visitors together
-    free_at_addr: int | None = None  # free-tier jobs from the caller's address
-    free_users_at_addr: int | None = None  # free-tier users with jobs queued from it
+    own: int | None = None  # the person's queued jobs
+    anonymous_group: int | None = None  # all keyless callers together
+    free_in_group: int | None = None  # free-tier jobs in the caller's group
+    free_users_in_group: int | None = None  # free-tier people with jobs queued in it
 
 
 # The names `first_full` answers with, one per cap.
-OWN, ANONYMOUS_GROUP, FREE_AT_ADDR, FREE_USERS_AT_ADDR = "own", "anonymous_group", "free_at_addr", "free_users_at_addr"
+OWN, ANONYMOUS_GROUP, FREE_IN_GROUP, FREE_USERS_IN_GROUP = "own", "anonymous_group", "free_in_group", "free_users_in_group"
 
 
 def first_full(counts: QueueCounts, limits: QueueLimits, user_id: int) -> str | None:
@@ -91,14 +99,14 @@ def first_full(counts: QueueCounts, limits: QueueLimits, user_id: int) -> str | 
         return OWN
     if limits.anonymous_group is not None and counts.anonymous >= limits.anonymous_group:
         return ANONYMOUS_GROUP
-    if limits.free_at_addr is not None and counts.free_at_addr >= limits.free_at_addr:
-        return FREE_AT_ADDR
+    if limits.free_in_group is not None and counts.free_in_group >= limits.free_in_group:
+        return FREE_IN_GROUP
     if (
-        limits.free_users_at_addr is not None
-        and user_id not in counts.free_users_at_addr
-        and len(counts.free_users_at_addr) >= limits.free_users_at_addr
+        limits.free_users_in_group is not None
+        and user_id not in counts.free_users_in_group
+        and len(counts.free_users_in_group) >= limits.free_users_in_group
     ):
-        return FREE_USERS_AT_ADDR
+        return FREE_USERS_IN_GROUP
     return None
 
 
@@ -111,42 +119,33 @@ class QueueFull(Exception):
         self.counts = counts
 
 
-# Free-tier caps count jobs of several users at one address, so the user row lock does not
-# serialize them; on PostgreSQL a transaction-scoped advisory lock on the address does.
-# (SQLite's write transactions already run one at a time.) Two-key form, namespace first:
-# its key space does not overlap the migrations' one-key lock.
-_ADDR_LOCK_NAMESPACE = 7_363_002
-LOCK_ADDR = "SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER))"
+def hold_queue_limits(tx: Transaction, placement: Placement, limits: QueueLimits) -> None:
+    """Raise QueueFull unless one more job of the placed user stays under `limits`.
 
-
-def _addr_lock_key(addr: str) -> int:
-    return int.from_bytes(hashlib.sha256(addr.encode("utf-8")).digest()[:4], "big", signed=True)
-
-
-def hold_queue_limits(tx: Transaction, user_id: int, addr: str | None, limits: QueueLimits) -> None:
-    """Raise QueueFull unless one more job of the user stays under `limits`.
-
-    Call it in the transaction that queues the job, before the job is inserted. The user's
-    row lock makes concurrent submits of one user (and of all anonymous visitors, who share a
-    user) count one after another, and the address lock does the same for the free-tier caps
-    of one address. Locks are taken address first, then user, always, so two submits never
-    wait for each other in a circle.
+    Call it in the transaction that queues the job, after UserStore.place and before the
+    job is inserted: place holds the group's row and then the user's, so concurrent submits
+    of one person, and of one group (however many keys and addresses it has), count one
+    after another on PostgreSQL; SQLite's write transactions run one at a time anyway.
     """
-    if tx.dialect == "postgresql" and addr and (limits.free_at_addr is not None or limits.free_users_at_addr is not None):
-        tx.execute(LOCK_ADDR, (_ADDR_LOCK_NAMESPACE, _addr_lock_key(addr)))
-    UserStore.lock(tx, user_id)
-    counts = count_queue(tx, user_id, addr, limits.anonymous)
-    cap = first_full(counts, limits, user_id)
+    counts = count_queue(tx, placement.user_id, placement.group_id)
+    cap = first_full(counts, limits, placement.user_id)
     if cap is not None:
         raise QueueFull(cap, counts)
 
 
-def next_queued(db: Database, *, user_id: int | None = None, addr: str | None = None) -> str | None:
-    """Id of the user's (or the address's) job that will start first, if any."""
+def next_queued(
+    db: Database, *, user_id: int | None = None, group_id: int | None = None, keyless: bool = False
+) -> str | None:
+    """Id of the user's job that will start first, or the group's oldest, or (`keyless`) the
+    next of some keyless person, if any."""
     with db.transaction(write=False) as tx:
+        if keyless:
+            user_id = tx.scalar(A_QUEUED_KEYLESS_PERSON)
+            if user_id is None:
+                return None
         if user_id is not None:
             return tx.scalar(NEXT_QUEUED_OF_USER, (user_id,))
-        return tx.scalar(NEXT_QUEUED_AT_ADDR, (addr,))
+        return tx.scalar(NEXT_QUEUED_IN_GROUP, (group_id,))
 
 
 def idempotent_replay(db: Database, user_id: int, scope: str, key: str) -> bool:
@@ -159,11 +158,20 @@ def idempotent_replay(db: Database, user_id: int, scope: str, key: str) -> bool:
         ) is not None
 
 
-def backlogged_weights(db: Database) -> dict[int, float]:
-    """Weight of every user with queued work (their share is weight / the sum)."""
+def group_shares(db: Database, user_id: int, group_id: int | None) -> tuple[float, list[float], float, list[float]]:
+    """(the group's weight, the other backlogged groups' weights, the person's weight, the
+    other backlogged people's weights in the group): what the person's share comes from."""
     with db.transaction(write=False) as tx:
-        rows = tx.all("SELECT id, weight FROM users WHERE queued_jobs > 0")
-    return {int(r["id"]): float(r["weight"]) for r in rows}
+        groups = {int(r["id"]): float(r["weight"]) for r in tx.all(
+            "SELECT id, weight FROM fair_groups WHERE queued_jobs > 0")}
+        members = {int(r["id"]): float(r["weight"]) for r in tx.all(
+            "SELECT id, weight FROM users WHERE group_id = ? AND queued_jobs > 0", (group_id,))} if group_id else {}
+        own = tx.scalar("SELECT weight FROM users WHERE id = ?", (user_id,))
+        group = tx.scalar("SELECT weight FROM fair_groups WHERE id = ?", (group_id,)) if group_id else None
+    own_weight = 1.0 if own is None else float(own)
+    groups.pop(group_id or -1, None)
+    members.pop(user_id, None)
+    return (own_weight if group is None else float(group)), list(groups.values()), own_weight, list(members.values())
 
 
 def totals(db: Database, user_id: int) -> tuple[float, float]:

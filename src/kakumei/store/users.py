@@ -5,7 +5,9 @@ there is nothing to guess that a slow password hash would protect.
 
 Other stores change a user row only through the methods here that take their open
 transaction: the queue's bookkeeping (JobStore), the ledger's running totals and the merit
-weight (Ledger), the admin weight and flag (Moderation).
+weight (Ledger), the admin weight and flag (Moderation). The queue's bookkeeping covers both
+levels of fair share, people (`users`) and their groups (`fair_groups`): the counters of the
+hierarchy are written here and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from kakumei.fairness import shares
+from kakumei.fairness.groups import OWN, is_network_group
 from kakumei.store.db import Database, Transaction
 
 KEY_PREFIX = "kk_"
@@ -62,36 +65,81 @@ _COLUMNS = (
 
 
 # -- queue bookkeeping ------------------------------------------------------------------------
-# `queued_jobs` and `queued_cost` follow the user's jobs in state 'queued', so that the partial
-# index users_backlogged (virtual_counter, id) WHERE queued_jobs > 0 lists exactly the waiting
-# users in counter order. `virtual_counter` advances by cost / weight when a job is served.
-# Every move of a job into or out of 'queued' goes through one of these statements.
+# Two levels: groups (fair_groups) and people (users). `queued_jobs` and `queued_cost` follow
+# the jobs in state 'queued' at both levels, so that the partial indexes fair_groups_backlogged
+# and users_backlogged_in_group list exactly the waiting groups, and each group's waiting
+# people, in counter order. Serving a job advances its person's counter by cost / person
+# weight and its group's by cost / group weight. A person stays in one group while they have
+# jobs queued (so all their queued jobs carry that group) and joins one when they queue with
+# nothing queued. Every move of a job into or out of 'queued' goes through one of these.
 
-# A job joins the queue; the counter is the one `enqueue` lifted.
+# A job joins the queue; the counters are the ones `enqueue` lifted.
 ENQUEUE_JOB = """
-UPDATE users SET queued_jobs = queued_jobs + 1, queued_cost = queued_cost + ?, virtual_counter = ?
+UPDATE users SET queued_jobs = queued_jobs + 1, queued_cost = queued_cost + ?, virtual_counter = ?, group_id = ?
+WHERE id = ?
+"""
+ENQUEUE_GROUP_JOB = """
+UPDATE fair_groups SET queued_jobs = queued_jobs + 1, queued_cost = queued_cost + ?, virtual_counter = ?,
+    weight = COALESCE(?, weight), member_max = CASE WHEN member_max < ? THEN ? ELSE member_max END
 WHERE id = ?
 """
 
-# A job leaves the queue: served (its owner's counter advances by the charge, at claim) or
-# cancelled (charge 0). The last job out zeroes queued_cost, so float residue never builds up.
+# A job leaves the queue: served (the counters advance by the charges, at claim) or cancelled
+# (charges 0). The last job out zeroes queued_cost, so float residue never builds up.
 DEQUEUE_JOB = """
 UPDATE users SET virtual_counter = virtual_counter + ?,
     queued_jobs = queued_jobs - 1,
     queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END
+WHERE id = ? RETURNING virtual_counter
+"""
+DEQUEUE_GROUP_JOB = """
+UPDATE fair_groups SET virtual_counter = virtual_counter + ?,
+    queued_jobs = queued_jobs - 1,
+    queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END,
+    member_max = CASE WHEN member_max < ? THEN ? ELSE member_max END
 WHERE id = ?
 """
 
-# A served job comes back (lost lease, release): it queues again and its charge is given back.
-REQUEUE_JOB = """
-UPDATE users SET virtual_counter = virtual_counter - ?, queued_jobs = queued_jobs + 1,
-    queued_cost = queued_cost + ?
-WHERE id = ?
-"""
+# A served job comes back (lost lease, release): the charges are given back, then it queues
+# again like a new job (ENQUEUE_*).
+UNCHARGE_USER = "UPDATE users SET virtual_counter = virtual_counter - ? WHERE id = ?"
+UNCHARGE_GROUP = "UPDATE fair_groups SET virtual_counter = virtual_counter - ? WHERE id = ?"
 
-# Where a user coming back with nothing queued starts (no banking of idle time).
-BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE queued_jobs > 0"
-SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM users"
+# Where someone coming back with nothing queued starts (no banking of idle time): a group at
+# the lowest backlogged group (or the highest any group reached), a person at the lowest
+# backlogged person of their group (or the highest any member reached).
+BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM fair_groups WHERE queued_jobs > 0"
+SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM fair_groups"
+GROUP_MEMBERS_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE group_id = ? AND queued_jobs > 0"
+
+ENSURE_GROUP = """
+INSERT INTO fair_groups (key, weight, created_at) VALUES (?, 1.0, ?) ON CONFLICT (key) DO NOTHING
+"""
+GROUP_OF_KEY = "SELECT id FROM fair_groups WHERE key = ?"
+LOCK_GROUP = "SELECT id, key FROM fair_groups WHERE id = ? {for_update}"
+USER_QUEUE = "SELECT group_id, queued_jobs, virtual_counter, weight FROM users WHERE id = ? {for_update}"
+
+
+@dataclass(frozen=True)
+class FairGroup:
+    """A fair-share group as the scheduler keeps it."""
+
+    id: int
+    key: str
+    weight: float
+    virtual_counter: float
+    queued_jobs: int
+    members_queued: int  # people with jobs queued in it
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The group a user's next job joins, with both rows locked (see UserStore.place)."""
+
+    user_id: int
+    group_id: int
+    group_key: str
+
 
 # -- credit and merit ---------------------------------------------------------------------------
 
@@ -156,6 +204,53 @@ class UserStore:
         assert user is not None, "the anonymous user is created by the first migration"
         return user
 
+    def keyless(self, addr: str | None) -> User | None:
+        """The person a keyless caller at `addr` is, if they ever submitted (a read: an
+        address that never submitted has no row and gets none here)."""
+        if not addr:
+            return None
+        with self.db.transaction(write=False) as tx:
+            row = tx.one(f"SELECT {_COLUMNS} FROM users WHERE keyless_addr = ?", (addr,))
+        return None if row is None else _user(row)
+
+    def keyless_person(self, addr: str, weight: float) -> User:
+        """The keyless caller at `addr` as a person of their own, made at their first write.
+        Each address is one person (of `weight`, the anonymous weight) inside its network
+        group; the shared `anonymous` user keeps the jobs of older releases."""
+        for _ in range(3):
+            found = self.keyless(addr)
+            if found is not None:
+                return found
+            # The name is for listings; the address column is what finds the row.
+            name = f"{ANONYMOUS}:{addr}"
+            if self.by_name(name) is not None:
+                name = f"{name}:{secrets.token_hex(4)}"
+            try:
+                with self.db.transaction() as tx:
+                    tx.run(
+                        "INSERT INTO users (name, is_anonymous, weight, keyless_addr, created_at) VALUES (?, 1, ?, ?, ?)",
+                        (name, weight, addr, time.time()),
+                    )
+            except self.db.integrity_errors:
+                continue  # another request of this address made it first
+        found = self.keyless(addr)
+        assert found is not None
+        return found
+
+    def group(self, *, user_id: int | None = None, key: str | None = None) -> FairGroup | None:
+        """The group a user is in (while queued, or last), or the group named `key`."""
+        with self.db.transaction(write=False) as tx:
+            if user_id is not None:
+                row = tx.one("SELECT g.id, g.key, g.weight, g.virtual_counter, g.queued_jobs FROM fair_groups g "
+                             "JOIN users u ON u.group_id = g.id WHERE u.id = ?", (user_id,))
+            else:
+                row = tx.one("SELECT id, key, weight, virtual_counter, queued_jobs FROM fair_groups WHERE key = ?", (key,))
+            if row is None:
+                return None
+            members = int(tx.scalar("SELECT COUNT(*) AS n FROM users WHERE group_id = ? AND queued_jobs > 0", (row["id"],)) or 0)
+        return FairGroup(int(row["id"]), row["key"], float(row["weight"]), float(row["virtual_counter"]),
+                         int(row["queued_jobs"]), members)
+
     def list(self) -> list[User]:
         with self.db.transaction(write=False) as tx:
             rows = tx.all(f"SELECT {_COLUMNS} FROM users ORDER BY id")
@@ -172,32 +267,116 @@ class UserStore:
             raise ValueError(f"no user with id {user_id}")
 
     @staticmethod
-    def enqueue(tx: Transaction, user_id: int, cost: float) -> None:
-        """A job of `cost` joins the user's queue. A user who had nothing queued is lifted to
-        where the others are (shares.lifted_counter), so idle time cannot be banked."""
-        user = tx.one("SELECT virtual_counter, queued_jobs FROM users WHERE id = ? {for_update}", (user_id,))
+    def group_id(tx: Transaction, key: str, now: float | None = None) -> int:
+        """The id of the group named `key` (fairness/groups.group_key), made if new."""
+        found = tx.scalar(GROUP_OF_KEY, (key,))
+        if found is None:
+            tx.run(ENSURE_GROUP, (key, time.time() if now is None else now))
+            found = tx.scalar(GROUP_OF_KEY, (key,))
+        assert found is not None
+        return int(found)
+
+    @staticmethod
+    def place(tx: Transaction, user_id: int, group_key: str) -> Placement:
+        """Lock the group the user's next job joins, then the user, always in this order
+        (claims lock a group before charging its person, so nothing waits in a circle).
+
+        A user with jobs queued stays in their group; one with nothing queued joins the group
+        `group_key` names. Submits of one user, and caps of one group, then count one after
+        another on PostgreSQL (SQLite's write transactions run one at a time anyway)."""
+        for _ in range(5):
+            row = tx.one("SELECT group_id, queued_jobs FROM users WHERE id = ?", (user_id,))
+            if row is None:
+                raise ValueError(f"no user with id {user_id}")
+            staying = int(row["queued_jobs"]) > 0 and row["group_id"] is not None
+            wanted = int(row["group_id"]) if staying else UserStore.group_id(tx, group_key)
+            group = tx.one(LOCK_GROUP, (wanted,))
+            user = tx.one(USER_QUEUE, (user_id,))
+            assert group is not None and user is not None
+            queued = int(user["queued_jobs"]) > 0 and user["group_id"] is not None
+            if (queued and int(user["group_id"]) == wanted) or (not queued and group["key"] == group_key):
+                return Placement(user_id, wanted, group["key"])
+            # the user's queue filled or drained between the two reads: place again
+        raise RuntimeError(f"could not place user {user_id}'s job in a group")
+
+    @staticmethod
+    def enqueue(
+        tx: Transaction, user_id: int, cost: float, *, group_key: str | None = None,
+        network_weight: float = 1.0, placement: Placement | None = None,
+    ) -> int:
+        """A job of `cost` joins the user's queue; return its group's id.
+
+        Without `placement` the job is placed here (`group_key` None: the user's own group).
+        A group or person that had nothing queued is lifted to where the others are
+        (shares.lifted_counter), so idle time cannot be banked at either level. A network
+        group weighs `network_weight`; a person's own group weighs what the person weighs."""
+        if placement is None:
+            placement = UserStore.place(tx, user_id, group_key or f"{OWN}:{user_id}")
+        weight = network_weight if is_network_group(placement.group_key) else None
+        return UserStore._join(tx, placement.user_id, placement.group_id, cost, weight, own_weight=weight is None)
+
+    @staticmethod
+    def _join(
+        tx: Transaction, user_id: int, group_id: int, cost: float, weight: float | None, *,
+        own_weight: bool, lift: bool = True,
+    ) -> int:
+        group = tx.one("SELECT virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ?", (group_id,))
+        user = tx.one(USER_QUEUE, (user_id,))
+        if group is None or user is None:
+            raise ValueError(f"no user {user_id} or group {group_id}")
+        group_counter = float(group["virtual_counter"])
+        if lift and int(group["queued_jobs"]) == 0:
+            lowest, highest = tx.scalar(BACKLOGGED_MIN_COUNTER), tx.scalar(SYSTEM_MAX_COUNTER)
+            group_counter = shares.lifted_counter(group_counter, lowest, highest)
+        counter = float(user["virtual_counter"])
+        if lift and int(user["queued_jobs"]) == 0:
+            floor = tx.scalar(GROUP_MEMBERS_MIN_COUNTER, (group_id,))
+            floor = float(group["member_max"]) if floor is None else float(floor)
+            # Counters of different groups are not comparable: a person new to the group
+            # starts at its floor; one coming back to it cannot go below where they were.
+            same = user["group_id"] is not None and int(user["group_id"]) == group_id
+            counter = max(counter, floor) if same else floor
+        if own_weight:
+            weight = float(user["weight"])
+        tx.run(ENQUEUE_GROUP_JOB, (cost, group_counter, weight, counter, counter, group_id))
+        tx.run(ENQUEUE_JOB, (cost, counter, group_id, user_id))
+        return group_id
+
+    @staticmethod
+    def charge(tx: Transaction, user_id: int, group_id: int, cost: float, charged: float, group_charged: float) -> None:
+        """A queued job of `cost` was claimed: it leaves the queue and both counters advance."""
+        counter = tx.scalar(DEQUEUE_JOB, (charged, cost, user_id))
+        counter = 0.0 if counter is None else float(counter)
+        tx.run(DEQUEUE_GROUP_JOB, (group_charged, cost, counter, counter, group_id))
+
+    @staticmethod
+    def dequeue(tx: Transaction, user_id: int, group_id: int, cost: float) -> None:
+        """A queued job of `cost` was cancelled before anyone served it: nothing is charged."""
+        UserStore.charge(tx, user_id, group_id, cost, 0.0, 0.0)
+
+    @staticmethod
+    def refund(
+        tx: Transaction, user_id: int, group_id: int | None, cost: float, charged: float, group_charged: float
+    ) -> int:
+        """A claimed job went back to the queue: the owner paid for a run that did not happen.
+        The charges go back to the person and to the group that was charged (`group_id`);
+        the job then queues in the user's group, which is another one if the user queued
+        elsewhere meanwhile. Returns the group it is queued in now."""
+        user = tx.one("SELECT group_id, queued_jobs FROM users WHERE id = ?", (user_id,))
         if user is None:
             raise ValueError(f"no user with id {user_id}")
-        counter = float(user["virtual_counter"])
-        if int(user["queued_jobs"]) == 0:
-            lowest, highest = tx.scalar(BACKLOGGED_MIN_COUNTER), tx.scalar(SYSTEM_MAX_COUNTER)
-            counter = shares.lifted_counter(counter, lowest, highest)
-        tx.run(ENQUEUE_JOB, (cost, counter, user_id))
-
-    @staticmethod
-    def charge(tx: Transaction, user_id: int, cost: float, charged: float) -> None:
-        """A queued job of `cost` was claimed: it leaves the queue and the counter advances."""
-        tx.run(DEQUEUE_JOB, (charged, cost, user_id))
-
-    @staticmethod
-    def dequeue(tx: Transaction, user_id: int, cost: float) -> None:
-        """A queued job of `cost` was cancelled before anyone served it: nothing is charged."""
-        tx.run(DEQUEUE_JOB, (0.0, cost, user_id))
-
-    @staticmethod
-    def refund(tx: Transaction, user_id: int, cost: float, charged: float) -> None:
-        """A claimed job went back to the queue: the owner paid for a run that did not happen."""
-        tx.run(REQUEUE_JOB, (charged, cost, user_id))
+        if group_id is None:  # claimed before groups existed
+            group_id = UserStore.group_id(tx, f"{OWN}:{user_id}")
+        target = int(user["group_id"]) if int(user["queued_jobs"]) > 0 and user["group_id"] is not None else group_id
+        for gid in sorted({group_id, target}):  # one lock order for two groups
+            tx.one(LOCK_GROUP, (gid,))
+        tx.run(UNCHARGE_GROUP, (group_charged, group_id))
+        if user["group_id"] is not None and int(user["group_id"]) == group_id:
+            tx.run(UNCHARGE_USER, (charged, user_id))
+        # The group keeps its weight (set when its people queue). Back in the group it was
+        # charged in, the job takes its place as if never claimed; in another group (the user
+        # queued there meanwhile) it joins like a new job.
+        return UserStore._join(tx, user_id, target, cost, None, own_weight=False, lift=target != group_id)
 
     @staticmethod
     def add_to_totals(tx: Transaction, user_id: int, amount: float) -> dict | None:

@@ -26,12 +26,12 @@ class CallerOptions:
         self.store = store
 
     def get(self, who: Caller) -> dict[str, Any]:
-        return self.store.get(who.user.id, who.scope_addr or "")
+        return self.store.get(who.scope_id, who.scope_addr or "")
 
     def update(self, who: Caller, values: Mapping[str, Any]) -> None:
         """Merge already checked values (mapping.checked_options) into the caller's own."""
         if values:
-            self.store.update(who.user.id, who.scope_addr or "", values, bounded=who.user.is_anonymous)
+            self.store.update(who.scope_id, who.scope_addr or "", values, bounded=who.user.is_anonymous)
 
 
 def caller_options(request: Request) -> CallerOptions:
