@@ -8,7 +8,8 @@ at a time, as the local worker does with `worker_batch_jobs`. A job's latency is
 the claim of its batch to the job's completion: a batched job finishes only when the whole
 batch does, so batching trades each job's latency for throughput. Rounds alternate the order
 of the batch sizes so that a machine getting busier or quieter mid-run does not favour one.
-Also prints the largest per-image difference between batched and alone (PSNR).
+Printed twice: by the wall clock, and by this process's CPU seconds over its threads, which is
+what the run would take with the cores to itself when other work shares the machine. Also prints the largest per-image difference between batched and alone (PSNR).
 
     python benchmarks/batching.py [--jobs 4] [--steps 4] [--size 256] [--device cpu]
                                   [--model sd15|tiny] [--sizes 1,2,4] [--rounds 2]
@@ -20,6 +21,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Python puts this folder first on sys.path, where benchmarks/queue.py would shadow the
@@ -68,49 +70,57 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def run(batch: int) -> tuple[float, list[float], list]:
-        """All jobs, `batch` at a time: total seconds, each job's latency, the images."""
+    def run(batch: int, clock: Callable[[], float]) -> tuple[list[float], list]:
+        """All jobs, `batch` at a time: each job's latency on `clock`, and the images."""
         latencies, images = [], []
-        start = time.perf_counter()
         for first in range(0, len(jobs), batch):
             group = jobs[first:first + batch]
-            claimed = time.perf_counter()
+            claimed = clock()
             if batch == 1:
                 out = [engine.generate(group[0]).images[0].image]
             else:
                 out = [r.images[0].image for r in engine.generate_batch(group)]
             sync()
             # every job of the batch completes when the batch does
-            latencies += [time.perf_counter() - claimed] * len(group)
+            latencies += [clock() - claimed] * len(group)
             images += out
-        return time.perf_counter() - start, latencies, images
+        return latencies, images
 
     engine.generate(jobs[0].model_copy(update={"steps": 1}))  # load and warm up
     engine.generate_batch([j.model_copy(update={"steps": 1}) for j in jobs[:max(sizes)]])
     sync()
-    totals: dict[int, list[float]] = {b: [] for b in sizes}
-    lat: dict[int, list[float]] = {b: [] for b in sizes}
+    # Wall seconds, and this process's CPU seconds over its threads: on a machine that other
+    # work shares, the second is what the run would take with the cores to itself.
+    threads = torch.get_num_threads()
+    clocks = {"wall": time.perf_counter, "cpu": lambda: time.process_time() / threads}
+    lat: dict[str, dict[int, list[float]]] = {name: {b: [] for b in sizes} for name in clocks}
     images: dict[int, list] = {}
     for r in range(args.rounds):
         for b in (sizes if r % 2 == 0 else sizes[::-1]):
-            seconds, latencies, imgs = run(b)
-            totals[b].append(seconds)
-            lat[b] += latencies
+            wall, cpu = time.perf_counter(), clocks["cpu"]()
+            latencies, imgs = run(b, time.perf_counter)
+            lat["wall"][b] += latencies
+            # the CPU clock of each job: its batch's share of the CPU time, in batch order
+            spent = clocks["cpu"]() - cpu
+            lat["cpu"][b] += [latency * spent / (time.perf_counter() - wall) for latency in latencies]
             images.setdefault(b, imgs)
 
     print(f"device={args.device} model={args.model} size={size} steps={args.steps} jobs={args.jobs} "
           f"rounds={args.rounds} dtype={str(engine.load().dtype).removeprefix('torch.')} "
           f"threads={torch.get_num_threads()}")
     base = sizes[0]
-    thr = {b: args.jobs / statistics.mean(totals[b]) for b in sizes}
-    mean = {b: statistics.mean(lat[b]) for b in sizes}
-    worst = {b: max(lat[b]) for b in sizes}
-    print(f"{'batch':>5} | {'jobs/s':>7} {'ratio':>6} | {'latency mean':>12} {'ratio':>6} | "
-          f"{'latency worst':>13} {'ratio':>6} | {'PSNR vs alone':>13}")
-    for b in sizes:
-        quality = "-" if b == base else f"{min(psnr(x, y) for x, y in zip(images[base], images[b])):.1f} dB"
-        print(f"{b:>5} | {thr[b]:>7.3f} {thr[b] / thr[base]:>5.2f}x | {mean[b]:>11.2f}s {mean[b] / mean[base]:>5.2f}x | "
-              f"{worst[b]:>12.2f}s {worst[b] / worst[base]:>5.2f}x | {quality:>13}")
+    for name, title in (("wall", "wall clock"), ("cpu", f"CPU seconds / {threads} threads (as with the cores to itself)")):
+        # each batch's jobs share one latency, so a batch's time is its latency; runs = rounds
+        thr = {b: args.jobs * args.rounds / sum(lat[name][b][::b]) for b in sizes}
+        mean = {b: statistics.mean(lat[name][b]) for b in sizes}
+        worst = {b: max(lat[name][b]) for b in sizes}
+        print(f"{title}")
+        print(f"{'batch':>5} | {'jobs/s':>7} {'ratio':>6} | {'latency mean':>12} {'ratio':>6} | "
+              f"{'latency worst':>13} {'ratio':>6} | {'PSNR vs alone':>13}")
+        for b in sizes:
+            quality = "-" if b == base else f"{min(psnr(x, y) for x, y in zip(images[base], images[b])):.1f} dB"
+            print(f"{b:>5} | {thr[b]:>7.3f} {thr[b] / thr[base]:>5.2f}x | {mean[b]:>11.2f}s {mean[b] / mean[base]:>5.2f}x | "
+                  f"{worst[b]:>12.2f}s {worst[b] / worst[base]:>5.2f}x | {quality:>13}")
     print(f"latency: from the claim of a job's batch to the job's completion; ratios against batch {base}")
 
 

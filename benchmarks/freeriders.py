@@ -171,7 +171,8 @@ class People:
             self.start, self.always, self.got = now, None, defaultdict(float)
 
     def jain(self) -> float:
-        return statistics.mean(self.values) if self.values else 1.0
+        # nan when no window had two people backlogged throughout (a run too short to tell)
+        return statistics.mean(self.values) if self.values else float("nan")
 
 
 def _p(sorted_waits: list[float], q: float) -> float:
@@ -403,31 +404,32 @@ def _row(label: str, rows: list[dict[str, Any]]) -> str:
     p95 = " ".join(f"{r['p95']:>6.1f}" for r in rows)
     head = " ".join(f"{r['head_p95']:>6.1f}" for r in rows)
     taken = " ".join(f"{r['accepted']:>5}/{r['refused']:<5}" for r in rows[:2])
-    return f"{label:<24}| {share} | {p50} | {p95} | {head} | {taken}"
+    return f"{label:<30}| {share} | {p50} | {p95} | {head} | {taken}"
 
 
 def table(title: str, results: dict[str, dict[str, Any]], clients: list[Client]) -> str:
     cols = " ".join(f"{r:>6}" for r in RULES)
     lines = [title,
-             f"{'':<24}| {'share of all work':^20} | {'p50 wait (s)':^20} | {'p95 wait (s)':^20} | "
+             f"{'':<30}| {'share of all work':^20} | {'p50 wait (s)':^20} | {'p95 wait (s)':^20} | "
              f"{'p95 behind others (s)':^20} | {'accepted/refused':^23}",
-             f"{'':<24}| {cols} | {cols} | {cols} | {cols} | {'new':>11} {'today':>11}"]
-    lines.append("per class")
+             f"{'':<30}| {cols} | {cols} | {cols} | {cols} | {'new':>11} {'today':>11}"]
+    lines.append("per class (today: network_groups off, every person a group of their own)")
     for cls in CLASSES:
         lines.append(_row(cls, [results[r]["rows"][cls] for r in RULES]))
-    lines.append("per person (light classes: the person with the largest p95 under the new rules)")
     members: dict[str, list[str]] = defaultdict(list)
     for c in clients:
         if c.person not in members[c.cls]:
             members[c.cls].append(c.person)
+    alone = [cls for cls in CLASSES if len(members[cls]) == 1]
+    lines.append(f"per person ({', '.join(alone)}: one person each, as above; of the others, the one with the "
+                 "largest p95 under the new rules)")
+    empty = {"share": 0.0, "p50": 0.0, "p95": 0.0, "head_p95": 0.0, "accepted": 0, "refused": 0}
     for cls in CLASSES:
         persons = members[cls]
-        if len(persons) == 1:
-            lines.append(_row(persons[0], [results[r]["rows"][persons[0]] for r in RULES]))
-            continue
-        worst = max(persons, key=lambda p: results["new"]["rows"].get(p, {"p95": 0.0})["p95"])
-        empty = {"share": 0.0, "p50": 0.0, "p95": 0.0, "head_p95": 0.0, "accepted": 0, "refused": 0}
-        lines.append(_row(f"{worst} (of {len(persons)})", [results[r]["rows"].get(worst, empty) for r in RULES]))
+        if len(persons) > 1:
+            worst = max(persons, key=lambda p: results["new"]["rows"].get(p, empty)["p95"])
+            lines.append(_row(f"{worst} ({cls}, 1 of {len(persons)})",
+                              [results[r]["rows"].get(worst, empty) for r in RULES]))
     jain = ", ".join(f"{r} {results[r]['jain']:.3f}" for r in RULES)
     lines.append(f"Jain's index among backlogged people (per {WINDOW:.0f} s window, service / weight): {jain}")
     lines.append(f"contributor's weight at the end: new {results['new']['contributor_weight']:.2f}, "

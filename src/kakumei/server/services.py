@@ -135,6 +135,8 @@ class Services:
         from kakumei.server.verification import Verifier
 
         worker = self.local_worker()
+        log.info("local worker: up to %d job(s) per batch%s", worker.max_batch_jobs,
+                 "" if self.settings.worker_batch_jobs else " (worker_batch_jobs auto, by the engine's device)")
         verifier = Verifier(
             self.workers, self.jobs, self.images, self.engine, local_worker_id(self.settings),
             max_distance=self.settings.verify_max_distance,
