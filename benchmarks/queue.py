@@ -33,7 +33,14 @@ from kakumei.schemas import GenerationRequest  # noqa: E402
 from kakumei.server.job_source import StoreJobSource  # noqa: E402
 from kakumei.store.db import Database  # noqa: E402
 from kakumei.store.images import ImageStore  # noqa: E402
-from kakumei.store.jobs import SELECT_NEXT_USER, SELECT_USER_NEXT_JOB, JobStore, NewJob, _with_caps  # noqa: E402
+from kakumei.store.jobs import (  # noqa: E402
+    SELECT_GROUP_NEXT_USER,
+    SELECT_NEXT_GROUP,
+    SELECT_USER_NEXT_JOB,
+    JobStore,
+    NewJob,
+    _with_caps,
+)
 from kakumei.store.migrate import migrate  # noqa: E402
 from kakumei.store.users import UserStore  # noqa: E402
 from kakumei.worker import Worker  # noqa: E402
@@ -70,14 +77,17 @@ def throughput(url: str, jobs: int, images: Path) -> float:
 
 
 def choice_ms(db: Database) -> float:
-    """Median time of the fair choice alone (both reads, no commit), in ms."""
-    user_sql, params = _with_caps(SELECT_NEXT_USER, Capabilities())
+    """Median time of the fair choice alone (the three reads, no commit), in ms."""
+    group_sql, params = _with_caps(SELECT_NEXT_GROUP, Capabilities())
+    user_sql, user_params = _with_caps(SELECT_GROUP_NEXT_USER, Capabilities())
     job_sql, job_params = _with_caps(SELECT_USER_NEXT_JOB, Capabilities())
     times = []
     for _ in range(200):
         t0 = time.perf_counter()
         with db.transaction(write=False) as tx:
-            user = tx.one(user_sql.replace("{lock_user_skip}", ""), params)
+            group = tx.one(group_sql.replace("{lock_group_skip}", ""), params)
+            assert group is not None
+            user = tx.one(user_sql, [group["id"], *user_params])
             assert user is not None
             tx.one(job_sql.replace("{skip_locked}", ""), [user["id"], *job_params])
         times.append(time.perf_counter() - t0)

@@ -55,11 +55,12 @@ class Settings(BaseModel):
     # Lost leases before a job fails instead of going back to the queue.
     max_attempts: int = Field(3, ge=1)
     # The local worker claims up to this many compatible jobs as one batch, and
-    # prefers jobs for its loaded model, both only within this many compute units of the
-    # fairest user's counter (fairness/shares.py: counter = served cost / weight).
+    # prefers jobs for its loaded model, both only within this many job-times of the fairest
+    # choice (its group's counter + slack x that job's charge to the group; 1: about one
+    # job-time of the worker, 0: always the fairest job alone).
     # None ("auto"): chosen by the device the worker runs on (worker/loop.py batch_jobs_for).
     worker_batch_jobs: int | None = Field(None, ge=1, le=16)
-    fairness_slack: float = Field(2.0, ge=0)
+    fairness_slack: float = Field(1.0, ge=0)
     # Remote workers: share of an untrusted worker's jobs re-run by a trusted worker
     # (trusted ones are spot-checked at a tenth of it), the perceptual distance a re-run may
     # differ by (bf16 and fp32 machines differ slightly; wrong pictures differ by 0.08 or more),

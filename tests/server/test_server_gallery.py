@@ -46,9 +46,12 @@ def test_anonymous_visitors_see_only_their_own_address(live_server) -> None:
         job = wait_done(anon, anon.post("/api/v1/jobs", json=SMALL).json()["id"])
         assert len(anon.get("/api/v1/images").json()["images"]) == 2
     svc = live_server.services
-    anonymous = svc.users.anonymous()
-    assert svc.images.for_user(anonymous.id, client_addr="10.0.0.9") == []
-    assert [g.image.job_id for g in svc.images.for_user(anonymous.id, client_addr="127.0.0.1")] == [job["id"]] * 2
+    # a keyless caller is a person of their own address; another address has none
+    person = svc.users.keyless("127.0.0.1")
+    assert person is not None and person.is_anonymous
+    assert svc.users.keyless("10.0.0.9") is None
+    assert svc.images.for_user(svc.users.anonymous().id) == []
+    assert [g.image.job_id for g in svc.images.for_user(person.id, client_addr="127.0.0.1")] == [job["id"]] * 2
 
 
 def test_options_match_what_requests_accept(live_server) -> None:

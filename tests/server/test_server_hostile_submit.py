@@ -99,7 +99,7 @@ def test_concurrent_submits_from_one_key_stop_exactly_at_the_cap(make_server) ->
 def test_concurrent_anonymous_submits_stop_exactly_at_the_group_cap(make_server) -> None:
     server = make_server(local_worker=False, max_queued_jobs=1000, anonymous_max_queued=20,
                          free_queued_per_ip=1000)
-    addrs = [f"127.0.0.{2 + i % 10}" for i in range(50)]
+    addrs = [f"127.0.{2 + i % 10}.1" for i in range(50)]  # ten people on ten networks
     clients = [_client(server, addr=a) for a in addrs]
     try:
         responses = _all_at_once(50, lambda i: clients[i].post("/api/v1/jobs", json={**SMALL, "seed": i}))
@@ -118,7 +118,7 @@ def test_concurrent_free_accounts_at_one_address_stop_exactly_at_its_cap(make_se
     finally:
         for c in clients:
             c.close()
-    _assert_capped(responses, 20, "free-tier users at your address have 20 jobs queued")
+    _assert_capped(responses, 20, "free-tier people on your network 127.0.0.0/24 have 20 jobs queued")
 
 
 # -- Idempotency-Key belongs to the caller -----------------------------------------------------

@@ -37,12 +37,21 @@ def test_me_terms_refusals_and_admin(make_server) -> None:
         me = alice.get("/api/v1/me").json()
         assert me["name"] == "alice" and me["weight_source"] == "merit" and me["limits"]["queued_jobs"] == 2
         assert 0 < me["share"] <= 1
+        # alice and the keyless visitor are free-tier people of one network: one group
+        assert me["group"] == {
+            "kind": "network", "network": "127.0.0.0/24", "others": 1,
+            "sentence": "You share this server's free time with 1 other person on your network 127.0.0.0/24.",
+        }
+        # the only group waiting; inside it weight 1 beside the keyless visitor's 0.5
+        assert abs(me["share"] - 2 / 3) < 1e-9
         # admin
         assert alice.get("/api/v1/admin/users").status_code == 403
         granted = root.post("/api/v1/admin/users/alice/grant", json={"amount": 50, "note": "ran a worker"}).json()
         assert granted["balance"] == 50 and granted["weight"] > 2
         me = alice.get("/api/v1/me").json()
         assert me["balance"] == 50 and not me["free_tier"]
+        assert me["group"]["kind"] == "own" and me["group"]["network"] is None
+        assert me["group"]["sentence"].startswith("Your workers' credit gives you a share of your own")
         fixed = root.put("/api/v1/admin/users/alice/weight", json={"weight": 3}).json()
         assert fixed["weight"] == 3 and fixed["weight_source"] == "admin"
         ban = root.post("/api/v1/admin/bans", json={"kind": "user", "target": "alice", "reason": "spam"})

@@ -81,7 +81,6 @@ def test_scheduling_queries_use_their_indexes(stores) -> None:
 
 def test_batching_and_affinity_queries_use_their_indexes(stores) -> None:
     seed(stores, users=200, per_user=5, finished=50)
-    sqlite = stores.db.dialect == "sqlite"
     caps = Capabilities(models=("m",), max_pixels=512 * 512)
     # the bound is the fairest group's counter plus about one job-time, as claim_batch uses it
     fairest = stores.jobs._fairest(caps)

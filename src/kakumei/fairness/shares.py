@@ -82,8 +82,9 @@ def place_in_queue(
             # served jobs k = 0, 1, ... start at counter + k * step while that is below t
             step = charge(mean, other.weight)
             exact = room / step
-            n = math.ceil(exact)
-            if n == exact and other.user_id < user_id:
+            # Sums of costs carry float residue: a tie within it is a tie.
+            n = math.ceil(exact - 1e-9)
+            if abs(n - exact) <= 1e-9 and other.user_id < user_id:
                 n += 1
         n = min(n, other.queued)
         jobs += n

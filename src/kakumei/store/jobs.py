@@ -26,7 +26,7 @@ from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import SPEND_GENERATION, Ledger
-from kakumei.store.quotas import QueueLimits, hold_queue_limits
+from kakumei.store.quotas import QueueLimits, hold_queue_limits, lock_shared_caps
 from kakumei.fairness.groups import OWN
 from kakumei.store.users import UserStore
 
@@ -381,6 +381,8 @@ class JobStore:
                         "use a new key for a new request"
                     )
                 return _job(row), False
+        if limits is not None:
+            lock_shared_caps(tx, limits)
         placement = UserStore.place(tx, new.user_id, new.group or f"{OWN}:{new.user_id}")
         if limits is not None:
             # A replay (above) is answered whatever the caps; a new job must fit under them.

@@ -119,6 +119,20 @@ class QueueFull(Exception):
         self.counts = counts
 
 
+# The cap of all keyless callers together counts jobs of many groups, so no group's row lock
+# serializes it; on PostgreSQL a transaction-scoped advisory lock does. Two-key form,
+# namespace first: its key space does not overlap the migrations' one-key lock.
+_CAP_LOCK_NAMESPACE, _ANONYMOUS_CAP = 7_363_002, 1
+LOCK_CAP = "SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER))"
+
+
+def lock_shared_caps(tx: Transaction, limits: QueueLimits) -> None:
+    """Take the locks of caps wider than one group; before UserStore.place, always, so that
+    locks are taken in one order (this, then the group, then the person)."""
+    if tx.dialect == "postgresql" and limits.anonymous_group is not None:
+        tx.execute(LOCK_CAP, (_CAP_LOCK_NAMESPACE, _ANONYMOUS_CAP))
+
+
 def hold_queue_limits(tx: Transaction, placement: Placement, limits: QueueLimits) -> None:
     """Raise QueueFull unless one more job of the placed user stays under `limits`.
 
