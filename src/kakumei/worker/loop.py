@@ -36,9 +36,9 @@ def failure_reason(text: str) -> str:
 
 # Compatible jobs a worker runs as one batch when it is not told how many (worker_batch_jobs
 # "auto", `kakumei worker` without --batch-jobs). A CPU is already busy with one job: a batch
-# of four gained about 1.5x throughput at 256x256 but made each job's latency 2.5x, every job
-# waiting for the whole batch (benchmarks/batching.py), so it runs one at a time. A GPU runs a
-# batch of four in little more time than one job.
+# of four gained 1.2x throughput at 512x512 (1.5x at 256x256) but made each job's mean latency
+# 3.3x (2.6x), every job waiting for the whole batch (benchmarks/batching.py), so it runs one at
+# a time. A GPU runs a batch of four in little more time than one job.
 CPU_BATCH_JOBS = 1
 GPU_BATCH_JOBS = 4
 
