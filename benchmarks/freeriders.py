@@ -404,15 +404,15 @@ def _row(label: str, rows: list[dict[str, Any]]) -> str:
     p95 = " ".join(f"{r['p95']:>6.1f}" for r in rows)
     head = " ".join(f"{r['head_p95']:>6.1f}" for r in rows)
     taken = " ".join(f"{r['accepted']:>5}/{r['refused']:<5}" for r in rows[:2])
-    return f"{label:<30}| {share} | {p50} | {p95} | {head} | {taken}"
+    return f"{label:<32}| {share} | {p50} | {p95} | {head} | {taken}"
 
 
 def table(title: str, results: dict[str, dict[str, Any]], clients: list[Client]) -> str:
     cols = " ".join(f"{r:>6}" for r in RULES)
     lines = [title,
-             f"{'':<30}| {'share of all work':^20} | {'p50 wait (s)':^20} | {'p95 wait (s)':^20} | "
+             f"{'':<32}| {'share of all work':^20} | {'p50 wait (s)':^20} | {'p95 wait (s)':^20} | "
              f"{'p95 behind others (s)':^20} | {'accepted/refused':^23}",
-             f"{'':<30}| {cols} | {cols} | {cols} | {cols} | {'new':>11} {'today':>11}"]
+             f"{'':<32}| {cols} | {cols} | {cols} | {cols} | {'new':>11} {'today':>11}"]
     lines.append("per class (today: network_groups off, every person a group of their own)")
     for cls in CLASSES:
         lines.append(_row(cls, [results[r]["rows"][cls] for r in RULES]))
