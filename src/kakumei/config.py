@@ -57,8 +57,9 @@ class Settings(BaseModel):
     # The local worker claims up to this many compatible jobs as one batch, and
     # prefers jobs for its loaded model, both only within this many job-times of the fairest
     # choice (its group's counter + slack x that job's charge to the group; 1: about one
-    # job-time of the worker, 0: always the fairest job alone)
-    worker_batch_jobs: int = Field(4, ge=1, le=16)
+    # job-time of the worker, 0: always the fairest job alone).
+    # None ("auto"): chosen by the device the worker runs on (worker/loop.py batch_jobs_for).
+    worker_batch_jobs: int | None = Field(None, ge=1, le=16)
     fairness_slack: float = Field(1.0, ge=0)
     # Remote workers: share of an untrusted worker's jobs re-run by a trusted worker
     # (trusted ones are spot-checked at a tenth of it), the perceptual distance a re-run may
@@ -133,6 +134,14 @@ class Settings(BaseModel):
     # ignored), and event streams one user (anonymous: one address) may hold open at once.
     trusted_proxies: list[str] = Field(default_factory=list)
     max_event_streams_per_user: int = Field(8, ge=1)
+
+    @field_validator("worker_batch_jobs", mode="before")
+    @classmethod
+    def _auto_batch_jobs(cls, value: Any) -> Any:
+        # "auto" (any case) in the environment or TOML is the default: chosen per device.
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -28,8 +28,9 @@ def register(subparsers: Any) -> None:
     worker.add_argument("--model", "-m", action="append", dest="models", help="a model this worker runs; repeat for several (default: the configured model)")
     worker.add_argument("--max-pixels", type=int, metavar="N", help="take only jobs of at most N pixels (width x height)")
     worker.add_argument("--max-batch", type=int, metavar="N", help="take only jobs of at most N images")
-    worker.add_argument("--batch-jobs", type=int, default=1, metavar="N",
-                        help="run up to N compatible jobs of different users as one batch (pays on a GPU; default 1)")
+    worker.add_argument("--batch-jobs", type=int, metavar="N",
+                        help="run up to N compatible jobs of different users as one batch "
+                             "(default: 4 on a GPU, where it pays, 1 on a CPU)")
     worker.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="as for generate")
     worker.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="as for generate")
     worker.add_argument("--low-memory", action="store_true", default=None, help="as for generate")
@@ -57,7 +58,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from kakumei.protocol import Capabilities
-    from kakumei.worker.loop import Worker
+    from kakumei.worker.loop import Worker, batch_jobs_for, engine_device_type
     from kakumei.worker.remote import HttpJobSource, WorkerRefused
 
     settings = with_overrides(
@@ -68,7 +69,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("a worker needs --server URL and --key WORKER_KEY (or KAKUMEI_WORKER_SERVER and KAKUMEI_WORKER_KEY)")
     if not settings.worker_server.startswith(("http://", "https://")):
         raise ConfigError(f"--server must be an http:// or https:// URL, got {settings.worker_server!r}")
-    for flag, value in (("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch)):
+    for flag, value in (("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch), ("--batch-jobs", args.batch_jobs)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -93,11 +94,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
         except ValueError as exc:
             raise ConfigError(f"invalid worker capabilities: {exc}") from None
-        if args.batch_jobs < 1:
-            raise ConfigError(f"--batch-jobs must be 1 or more, got {args.batch_jobs}")
         worker = Worker(
             source, engine, info["name"], capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
-            max_batch_jobs=args.batch_jobs,
+            max_batch_jobs=batch_jobs_for(engine_device_type(engine), args.batch_jobs),
         )
         while not stop.is_set():
             if not worker.run_one(stop):

@@ -119,23 +119,33 @@ class Services:
             except Exception:
                 log.exception("expiring leases failed; retrying")
 
-    def _work(self) -> None:
+    def local_worker(self) -> Any:
+        """The in-process worker (kakumei.worker.Worker) on this server's engine, loading the
+        engine first if none was given. Its batch size is `worker_batch_jobs`, or with "auto"
+        the one for the engine's device."""
         from kakumei.server.job_source import StoreJobSource
-        from kakumei.server.verification import Verifier
         from kakumei.worker import Worker
+        from kakumei.worker.loop import batch_jobs_for, engine_device_type
 
         if self.engine is None:
             from kakumei.engine.pipeline import Engine
 
             self.engine = Engine(self.settings)
-        worker = Worker(
+        return Worker(
             StoreJobSource(self.jobs, self.images),
             self.engine,
             local_worker_id(self.settings),
             lease_seconds=self.settings.lease_seconds,
-            max_batch_jobs=self.settings.worker_batch_jobs,
+            max_batch_jobs=batch_jobs_for(engine_device_type(self.engine), self.settings.worker_batch_jobs),
             fairness_slack=self.settings.fairness_slack,
         )
+
+    def _work(self) -> None:
+        from kakumei.server.verification import Verifier
+
+        worker = self.local_worker()
+        log.info("local worker: up to %d job(s) per batch%s", worker.max_batch_jobs,
+                 "" if self.settings.worker_batch_jobs else " (worker_batch_jobs auto, by the engine's device)")
         verifier = Verifier(
             self.workers, self.jobs, self.images, self.engine, local_worker_id(self.settings),
             max_distance=self.settings.verify_max_distance,

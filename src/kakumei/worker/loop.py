@@ -34,6 +34,29 @@ def failure_reason(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)[:MAX_REASON]
 
 
+# Compatible jobs a worker runs as one batch when it is not told how many (worker_batch_jobs
+# "auto", `kakumei worker` without --batch-jobs). A CPU is already busy with one job: a batch
+# of four gained 1.2x throughput at 512x512 (1.5x at 256x256) but made each job's mean latency
+# 3.3x (2.6x), every job waiting for the whole batch (benchmarks/batching.py), so it runs one at
+# a time. A GPU runs a batch of four in little more time than one job.
+CPU_BATCH_JOBS = 1
+GPU_BATCH_JOBS = 4
+
+
+def batch_jobs_for(device_type: str | None, setting: int | None = None) -> int:
+    """How many jobs to batch: `setting` when one is given, else by the device the engine
+    runs on ("cuda", "mps", "cpu"; None when unknown counts as a CPU)."""
+    if setting is not None:
+        return setting
+    return GPU_BATCH_JOBS if device_type in ("cuda", "mps") else CPU_BATCH_JOBS
+
+
+def engine_device_type(engine: Any) -> str | None:
+    """The device type ("cuda", "mps", "cpu") of an engine with a torch `device`, else None."""
+    device = getattr(engine, "device", None)
+    return getattr(device, "type", None) if device is not None else None
+
+
 class GenerationEngine(Protocol):
     def generate(self, request: Any, on_step: Any = None, cancelled: Any = None) -> Any: ...
 

@@ -33,6 +33,7 @@ from kakumei.server.worker_access import ActiveWorker, CurrentWorker, leased_to,
 from kakumei.server.openapi import problems
 from kakumei.store.jobs import Job
 from kakumei.store.workers import WorkerRecord
+from kakumei.worker.loop import GPU_BATCH_JOBS
 
 router = APIRouter(prefix="/api/v1/worker", tags=["worker protocol"])
 
@@ -75,7 +76,8 @@ def claim_batch(body: BatchClaim, svc: Svc, worker: ActiveWorker) -> LeasedJobs:
     leases = svc.jobs.claim_batch(
         worker.lease_owner,
         _seen(body, svc, worker),
-        max_jobs=min(body.max_jobs, svc.settings.worker_batch_jobs),
+        # "auto" caps at what a GPU batches: the worker's own device sets its batch size
+        max_jobs=min(body.max_jobs, svc.settings.worker_batch_jobs or GPU_BATCH_JOBS),
         prefer_model=body.prefer_model,
         slack=svc.settings.fairness_slack,
     )
