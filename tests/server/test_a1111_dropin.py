@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from kakumei.engine.models import HashCache
@@ -144,7 +143,7 @@ def test_sd_models_hash_a_checkpoint_file_once(database_url, tiny_settings, tmp_
 
 
 def test_webuiapi_client_flow(live_server) -> None:
-    webuiapi = pytest.importorskip("webuiapi")
+    import webuiapi
     host, _, port = live_server.url.removeprefix("http://").rpartition(":")
     api = webuiapi.WebUIApi(host=host, port=int(port), steps=2)
     assert "kakumei:tiny" in api.util_get_model_names()

@@ -5,7 +5,7 @@ caller without a key asking for an image of a registered user is most likely tha
 left the key out (a browser, curl, a client that does not send it for image links), so the
 answer says how to authenticate (401 with a Bearer challenge) instead of "not found". Image
 ids are random, so this tells nothing to someone guessing. Keyless visitors' own images
-(those of the anonymous user, from their own address) still need no key.
+(their address's person's) still need no key, and others' keyless images stay 404.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def readable_image(svc: Services, who: Caller, image_id: str) -> StoredImage:
     if who.user.is_anonymous:
         image = svc.images.get(image_id)
         job = svc.jobs.get(image.job_id) if image is not None else None
-        if job is not None and job.user_id != who.user.id:
+        owner = svc.users.get(job.user_id) if job is not None and not who.owns(job.user_id, job.client_addr) else None
+        # Keyless people (one per address) hold no key to send: their images stay 404 to others.
+        if owner is not None and not owner.is_anonymous:
             raise HTTPException(
                 401,
                 "this image belongs to an account: send its API key ('Authorization: Bearer YOUR_KEY')",
