@@ -60,12 +60,15 @@ def place_in_queue(
     own_ahead: int,
     own_ahead_cost: float,
     others: Sequence[Backlog],
+    own_queued: int | None = None,
 ) -> Place:
     """Place of a job whose owner has `own_ahead` queued jobs (of `own_ahead_cost`) before it.
 
     Assumes no new arrivals and, for other users, jobs of their mean queued cost: the job is
     picked when its owner's counter reaches `t`; every other user is served while its own
-    counter is below `t` (ties go to the lower user id, as in the claim query).
+    counter is below `t`. A tie goes, as in the claim query, to the one with fewer jobs still
+    waiting, then to the lower id; `own_queued` is how many the job's owner has queued in all
+    (None: ties by id alone).
     """
     t = counter + charge(own_ahead_cost, weight)
     jobs, cost = own_ahead, own_ahead_cost
@@ -84,12 +87,20 @@ def place_in_queue(
             exact = room / step
             # Sums of costs carry float residue: a tie within it is a tie.
             n = math.ceil(exact - 1e-9)
-            if abs(n - exact) <= 1e-9 and other.user_id < user_id:
+            if abs(n - exact) <= 1e-9 and _goes_first(other, n, user_id, own_queued, own_ahead):
                 n += 1
         n = min(n, other.queued)
         jobs += n
         cost += n * mean
     return Place(jobs_ahead=jobs, cost_ahead=cost)
+
+
+def _goes_first(other: Backlog, served: int, user_id: int, own_queued: int | None, own_ahead: int) -> bool:
+    """Whether `other`, tied with the job's owner when `served` of its jobs have gone, is
+    served first: fewer jobs still waiting, then the lower id (the claim's ORDER BY)."""
+    if own_queued is None:
+        return other.user_id < user_id
+    return (other.queued - served, other.user_id) < (own_queued - own_ahead, user_id)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class Standing:
     id: int
     counter: float
     weight: float
+    queued: int | None = None  # jobs waiting in all (ties go to fewer); None: ties by id
 
 
 def place_in_hierarchy(
@@ -117,8 +129,10 @@ def place_in_hierarchy(
     `members`). Then the group needs those jobs and this one's predecessors served, which
     takes its counter to where the other groups are served meanwhile (place_in_queue among
     `groups`). The same assumptions as place_in_queue: no new arrivals, mean costs."""
-    inside = place_in_queue(person.id, person.counter, person.weight, own_ahead, own_ahead_cost, members)
-    return place_in_queue(group.id, group.counter, group.weight, inside.jobs_ahead, inside.cost_ahead, groups)
+    inside = place_in_queue(person.id, person.counter, person.weight, own_ahead, own_ahead_cost, members, person.queued)
+    # The group's own jobs before this one: the person's and those of the people served first.
+    return place_in_queue(group.id, group.counter, group.weight, inside.jobs_ahead, inside.cost_ahead, groups,
+                          group.queued)
 
 
 def eta_seconds(cost_ahead: float, own_cost: float, units_per_second: float, workers: int) -> float:

@@ -136,7 +136,7 @@ WHERE g.queued_jobs > 0
   AND (SELECT j.seq FROM jobs j
        WHERE j.group_id = g.id AND j.state = 'queued' AND {can_run}
        LIMIT 1) IS NOT NULL
-ORDER BY g.virtual_counter, g.id
+ORDER BY g.virtual_counter, g.queued_jobs, g.id
 LIMIT 1 {lock_group_skip}
 """
 
@@ -149,7 +149,7 @@ WHERE g.queued_jobs > 0 AND g.virtual_counter <= ?
   AND (SELECT j.seq FROM jobs j
        WHERE j.group_id = g.id AND j.state = 'queued' AND {can_run}
        LIMIT 1) IS NOT NULL
-ORDER BY g.virtual_counter, g.id
+ORDER BY g.virtual_counter, g.queued_jobs, g.id
 LIMIT 1 {lock_group_skip}
 """
 
@@ -160,7 +160,7 @@ WHERE u.group_id = ? AND u.queued_jobs > 0
   AND (SELECT j.seq FROM jobs j
        WHERE j.user_id = u.id AND j.state = 'queued' AND {can_run}
        ORDER BY j.priority DESC, j.seq LIMIT 1) IS NOT NULL
-ORDER BY u.virtual_counter, u.id
+ORDER BY u.virtual_counter, u.queued_jobs, u.id
 LIMIT 1
 """
 
@@ -172,7 +172,7 @@ LIMIT 1
 BATCH_CANDIDATES = """
 SELECT g.id FROM fair_groups g
 WHERE g.queued_jobs > 0 AND g.virtual_counter <= ?
-ORDER BY g.virtual_counter, g.id
+ORDER BY g.virtual_counter, g.queued_jobs, g.id
 LIMIT ?
 """
 HEAD_BATCH_KEY = """
@@ -777,8 +777,10 @@ class JobStore:
                 done = (row["progress_step"] or 0) / (row["progress_total"] or 1)
                 cost *= max(0.0, 1.0 - done)
             else:
-                user = tx.one("SELECT virtual_counter, weight, group_id FROM users WHERE id = ?", (row["user_id"],))
-                group = tx.one("SELECT id, virtual_counter, weight FROM fair_groups WHERE id = ?", (row["group_id"],))
+                user = tx.one("SELECT virtual_counter, weight, group_id, queued_jobs FROM users WHERE id = ?",
+                              (row["user_id"],))
+                group = tx.one("SELECT id, virtual_counter, weight, queued_jobs FROM fair_groups WHERE id = ?",
+                               (row["group_id"],))
                 assert user is not None and group is not None
                 own = tx.one(OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"]))
                 assert own is not None
@@ -788,8 +790,10 @@ class JobStore:
                                            int(b["queued_jobs"]), float(b["queued_cost"])) for b in tx.all(sql, params)]
 
                 place = shares.place_in_hierarchy(
-                    shares.Standing(int(group["id"]), float(group["virtual_counter"]), float(group["weight"])),
-                    shares.Standing(int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"])),
+                    shares.Standing(int(group["id"]), float(group["virtual_counter"]), float(group["weight"]),
+                                    int(group["queued_jobs"])),
+                    shares.Standing(int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"]),
+                                    int(user["queued_jobs"])),
                     int(own["n"]), float(own["cost"]),
                     groups=backlogs(GROUP_BACKLOGS), members=backlogs(MEMBER_BACKLOGS, (group["id"],)),
                 )

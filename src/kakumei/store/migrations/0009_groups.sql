@@ -13,12 +13,14 @@ CREATE TABLE fair_groups (
     member_max DOUBLE PRECISION NOT NULL DEFAULT 0,
     created_at DOUBLE PRECISION NOT NULL
 );
--- The claim walks backlogged groups in counter order, like users_backlogged for people.
-CREATE INDEX fair_groups_backlogged ON fair_groups (virtual_counter, id) WHERE queued_jobs > 0;
+-- The claim walks backlogged groups in counter order, like users_backlogged for people. Ties
+-- (common: charges come in whole job-times) go to the group with less waiting, so that someone
+-- coming back after idling, lifted to the lowest counter, goes before the floods tied there.
+CREATE INDEX fair_groups_backlogged ON fair_groups (virtual_counter, queued_jobs, id) WHERE queued_jobs > 0;
 
 -- A person is in one group while they have jobs queued (and joins one when they queue again).
 ALTER TABLE users ADD COLUMN group_id BIGINT REFERENCES fair_groups (id);
-CREATE INDEX users_backlogged_in_group ON users (group_id, virtual_counter, id) WHERE queued_jobs > 0;
+CREATE INDEX users_backlogged_in_group ON users (group_id, virtual_counter, queued_jobs, id) WHERE queued_jobs > 0;
 
 -- Keyless callers: one person per address, created at their first submit.
 ALTER TABLE users ADD COLUMN keyless_addr TEXT;
