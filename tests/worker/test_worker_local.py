@@ -53,3 +53,37 @@ def test_stopping_the_worker_gives_the_job_back(stores, engine) -> None:
     Worker(source, engine, "w1").run(stop)
     job = stores.jobs.get(job_id)
     assert job.state == JobState.QUEUED and job.attempts == 0
+
+
+def test_one_log_line_per_job_and_none_while_idle(stores, engine, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    worker = Worker(StoreJobSource(stores.jobs, stores.images), engine, "w1")
+    assert not worker.run_one() and not worker.busy
+    assert [r for r in caplog.records if r.name.startswith("kakumei")] == []  # idle: nothing
+    job_id = submit(stores)
+    seen: list[bool] = []
+    worker.engine = _Watching(engine, lambda: seen.append(worker.busy))
+    assert worker.run_one() and not worker.busy and seen == [True]
+    lines = [r.getMessage() for r in caplog.records if r.name == "kakumei.worker.loop"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"job {job_id}: 2 image(s) 64x64, 2 steps of kakumei:tiny in ") and lines[0].endswith(" s")
+    failed = submit(stores, model="./no/such/model")
+    worker.run_one()
+    lines = [r.getMessage() for r in caplog.records if r.name == "kakumei.worker.loop"]
+    assert len(lines) == 2 and lines[1].startswith(f"job {failed}: failed: ") and "no/such/model" in lines[1]
+
+
+class _Watching:
+    """The engine, noting the worker's state when a job starts."""
+
+    def __init__(self, engine, note) -> None:
+        self._engine, self._note = engine, note
+
+    def generate(self, *args, **kwargs):
+        self._note()
+        return self._engine.generate(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)

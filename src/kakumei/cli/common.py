@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from kakumei.config import Settings
@@ -10,6 +11,15 @@ from kakumei.errors import ConfigError, KakumeiError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+def setup_logging(verbose: bool) -> None:
+    """One line per job and what goes wrong; `--verbose` adds every HTTP call and the model
+    libraries' own messages. Quiet by default: an idle worker polls every second."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    for name in ("httpx", "httpcore", "urllib3", "filelock", "PIL"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:

@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from kakumei.cli.common import open_database, with_overrides
+from kakumei.cli.common import open_database, setup_logging, with_overrides
 from kakumei.config import Settings
 from kakumei.errors import ConfigError
 
@@ -22,6 +22,7 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--database", metavar="URL", help="sqlite:///FILE or postgresql://... (default: SQLite in the data dir)")
     serve.add_argument("--no-local-worker", action="store_true", help="do not generate in this process; only remote workers run jobs")
     serve.add_argument("--model", "-m", help="default model: hub id, diffusers folder or kakumei:tiny")
+    serve.add_argument("--verbose", "-v", action="store_true", help="log every request and the model libraries' messages (default: one line per job)")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -44,8 +45,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.fd is not None or settings.port == 0:  # where it really listens, for this line and the A1111 cmd-flags
         host, port = sock.getsockname()[:2]
         settings = with_overrides(settings, host=host, port=port)
+    setup_logging(args.verbose)
     if settings.local_worker:
         _warn_if_model_missing(settings)
+        if not args.verbose:
+            from kakumei.engine.devices import quiet_libraries
+
+            quiet_libraries()  # the local worker's loads: no library bars or advisories in the log
     worker = f"local worker with {settings.model}" if settings.local_worker else "no local worker"
     print(
         f"kakumei serving http://{settings.host}:{settings.port} "
@@ -55,7 +61,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; kakumei decides who is
     # calling itself (server/addresses.py, `trusted_proxies`).
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", proxy_headers=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info" if args.verbose else "warning", proxy_headers=False))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # uvicorn.run's exit status when startup fails
 

@@ -9,9 +9,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from kakumei.cli.common import add_database_option, open_database, with_overrides
+from kakumei.cli.common import (
+    add_database_option,
+    open_database,
+    setup_logging,
+    with_overrides,
+)
 from kakumei.config import Settings
 from kakumei.errors import ConfigError
 
@@ -31,6 +37,7 @@ def register(subparsers: Any) -> None:
     worker.add_argument("--batch-jobs", type=int, metavar="N",
                         help="run up to N compatible jobs of different users as one batch "
                              "(default: 4 on a GPU, where it pays, 1 on a CPU)")
+    worker.add_argument("--verbose", "-v", action="store_true", help="log every HTTP call and the model libraries' messages (default: one line per job)")
     worker.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="as for generate")
     worker.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="as for generate")
     worker.add_argument("--low-memory", action="store_true", default=None, help="as for generate")
@@ -72,11 +79,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     for flag, value in (("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch), ("--batch-jobs", args.batch_jobs)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.verbose)
     models = tuple(args.models or [settings.model])
     source = HttpJobSource(settings.worker_server, settings.worker_key)
     stop = threading.Event()
-    _on_ctrl_c(stop, source.stopping)
+    running: list[Any] = []  # the worker, once made: Ctrl-C says whether a job goes back
+    _on_ctrl_c(stop, lambda: bool(running) and running[0].busy, source.stopping)
     try:
         info = source.hello()
         print(
@@ -88,7 +96,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from kakumei.engine.devices import quiet_libraries
         from kakumei.engine.pipeline import Engine
 
-        quiet_libraries()
+        if not args.verbose:
+            quiet_libraries()
         engine = Engine(settings)
         try:  # the protocol's limits, checked here rather than refused by the server
             caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
@@ -98,6 +107,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             source, engine, info["name"], capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
             max_batch_jobs=batch_jobs_for(engine_device_type(engine), args.batch_jobs),
         )
+        running.append(worker)
         while not stop.is_set():
             if not worker.run_one(stop):
                 stop.wait(worker.poll_seconds)
@@ -109,7 +119,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _on_ctrl_c(stop: threading.Event, *also: threading.Event) -> None:
+def _on_ctrl_c(stop: threading.Event, busy: Callable[[], bool], *also: threading.Event) -> None:
     """First Ctrl-C (or SIGTERM): stop at the engine's next step and hand the job back.
     Second: quit at once (the lease running out hands the job back)."""
 
@@ -119,7 +129,8 @@ def _on_ctrl_c(stop: threading.Event, *also: threading.Event) -> None:
         stop.set()
         for event in also:
             event.set()
-        print("stopping: handing back the running job (Ctrl-C again to quit now)", file=sys.stderr, flush=True)
+        doing = "handing back the running job" if busy() else "no job is running"
+        print(f"stopping: {doing} (Ctrl-C again to quit now)", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

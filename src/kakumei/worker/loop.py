@@ -18,7 +18,14 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from kakumei.errors import GenerationCancelled, KakumeiError
-from kakumei.protocol import MAX_REASON, Capabilities, ImageReport, JobSource, LeasedJob, Progress
+from kakumei.protocol import (
+    MAX_REASON,
+    Capabilities,
+    ImageReport,
+    JobSource,
+    LeasedJob,
+    Progress,
+)
 from kakumei.schemas import validation_message
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,10 @@ class Worker:
         self.progress_interval = progress_interval
         self.max_batch_jobs = max_batch_jobs
         self.fairness_slack = fairness_slack
+        # While a claimed job runs (Ctrl-C says whether one goes back), and since when: the
+        # one line logged per job says how long it took.
+        self.busy = False
+        self._started = 0.0
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -141,10 +152,14 @@ class Worker:
         leases = self._claim()
         if not leases:
             return False
-        if len(leases) == 1:
-            self._run(leases[0], stop)
-        else:
-            self._run_batch(leases, stop)
+        self.busy, self._started = True, time.monotonic()
+        try:
+            if len(leases) == 1:
+                self._run(leases[0], stop)
+            else:
+                self._run_batch(leases, stop)
+        finally:
+            self.busy = False
         return True
 
     def _claim(self) -> list[LeasedJob]:
@@ -252,8 +267,11 @@ class Worker:
             images = [self._image(i) for i in generated]
             if cancelled:
                 self.source.acknowledge_cancel(job_id, lease_id, images)
+                log.info("job %s: cancelled, %d image(s) kept", job_id, len(images))
             elif not self.source.complete(job_id, lease_id, images, seed):
                 log.warning("job %s: finished after its lease was lost; result dropped", job_id)
+            else:
+                log.info("job %s: %s", job_id, _summary(lease, len(images), time.monotonic() - self._started))
         except Exception as exc:
             log.exception("job %s: its images could not be stored", job_id)
             if cancelled:  # the owner asked it to stop: it ends cancelled, without the images
@@ -262,6 +280,7 @@ class Worker:
                 self._fail(lease, f"its images could not be stored: {_describe(exc)}")
 
     def _fail(self, lease: LeasedJob, reason: str) -> None:
+        log.info("job %s: failed: %s", lease.job_id, reason)
         try:
             self.source.fail(lease.job_id, lease.lease_id, failure_reason(reason))
         except Exception:  # e.g. the store is away: the lease runs out and the job is retried
@@ -316,3 +335,10 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return validation_message(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _summary(lease: LeasedJob, images: int, seconds: float) -> str:
+    """What a finished job was, in one line: "2 image(s) 512x512, 20 steps of model in 4.1 s"."""
+    r = lease.request
+    mode = "" if r.mode == "txt2img" else f" {r.mode}"
+    return f"{images} image(s){mode} {r.width}x{r.height}, {r.steps} steps of {lease.model} in {seconds:.1f} s"
