@@ -33,9 +33,9 @@ def serve(stores, n: int) -> list[int]:
     [
         # one user: FIFO
         ([("a", 3)], "aaa"),
-        # equal costs: round robin, ties to the older user
+        # equal costs: round robin; ties to the one with fewer jobs waiting, then the older user
         ([("a", 3), ("b", 3)], "ababab"),
-        ([("a", 4), ("b", 1), ("c", 2)], "abcacaa"),
+        ([("a", 4), ("b", 1), ("c", 2)], "bcacaaa"),
     ],
 )
 def test_round_robin_interleaves_users(stores, submissions, expected) -> None:
