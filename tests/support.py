@@ -8,12 +8,14 @@ a restarted server keeps its address.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -104,3 +106,20 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30)
         proc.kill()
         proc.wait()
 
+
+@contextmanager
+def serve_without_worker(home: Path, tmp_path: Path, **env: str) -> Iterator[tuple[str, str]]:
+    """A real `kakumei serve` on SQLite without a local worker (jobs stay queued) and without
+    rate limits unless `env` sets them; yields its URL and its database URL."""
+    database = f"sqlite:///{tmp_path / 'serve.db'}"
+    environ = {
+        **os.environ, "KAKUMEI_HOME": str(home), "KAKUMEI_DEVICE": "cpu",
+        "KAKUMEI_KEY_RATE_PER_MINUTE": "0", "KAKUMEI_IP_RATE_PER_MINUTE": "0", **env,
+    }
+    sock, log = listening_socket(), tmp_path / "serve.log"
+    proc = start_serve(sock, ["--database", database, "--model", "kakumei:tiny", "--no-local-worker"], environ, log)
+    try:
+        yield url_of(sock), database
+    finally:
+        stop(proc)
+        sock.close()

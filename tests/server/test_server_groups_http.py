@@ -5,36 +5,17 @@ their own jobs; a network group's caps hold however many keys and addresses it u
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 
 from kakumei.store.db import Database
 from kakumei.store.users import UserStore
-from tests.support import listening_socket, start_serve, stop, url_of
+from tests.support import (
+    serve_without_worker,
+)
 
 SMALL = {"prompt": "a fox", "width": 64, "height": 64, "steps": 2}
-
-
-@contextmanager
-def serve(home: Path, tmp_path: Path, **env: str) -> Iterator[tuple[str, str]]:
-    """`kakumei serve` without a local worker (jobs stay queued); its URL and database URL."""
-    database = f"sqlite:///{tmp_path / 'groups.db'}"
-    environ = {
-        **os.environ, "KAKUMEI_HOME": str(home), "KAKUMEI_DEVICE": "cpu",
-        "KAKUMEI_KEY_RATE_PER_MINUTE": "0", "KAKUMEI_IP_RATE_PER_MINUTE": "0", **env,
-    }
-    sock, log = listening_socket(), tmp_path / "serve.log"
-    proc = start_serve(sock, ["--database", database, "--model", "kakumei:tiny", "--no-local-worker"], environ, log)
-    try:
-        yield url_of(sock), database
-    finally:
-        stop(proc)
-        sock.close()
 
 
 def client(url: str, local: str, key: str | None = None) -> httpx.Client:
@@ -52,7 +33,7 @@ def keyless_rows(database: str) -> int:
 
 
 def test_keyless_callers_at_two_addresses_do_not_see_each_other(kakumei_home, tmp_path) -> None:
-    with serve(kakumei_home, tmp_path) as (url, database):
+    with serve_without_worker(kakumei_home, tmp_path) as (url, database):
         with client(url, "127.0.1.2") as first, client(url, "127.0.1.3") as second, client(url, "127.0.2.9") as idle:
             # reading from an address that never submitted sees nothing and makes no row
             assert idle.get("/api/v1/jobs").json()["jobs"] == []
@@ -79,7 +60,7 @@ def test_keyless_callers_at_two_addresses_do_not_see_each_other(kakumei_home, tm
 
 def test_a_network_groups_caps_hold_however_many_keys_it_has(kakumei_home, tmp_path) -> None:
     env = {"KAKUMEI_FREE_QUEUED_PER_IP": "5", "KAKUMEI_FREE_USERS_PER_IP": "100"}
-    with serve(kakumei_home, tmp_path, **env) as (url, database):
+    with serve_without_worker(kakumei_home, tmp_path, **env) as (url, database):
         db = Database(database)
         try:
             users = UserStore(db)

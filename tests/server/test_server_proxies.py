@@ -5,35 +5,15 @@ and a forwarded address must be an IP address: a banned client cannot hide behin
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import httpx
 
 from kakumei.store.db import Database
 from kakumei.store.moderation import Moderation
-from tests.support import listening_socket, start_serve, stop, url_of
+from tests.support import (
+    serve_without_worker,
+)
 
 SMALL = {"prompt": "a fox", "width": 64, "height": 64, "steps": 2}
-
-
-@contextmanager
-def serve(home: Path, tmp_path: Path, **env: str) -> Iterator[tuple[str, str]]:
-    """`kakumei serve` without a local worker; yields its URL and database URL."""
-    database = f"sqlite:///{tmp_path / 'proxies.db'}"
-    environ = {
-        **os.environ, "KAKUMEI_HOME": str(home), "KAKUMEI_DEVICE": "cpu",
-        "KAKUMEI_KEY_RATE_PER_MINUTE": "0", "KAKUMEI_IP_RATE_PER_MINUTE": "0", **env,
-    }
-    sock, log = listening_socket(), tmp_path / "serve.log"
-    proc = start_serve(sock, ["--database", database, "--model", "kakumei:tiny", "--no-local-worker"], environ, log)
-    try:
-        yield url_of(sock), database
-    finally:
-        stop(proc)
-        sock.close()
 
 
 def client(url: str, local: str) -> httpx.Client:
@@ -49,7 +29,7 @@ def ban(database: str, target: str) -> None:
 
 
 def test_forwarded_for_is_ignored_without_trusted_proxies(kakumei_home, tmp_path) -> None:
-    with serve(kakumei_home, tmp_path) as (url, database):
+    with serve_without_worker(kakumei_home, tmp_path) as (url, database):
         ban(database, "127.0.0.1")
         with client(url, "127.0.0.1") as banned:
             for forwarded in ("not-an-ip", "198.51.100.1", "::1"):
@@ -61,7 +41,7 @@ def test_forwarded_for_is_ignored_without_trusted_proxies(kakumei_home, tmp_path
 
 
 def test_a_trusted_proxy_forwards_the_right_most_untrusted_address(kakumei_home, tmp_path) -> None:
-    with serve(kakumei_home, tmp_path, KAKUMEI_TRUSTED_PROXIES="127.0.0.3/32, 127.0.0.5") as (url, database):
+    with serve_without_worker(kakumei_home, tmp_path, KAKUMEI_TRUSTED_PROXIES="127.0.0.3/32, 127.0.0.5") as (url, database):
         ban(database, "198.51.100.7")
         ban(database, "127.0.0.4")
         with client(url, "127.0.0.3") as proxy:
