@@ -64,6 +64,19 @@ def test_malformed_requests_get_per_field_messages(live_server) -> None:
         assert {e["field"] for e in huge.json()["errors"]} == {"width", "prompt"}
         assert client.post("/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
         assert client.post("/api/v1/jobs", json={**SMALL, "colour": "red"}).status_code == 422
+        # the same wording everywhere: the field, what is allowed, the number given
+        cfg = client.post("/api/v1/jobs", json={**SMALL, "cfg_scale": 99})
+        assert cfg.json()["errors"] == [{"field": "cfg_scale", "message": "cfg_scale must be at most 30, got 99"}]
+        sampler_field = [e["field"] for e in sampler.json()["errors"]]
+        assert sampler_field == ["sampler_name"]
+        not_json = client.post("/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+        assert not_json.json()["detail"].startswith("the body is not valid JSON")
+        # a combination no model runs is refused at submit, and nothing is queued
+        from imagehelpers import noise_b64
+
+        both = client.post("/api/v1/jobs", json={**SMALL, "init_images": [noise_b64(64, 1)], "refiner_checkpoint": "kakumei:tiny"})
+        assert both.status_code == 422 and "the refiner applies to text-to-image" in both.json()["detail"]
+        assert client.get("/api/v1/jobs").json()["jobs"] == []
 
 
 def test_unknown_model_names_the_known_ones(live_server) -> None:

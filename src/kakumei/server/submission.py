@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 
 from anyio import to_thread
 
-from kakumei.errors import KakumeiError
+from kakumei.errors import InvalidRequest, KakumeiError
 from kakumei.fairness.cost import request_cost
-from kakumei.schemas import GenerationRequest
+from kakumei.schemas import GenerationRequest, check_request
 from kakumei.server.deps import Caller, as_person
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
@@ -71,6 +71,11 @@ def submit_generation(
     refiner = request.refiner_checkpoint
     if refiner and refiner not in known:
         raise SubmitRefused(400, f"unknown refiner_checkpoint {_shown(refiner)}; known: {', '.join(known)}")
+    # Combinations no model can run are refused now, not after the job waited its turn.
+    try:
+        check_request(request)
+    except InvalidRequest as exc:
+        raise SubmitRefused(422, str(exc)) from None
     # Admission control (bans, terms, blocklist, rate limits, free-tier and queue caps) for
     # every API; an idempotent replay of an accepted job is answered without it.
     # Keyless callers' idempotency keys are told apart by address (older releases shared one
