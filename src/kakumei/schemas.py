@@ -538,7 +538,7 @@ _LOC_SOURCES = frozenset({"body", "query", "header", "path", "__root__"})
 def _given(value: Any) -> str:
     """The value a field was given, when it is a number or a flag. Text is never repeated: it
     may be a password, an invite code or a key sent in the wrong field."""
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, (int, float)):
         return f"{value:g}" if isinstance(value, float) else str(value)
