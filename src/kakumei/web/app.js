@@ -219,21 +219,86 @@ function updateSchedules() {
 }
 
 function clearFieldErrors() {
-  for (const el of document.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  $("form-error").textContent = "";
+  clearErrors($("generate-form"));
+}
+
+// The generate form's fields by the name the API gives them in its errors; the picture's
+// strength slider stands for denoising_strength while a picture is chosen.
+function generateFields() {
+  const fields = {};
+  for (const name of [...TEXT_FIELDS, ...CHOICE_FIELDS, ...INT_FIELDS, ...FLOAT_FIELDS, ...BOOL_FIELDS]) fields[name] = name;
+  Object.assign(fields, { resize_mode: "resize_mode", mask_blur: "mask_blur", inpainting_fill: "inpainting_fill",
+    inpaint_full_res: "inpaint_full_res", init_images: "init-file", mask: "mask-canvas" });
+  if (init.picture) fields.denoising_strength = "img2img-strength";
+  return fields;
 }
 
 function showFormError(err) {
-  $("form-error").textContent = err.message;
-  let first = null;
+  const first = showErrors($("generate-form"), err, generateFields());
+  if (!first) return;
+  if (first.closest("#advanced")) $("advanced").open = true;
+  first.focus();
+}
+
+// ---- errors next to their fields (the generate form and the account forms) --------------
+
+function clearErrors(form) {
+  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  for (const el of form.querySelectorAll(".field-error")) {
+    const input = $(el.dataset.for);
+    if (input) {
+      const rest = (input.getAttribute("aria-describedby") || "").split(" ").filter((t) => t && t !== el.id);
+      if (rest.length) input.setAttribute("aria-describedby", rest.join(" "));
+      else input.removeAttribute("aria-describedby");
+    }
+    el.remove();
+  }
+  form.querySelector(":scope > .error").textContent = "";
+}
+
+// The field is marked, and the API's sentence about it (if it gave one) goes right below it
+// and is read out with it.
+function markField(input, message) {
+  input.setAttribute("aria-invalid", "true");
+  if (!message) return;
+  const note = document.createElement("p");
+  note.className = "field-error";
+  note.id = `${input.id}-error`;
+  note.dataset.for = input.id;
+  note.textContent = message;
+  const holder = input.closest(".field");
+  if (holder) holder.append(note);
+  else (input.closest(".row, .paint") || input).after(note);
+  const ids = (input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+  input.setAttribute("aria-describedby", [...ids, note.id].join(" "));
+}
+
+// The server's sentence goes at the foot of the form; the fields a 422 names (`errors`:
+// [{field, message}]) are marked, each with its message. Without such a list, `guess` picks
+// the field the sentence is about ("a password needs at least 10 characters": the first it
+// mentions), then `fallback`. Returns the first field marked, for the caller to focus.
+function showErrors(form, err, fields, { guess = false, fallback = null } = {}) {
+  form.querySelector(":scope > .error").textContent = err.message;
+  const named = new Map();
   for (const e of err.errors || []) {
-    const input = $(String(e.field || "").split(".")[0]);
-    if (!input || input.form !== $("generate-form")) continue;
-    input.setAttribute("aria-invalid", "true");
-    if (ADVANCED_FIELDS.includes(input.id)) $("advanced").open = true;
+    const name = String(e.field || "").split(".")[0].replace(/\[\d+\]$/, "");
+    if (!fields[name] || !$(fields[name])) continue;
+    named.set(name, [...(named.get(name) || []), e.message].filter(Boolean));
+  }
+  if (!named.size && guess) {
+    const text = err.message.toLowerCase();
+    const at = (n) => text.search(new RegExp(`\\b${n}`));
+    const found = Object.keys(fields).filter((n) => at(n) >= 0).sort((a, b) => at(a) - at(b));
+    if (found.length) named.set(found[0], []);
+  }
+  if (!named.size && fallback) named.set(fallback, []);
+  let first = null;
+  for (const [name, messages] of named) {
+    const input = $(fields[name]);
+    markField(input, messages.join(" "));
     first = first || input;
   }
-  if (first) first.focus();
+  return first;
 }
 
 async function generate() {
@@ -666,12 +731,41 @@ function showProgress(card, data) {
     bar.value = data.step || 0;
     card.querySelector(".job-detail").textContent = `Step ${data.step} of ${data.total}`;
   }
-  if (data.preview) {
-    const img = card.querySelector(".job-preview");
-    img.src = data.preview;
-    img.alt = "preview of the image being generated";
-    img.hidden = false;
+  const img = card.querySelector(".job-preview");
+  if (img.hidden) card.querySelector(".job-placeholder").hidden = false;
+  if (data.preview) showPreview(card, data.preview);
+}
+
+// The first frames of a run decode to a flat dark square: the placeholder stays until a
+// frame shows something. Once one has, every later frame is shown as it comes.
+async function showPreview(card, src) {
+  const img = card.querySelector(".job-preview");
+  card.dataset.preview = src;
+  if (img.hidden) {
+    let frame;
+    try {
+      frame = await loadedImage(src);
+    } catch (err) {
+      return;
+    }
+    if (card.dataset.preview !== src || !hasContent(frame)) return;
   }
+  img.src = src;
+  img.alt = "preview of the image being generated";
+  img.hidden = false;
+  card.querySelector(".job-placeholder").hidden = true;
+}
+
+function hasContent(image) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 16;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(image, 0, 0, 16, 16);
+  const px = ctx.getImageData(0, 0, 16, 16).data;
+  for (let i = 0; i < px.length; i += 4) {
+    if (Math.max(px[i], px[i + 1], px[i + 2]) > 24) return true;
+  }
+  return false;
 }
 
 function finishJob(jobId, text, isError) {
@@ -685,6 +779,7 @@ function finishJob(jobId, text, isError) {
   card.querySelector(".job-cancel").hidden = true;
   card.querySelector(".job-dismiss").hidden = false;
   card.querySelector(".job-progress").hidden = true;
+  card.querySelector(".job-placeholder").hidden = true;
   // Cancel is gone: a keyboard user who was on it lands on Dismiss, not at the top of the page.
   if (hadFocus) card.querySelector(".job-dismiss").focus();
 }
@@ -950,29 +1045,15 @@ function showAccount() {
 }
 
 function clearAccountErrors(formId) {
-  const form = $(formId);
-  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  form.querySelector(".error").textContent = "";
+  clearErrors($(formId));
 }
 
-// The server's sentence goes next to the form; the field it is about is marked and focused:
-// the fields a 422 names, else the field the sentence is about ("a password needs at least
-// 10 characters", "the name 'bob' is taken"): the first it mentions. "wrong name or password"
+// The fields a 422 names, else the field the sentence is about; "wrong name or password"
 // (401) is about neither on its own.
 function showAccountError(formId, err, fallbackField) {
   const form = $(formId);
-  const fields = ACCOUNT_FIELDS[formId];
-  form.querySelector(".error").textContent = err.message;
-  let names = (err.errors || []).map((e) => String(e.field || "").split(".")[0]).filter((n) => fields[n]);
-  if (!names.length && err.status !== 401) {
-    const text = err.message.toLowerCase();
-    const at = (n) => text.search(new RegExp(`\\b${n}`));
-    names = Object.keys(fields).filter((n) => at(n) >= 0).sort((a, b) => at(a) - at(b)).slice(0, 1);
-  }
-  if (!names.length && fallbackField) names = [fallbackField];
-  for (const n of names) $(fields[n]).setAttribute("aria-invalid", "true");
-  const first = names.length ? $(fields[names[0]]) : form.querySelector("input");
-  first.focus();
+  const first = showErrors(form, err, ACCOUNT_FIELDS[formId], { guess: err.status !== 401, fallback: fallbackField });
+  (first || form.querySelector("input")).focus();
 }
 
 function openPanel(id, focusId) {
@@ -1346,6 +1427,9 @@ async function start() {
     $("seed").value = "-1";
   });
   wireImg2img();
+  // The shortcut is worth a word only where there is a keyboard, which a fine pointer that
+  // can hover suggests (not a phone or tablet).
+  $("generate-hint").hidden = !window.matchMedia("(hover: hover) and (pointer: fine)").matches;
   wireAccount();
   await settleKey();
   document.body.dataset.ready = "true";
