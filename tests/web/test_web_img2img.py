@@ -13,9 +13,6 @@ from playwright.sync_api import expect
 
 from tests.web.pages import choose_picture, drag_on_mask, fill, gallery_card, stored_key, unique
 
-# A screenshot larger than this is kept in the test's folder only.
-SCREENSHOT_BYTES = 200_000
-
 
 def picture(path: Path, size: tuple[int, int]) -> Path:
     """A PNG with a left-to-right gradient (so resizing it is visible)."""
@@ -73,6 +70,9 @@ def test_img2img_from_an_uploaded_picture(web_server, open_page, tmp_path) -> No
     assert len(stored["request"]["init_images"]) == 1 and stored["request"]["denoising_strength"] == 0.4
     assert (stored["request"]["width"], stored["request"]["height"]) == (96, 64)
     page.locator("#generate-form").screenshot(path=str(tmp_path / "web-img2img.png"))
+
+    # The picture's strength is not remembered as the hires fix's.
+    assert page.evaluate("JSON.parse(localStorage.getItem('kakumei.lastRequest'))")["denoising_strength"] != 0.4
 
     # Clearing the picture goes back to text to image.
     page.get_by_role("button", name="Clear picture (back to text to image)").click()
@@ -142,3 +142,27 @@ def test_mask_by_touch(web_server, open_page, tmp_path) -> None:
     expect(page.locator("#status")).to_contain_text("Queued")
     mask = mask_of(sent[-1]).convert("L")
     assert mask.getpixel((16, 16)) == 255 and mask.getpixel((48, 48)) == 0
+
+
+def test_a_dropped_picture_of_another_type_goes_as_png(web_server, open_page, tmp_path) -> None:
+    page = open_page(web_server)
+    sent = sent_jobs(page)
+    gif = io.BytesIO()
+    Image.new("RGB", (72, 80), (20, 160, 90)).save(gif, format="GIF")
+    # What a drop from the file manager hands the page: a DataTransfer with the file.
+    drop = page.evaluate_handle(
+        """b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    const t = new DataTransfer();
+                    t.items.add(new File([bytes], 'dropped.gif', { type: 'image/gif' }));
+                    return t; }""",
+        base64.b64encode(gif.getvalue()).decode("ascii"),
+    )
+    page.dispatch_event("#init-drop", "drop", {"dataTransfer": drop})
+    expect(page.get_by_role("img", name="The picture to start from")).to_be_visible()
+    expect(page.locator("#width")).to_have_value("72")
+    expect(page.locator("#height")).to_have_value("80")
+    fill(page, prompt=unique("dropped"), steps=4)
+    submit(page)
+    sent_picture = Image.open(io.BytesIO(base64.b64decode(sent[-1]["init_images"][0])))
+    assert sent_picture.format == "PNG" and sent_picture.size == (72, 80)
+    assert sent_picture.convert("RGB").getpixel((10, 10)) == (20, 160, 90)

@@ -319,8 +319,16 @@ async function generate() {
       // A lost answer may mean a queued job: the same Idempotency-Key returns it, not a second one.
       job = await api("POST", "/api/v1/jobs", request, { "Idempotency-Key": key });
     }
-    // Pictures and masks stay out of localStorage: they would fill its few megabytes.
-    const { init_images: _i, mask: _m, ...kept } = request;
+    // Pictures and masks stay out of localStorage: they would fill its few megabytes. The
+    // picture's strength and the hires fix switch it turned off are not the form's own.
+    const kept = { ...request };
+    delete kept.init_images;
+    delete kept.mask;
+    if (request.init_images) {
+      const hrStrength = $("denoising_strength").value;
+      kept.denoising_strength = hrStrength === "" ? null : Number.parseFloat(hrStrength);
+      kept.enable_hr = $("enable_hr").checked;
+    }
     localStorage.setItem(FORM_STORE, JSON.stringify(kept));
     trackJob(job);
     announce(job.queue_position ? `Queued, ${plural(job.queue_position, "job")} ahead.` : "Queued.");
