@@ -119,8 +119,15 @@ def test_mask_by_keyboard_invert_and_clear(web_server, open_page, tmp_path) -> N
     for _ in range(3):
         page.keyboard.press("Shift+ArrowRight")  # a line to the right of it
     page.get_by_role("button", name="Invert mask").click()
-    fill(page, prompt=unique("keyboard mask"), steps=2)
+    # A refused value is marked at its own field, with the API's sentence below it.
+    fill(page, prompt=unique("keyboard mask"), steps=2, mask_blur=99)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#mask_blur-error")).to_contain_text("mask_blur")
+    expect(page.locator("#mask_blur")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#mask_blur")).to_be_focused()
+    fill(page, mask_blur=4)
     submit(page)
+    expect(page.locator(".field-error")).to_have_count(0)
     mask = mask_of(sent[-1]).convert("L")
     assert mask.getpixel((32, 32)) == 0 and mask.getpixel((44, 32)) == 0  # painted, then inverted
     assert mask.getpixel((4, 4)) == 255 and mask.getpixel((32, 56)) == 255
