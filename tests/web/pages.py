@@ -3,6 +3,7 @@ sign in, and what this browser keeps."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -82,3 +83,24 @@ def sign_in_form(page: Any, name: str, password: str) -> None:
     page.locator("#login-name").fill(name)
     page.locator("#login-password").fill(password)
     page.locator("#login-form").get_by_role("button", name="Sign in").click()
+
+
+def choose_picture(page: Any, path: Any) -> None:
+    """Pick a picture to start from with the file input, and wait until its preview shows."""
+    page.get_by_label("Start from a picture").set_input_files(str(path))
+    page.wait_for_function("() => { const i = document.getElementById('init-preview'); "
+                           "return i.complete && i.naturalWidth > 0; }")
+    expect(page.get_by_role("img", name="The picture to start from")).to_be_visible()
+
+
+def drag_on_mask(page: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Paint on the mask with the mouse from `start` to `end`, as fractions of the canvas."""
+    box = page.get_by_role("img", name=re.compile("^Mask")).bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    for i in range(1, 6):
+        t = i / 5
+        page.mouse.move(box["x"] + (start[0] + (end[0] - start[0]) * t) * box["width"],
+                        box["y"] + (start[1] + (end[1] - start[1]) * t) * box["height"])
+    page.mouse.up()

@@ -29,6 +29,7 @@ SMALL = {"steps": 2, "width": 64, "height": 64}
 
 def test_generate_from_the_page_shows_the_image_and_its_recipe(web_server, open_page, screenshot) -> None:
     page = open_page(web_server)
+    expect(page.get_by_text("Ctrl+Enter")).to_be_visible()
     prompt = unique("a red fox in snow")
     fill(page, prompt=prompt, negative_prompt="blurry", seed=1234, cfg_scale=6.5,
          sampler_name="Euler", scheduler="Karras", **SMALL)
@@ -72,16 +73,22 @@ def test_invalid_size_shows_the_api_sentence(web_server, open_page) -> None:
     expect(error).to_have_text("width must be a multiple of 8 (e.g. 64), got 65")
     expect(page.locator("#width")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#width")).to_be_focused()
+    # The field's own message sits below it, and is read out with it.
+    expect(page.locator("#width-error")).to_have_text("width must be a multiple of 8 (e.g. 64), got 65")
+    expect(page.locator("#width")).to_have_accessible_description("width must be a multiple of 8 (e.g. 64), got 65")
 
     fill(page, width=64, height=4096)
     page.get_by_role("button", name="Generate").click()
     expect(error).to_have_text("height must be between 64 and 2048 pixels, got 4096")
     expect(page.locator("#height")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#width")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#width-error")).to_have_count(0)
+    expect(page.locator(".field-error")).to_have_count(1)
 
     fill(page, height="")  # an empty field is the user's to fill, not the form's to guess
     page.get_by_role("button", name="Generate").click()
-    expect(error).to_have_text("height must be a whole number")
+    expect(page.locator("#height-error")).to_have_text("height must be a whole number")
+    expect(page.locator("#height")).to_be_focused()
     expect(page.locator("#jobs > li")).to_have_count(0)
 
 
@@ -131,7 +138,8 @@ def test_keyboard_only_generate(web_server, open_page) -> None:
 
     # The focus order follows the form as it reads; numbers are typed over.
     values = {"steps": "2", "width": "64", "height": "64", "seed": "77"}
-    for expected in ("negative_prompt", "model", "sampler_name", "scheduler", "steps", "cfg_scale",
+    # "Start from a picture" (image to image) comes after the prompts.
+    for expected in ("negative_prompt", "init-file", "model", "sampler_name", "scheduler", "steps", "cfg_scale",
                      "width", "height", "seed", "seed-random", "batch_size"):
         page.keyboard.press("Tab")
         expect(page.locator(f"#{expected}")).to_be_focused()
@@ -171,6 +179,7 @@ def test_phone_sized_screen(web_server, open_page, screenshot) -> None:
         assert width <= 390, f"the page is {width}px wide on a 390px screen"
 
     fits()
+    expect(page.get_by_text("Ctrl+Enter")).to_be_hidden()  # no keyboard to press it on
     for field in ("#prompt", "#steps", "#model"):
         # 16px or more, or phones zoom into the field on focus.
         assert page.locator(field).evaluate("e => parseFloat(getComputedStyle(e).fontSize)") >= 16
@@ -224,9 +233,9 @@ def job_store(server) -> tuple[JobStore, Database]:
     return JobStore(db, ImageStore(db, server.home / "images")), db
 
 
-def preview_png() -> str:
+def preview_png(color: tuple[int, int, int] = (200, 40, 30)) -> str:
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 40, 30)).save(buffer, format="PNG")
+    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -278,13 +287,19 @@ def test_progress_preview_cancel_while_running_and_failure(keyed_server, open_pa
 
         lease = store.claim("web-test-worker")
         assert lease is not None and lease.job.request.prompt == running
+        # A first frame that is a black square is not shown: the placeholder stays.
+        store.heartbeat(lease.job.id, lease.lease_id, Progress(step=1, total=4, preview=preview_png((0, 0, 0))))
+        expect(card.locator(".job-detail")).to_have_text("Step 1 of 4")
+        expect(card.locator(".job-placeholder")).to_be_visible()
+        page.wait_for_timeout(300)  # time to decode the frame it must not show
+        expect(card.locator(".job-preview")).to_be_hidden()
         preview = preview_png()
         store.heartbeat(lease.job.id, lease.lease_id, Progress(step=1, total=4, preview=preview))
-        expect(card.locator(".job-detail")).to_have_text("Step 1 of 4")
         expect(card.locator(".job-state")).to_have_text("Generating…")
         assert card.locator(".job-progress").evaluate("e => [e.value, e.max]") == [1, 4]
         expect(card.locator(".job-preview")).to_be_visible()
         expect(card.locator(".job-preview")).to_have_attribute("src", preview)
+        expect(card.locator(".job-placeholder")).to_be_hidden()
 
         card.get_by_role("button", name="Cancel").focus()
         page.keyboard.press("Enter")

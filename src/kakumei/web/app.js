@@ -206,7 +206,7 @@ function readForm() {
   for (const name of INT_FIELDS) request[name] = $(name).value === "" ? null : Number.parseInt($(name).value, 10);
   for (const name of FLOAT_FIELDS) request[name] = $(name).value === "" ? null : Number.parseFloat($(name).value);
   for (const name of BOOL_FIELDS) request[name] = $(name).checked;
-  return request;
+  return { ...request, ...img2imgFields() };
 }
 
 function updateSchedules() {
@@ -219,21 +219,86 @@ function updateSchedules() {
 }
 
 function clearFieldErrors() {
-  for (const el of document.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  $("form-error").textContent = "";
+  clearErrors($("generate-form"));
+}
+
+// The generate form's fields by the name the API gives them in its errors; the picture's
+// strength slider stands for denoising_strength while a picture is chosen.
+function generateFields() {
+  const fields = {};
+  for (const name of [...TEXT_FIELDS, ...CHOICE_FIELDS, ...INT_FIELDS, ...FLOAT_FIELDS, ...BOOL_FIELDS]) fields[name] = name;
+  Object.assign(fields, { resize_mode: "resize_mode", mask_blur: "mask_blur", inpainting_fill: "inpainting_fill",
+    inpaint_full_res: "inpaint_full_res", init_images: "init-file", mask: "mask-canvas" });
+  if (init.picture) fields.denoising_strength = "img2img-strength";
+  return fields;
 }
 
 function showFormError(err) {
-  $("form-error").textContent = err.message;
-  let first = null;
+  const first = showErrors($("generate-form"), err, generateFields());
+  if (!first) return;
+  if (first.closest("#advanced")) $("advanced").open = true;
+  first.focus();
+}
+
+// ---- errors next to their fields (the generate form and the account forms) --------------
+
+function clearErrors(form) {
+  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  for (const el of form.querySelectorAll(".field-error")) {
+    const input = $(el.dataset.for);
+    if (input) {
+      const rest = (input.getAttribute("aria-describedby") || "").split(" ").filter((t) => t && t !== el.id);
+      if (rest.length) input.setAttribute("aria-describedby", rest.join(" "));
+      else input.removeAttribute("aria-describedby");
+    }
+    el.remove();
+  }
+  form.querySelector(":scope > .error").textContent = "";
+}
+
+// The field is marked, and the API's sentence about it (if it gave one) goes right below it
+// and is read out with it.
+function markField(input, message) {
+  input.setAttribute("aria-invalid", "true");
+  if (!message) return;
+  const note = document.createElement("p");
+  note.className = "field-error";
+  note.id = `${input.id}-error`;
+  note.dataset.for = input.id;
+  note.textContent = message;
+  const holder = input.closest(".field");
+  if (holder) holder.append(note);
+  else (input.closest(".row, .paint") || input).after(note);
+  const ids = (input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+  input.setAttribute("aria-describedby", [...ids, note.id].join(" "));
+}
+
+// The server's sentence goes at the foot of the form; the fields a 422 names (`errors`:
+// [{field, message}]) are marked, each with its message. Without such a list, `guess` picks
+// the field the sentence is about ("a password needs at least 10 characters": the first it
+// mentions), then `fallback`. Returns the first field marked, for the caller to focus.
+function showErrors(form, err, fields, { guess = false, fallback = null } = {}) {
+  form.querySelector(":scope > .error").textContent = err.message;
+  const named = new Map();
   for (const e of err.errors || []) {
-    const input = $(String(e.field || "").split(".")[0]);
-    if (!input || input.form !== $("generate-form")) continue;
-    input.setAttribute("aria-invalid", "true");
-    if (ADVANCED_FIELDS.includes(input.id)) $("advanced").open = true;
+    const name = String(e.field || "").split(".")[0].replace(/\[\d+\]$/, "");
+    if (!fields[name] || !$(fields[name])) continue;
+    named.set(name, [...(named.get(name) || []), e.message].filter(Boolean));
+  }
+  if (!named.size && guess) {
+    const text = err.message.toLowerCase();
+    const at = (n) => text.search(new RegExp(`\\b${n}`));
+    const found = Object.keys(fields).filter((n) => at(n) >= 0).sort((a, b) => at(a) - at(b));
+    if (found.length) named.set(found[0], []);
+  }
+  if (!named.size && fallback) named.set(fallback, []);
+  let first = null;
+  for (const [name, messages] of named) {
+    const input = $(fields[name]);
+    markField(input, messages.join(" "));
     first = first || input;
   }
-  if (first) first.focus();
+  return first;
 }
 
 async function generate() {
@@ -254,7 +319,17 @@ async function generate() {
       // A lost answer may mean a queued job: the same Idempotency-Key returns it, not a second one.
       job = await api("POST", "/api/v1/jobs", request, { "Idempotency-Key": key });
     }
-    localStorage.setItem(FORM_STORE, JSON.stringify(request));
+    // Pictures and masks stay out of localStorage: they would fill its few megabytes. The
+    // picture's strength and the hires fix switch it turned off are not the form's own.
+    const kept = { ...request };
+    delete kept.init_images;
+    delete kept.mask;
+    if (request.init_images) {
+      const hrStrength = $("denoising_strength").value;
+      kept.denoising_strength = hrStrength === "" ? null : Number.parseFloat(hrStrength);
+      kept.enable_hr = $("enable_hr").checked;
+    }
+    localStorage.setItem(FORM_STORE, JSON.stringify(kept));
     trackJob(job);
     announce(job.queue_position ? `Queued, ${plural(job.queue_position, "job")} ahead.` : "Queued.");
   } catch (err) {
@@ -263,6 +338,283 @@ async function generate() {
     state.submitting = false;
     button.removeAttribute("aria-disabled");
   }
+}
+
+// ---- image to image and inpainting ---------------------------------------------------------
+
+// The picture to start from ({b64, width, height}) while one is chosen; null for text to image.
+const init = { picture: null, painting: false, last: null, cursor: null, painted: false };
+const INPUT_TYPES = ["image/png", "image/jpeg", "image/webp"];
+
+// The output size a picture suggests: its own, rounded down to a multiple of 8 within the
+// server's limits.
+function suggestedSide(side) {
+  const limits = (state.options && state.options.limits) || { min_side: 64, max_side: 2048 };
+  return Math.min(limits.max_side, Math.max(limits.min_side, Math.floor(side / 8) * 8));
+}
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+function loadedImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("unreadable"));
+    img.src = src;
+  });
+}
+
+async function choosePicture(file) {
+  $("init-error").textContent = "";
+  if (!file) return;
+  let url;
+  let img;
+  try {
+    url = await readAsDataUrl(file);
+    img = await loadedImage(url);
+  } catch (err) {
+    $("init-error").textContent = "This file is not a picture this browser can read.";
+    return;
+  }
+  if (!INPUT_TYPES.includes(file.type)) {
+    // The server takes PNG, JPEG and WebP: anything else the browser can show goes as PNG.
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    canvas.getContext("2d").drawImage(img, 0, 0);
+    url = canvas.toDataURL("image/png");
+  }
+  init.picture = { b64: url.slice(url.indexOf(",") + 1), width: img.naturalWidth, height: img.naturalHeight };
+  $("init-preview").src = url;
+  const canvas = $("mask-canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  clearMask();
+  $("brush-size").max = String(Math.max(8, Math.round(Math.max(img.naturalWidth, img.naturalHeight) / 2)));
+  $("width").value = String(suggestedSide(img.naturalWidth));
+  $("height").value = String(suggestedSide(img.naturalHeight));
+  $("init-part").hidden = false;
+  announce(`Picture of ${img.naturalWidth}×${img.naturalHeight} chosen: generating starts from it.`);
+}
+
+function clearPicture() {
+  init.picture = null;
+  init.painted = false;
+  $("init-file").value = "";
+  $("init-preview").removeAttribute("src");
+  $("init-part").hidden = true;
+  $("init-error").textContent = "";
+  announce("Picture cleared: back to text to image.");
+  $("init-file").focus();
+}
+
+function maskContext() {
+  return $("mask-canvas").getContext("2d");
+}
+
+function clearMask() {
+  const canvas = $("mask-canvas");
+  maskContext().clearRect(0, 0, canvas.width, canvas.height);
+  init.painted = false;
+}
+
+// Picture pixels per CSS pixel of the canvas as shown.
+function maskScale() {
+  const canvas = $("mask-canvas");
+  const rect = canvas.getBoundingClientRect();
+  return rect.width ? canvas.width / rect.width : 1;
+}
+
+function brushRadius() {
+  return Number($("brush-size").value) / 2;
+}
+
+// Strokes are opaque; the canvas is shown see-through over the picture.
+function paintLine(from, to) {
+  const ctx = maskContext();
+  ctx.globalCompositeOperation = "source-over";
+  ctx.strokeStyle = ctx.fillStyle = "#ff2d55";
+  ctx.lineWidth = brushRadius() * 2;
+  ctx.lineCap = ctx.lineJoin = "round";
+  ctx.beginPath();
+  if (from && (from.x !== to.x || from.y !== to.y)) {
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+  } else {
+    ctx.arc(to.x, to.y, brushRadius(), 0, Math.PI * 2);
+    ctx.fill();
+  }
+  init.painted = true;
+}
+
+function pointOf(event) {
+  const rect = $("mask-canvas").getBoundingClientRect();
+  const scale = maskScale();
+  return { x: (event.clientX - rect.left) * scale, y: (event.clientY - rect.top) * scale };
+}
+
+function invertMask() {
+  const canvas = $("mask-canvas");
+  const ctx = maskContext();
+  const data = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const px = data.data;
+  for (let i = 0; i < px.length; i += 4) {
+    const painted = px[i + 3] >= 128;
+    px[i] = 255; px[i + 1] = 45; px[i + 2] = 85;
+    px[i + 3] = painted ? 0 : 255;
+  }
+  ctx.putImageData(data, 0, 0);
+  init.painted = hasPaint();
+  announce("Mask inverted.");
+}
+
+function hasPaint() {
+  const canvas = $("mask-canvas");
+  const px = maskContext().getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 3; i < px.length; i += 4) if (px[i] >= 128) return true;
+  return false;
+}
+
+// The mask as the API takes it: a black and white PNG of the picture's size, white where
+// painted (edges of strokes are cut at half cover, so the mask is strictly two-tone).
+function maskPng() {
+  const canvas = $("mask-canvas");
+  const painted = maskContext().getImageData(0, 0, canvas.width, canvas.height);
+  const out = document.createElement("canvas");
+  out.width = canvas.width;
+  out.height = canvas.height;
+  const ctx = out.getContext("2d");
+  const data = ctx.createImageData(canvas.width, canvas.height);
+  for (let i = 0; i < data.data.length; i += 4) {
+    const v = painted.data[i + 3] >= 128 ? 255 : 0;
+    data.data[i] = data.data[i + 1] = data.data[i + 2] = v;
+    data.data[i + 3] = 255;
+  }
+  ctx.putImageData(data, 0, 0);
+  const url = out.toDataURL("image/png");
+  return url.slice(url.indexOf(",") + 1);
+}
+
+function showCursor() {
+  const cursor = $("mask-cursor");
+  if (!init.cursor) {
+    cursor.hidden = true;
+    return;
+  }
+  const scale = maskScale();
+  const size = (brushRadius() * 2) / scale;
+  cursor.style.left = `${init.cursor.x / scale}px`;
+  cursor.style.top = `${init.cursor.y / scale}px`;
+  cursor.style.width = cursor.style.height = `${size}px`;
+  cursor.hidden = false;
+}
+
+function onMaskKey(event) {
+  const canvas = $("mask-canvas");
+  const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  if (!init.cursor) init.cursor = { x: canvas.width / 2, y: canvas.height / 2 };
+  if (event.key === " " || event.key === "Enter") {
+    event.preventDefault();
+    paintLine(null, init.cursor);
+  } else if (moves[event.key]) {
+    event.preventDefault();
+    const step = Math.max(1, brushRadius());
+    const [dx, dy] = moves[event.key];
+    const from = { ...init.cursor };
+    init.cursor = {
+      x: Math.min(canvas.width - 1, Math.max(0, from.x + dx * step)),
+      y: Math.min(canvas.height - 1, Math.max(0, from.y + dy * step)),
+    };
+    if (event.shiftKey) paintLine(from, init.cursor);
+  } else {
+    return;
+  }
+  showCursor();
+}
+
+// What the form adds to a request for the chosen picture (nothing without one).
+function img2imgFields() {
+  if (!init.picture) return {};
+  const fields = {
+    init_images: [init.picture.b64],
+    denoising_strength: Number.parseFloat($("img2img-strength").value),
+    resize_mode: Number.parseInt($("resize_mode").value, 10),
+    // Hires fix is for text to image; the server refuses it with a picture.
+    enable_hr: false,
+  };
+  if (init.painted && hasPaint()) {
+    Object.assign(fields, {
+      mask: maskPng(),
+      mask_blur: $("mask_blur").value === "" ? null : Number.parseInt($("mask_blur").value, 10),
+      inpainting_fill: Number.parseInt($("inpainting_fill").value, 10),
+      inpaint_full_res: $("inpaint_full_res").checked,
+    });
+  }
+  return fields;
+}
+
+function wireImg2img() {
+  $("init-file").addEventListener("change", () => choosePicture($("init-file").files[0]));
+  const drop = $("init-drop");
+  for (const kind of ["dragenter", "dragover"]) {
+    drop.addEventListener(kind, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) choosePicture(file);
+  });
+  $("init-clear").addEventListener("click", clearPicture);
+  $("mask-clear").addEventListener("click", () => {
+    clearMask();
+    announce("Mask cleared.");
+  });
+  $("mask-invert").addEventListener("click", invertMask);
+  const strength = $("img2img-strength");
+  strength.addEventListener("input", () => { $("img2img-strength-value").textContent = strength.value; });
+  const brush = $("brush-size");
+  brush.addEventListener("input", () => {
+    $("brush-size-value").textContent = brush.value;
+    showCursor();
+  });
+
+  const canvas = $("mask-canvas");
+  canvas.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    canvas.setPointerCapture(event.pointerId);
+    init.painting = true;
+    init.last = pointOf(event);
+    paintLine(null, init.last);
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!init.painting) return;
+    const point = pointOf(event);
+    paintLine(init.last, point);
+    init.last = point;
+  });
+  for (const kind of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(kind, () => {
+      init.painting = false;
+      init.last = null;
+    });
+  }
+  canvas.addEventListener("keydown", onMaskKey);
+  canvas.addEventListener("focus", showCursor);
+  canvas.addEventListener("blur", () => { $("mask-cursor").hidden = true; });
 }
 
 // ---- jobs in progress ------------------------------------------------------------------
@@ -387,12 +739,41 @@ function showProgress(card, data) {
     bar.value = data.step || 0;
     card.querySelector(".job-detail").textContent = `Step ${data.step} of ${data.total}`;
   }
-  if (data.preview) {
-    const img = card.querySelector(".job-preview");
-    img.src = data.preview;
-    img.alt = "preview of the image being generated";
-    img.hidden = false;
+  const img = card.querySelector(".job-preview");
+  if (img.hidden) card.querySelector(".job-placeholder").hidden = false;
+  if (data.preview) showPreview(card, data.preview);
+}
+
+// The first frames of a run decode to a flat dark square: the placeholder stays until a
+// frame shows something. Once one has, every later frame is shown as it comes.
+async function showPreview(card, src) {
+  const img = card.querySelector(".job-preview");
+  card.dataset.preview = src;
+  if (img.hidden) {
+    let frame;
+    try {
+      frame = await loadedImage(src);
+    } catch (err) {
+      return;
+    }
+    if (card.dataset.preview !== src || !hasContent(frame)) return;
   }
+  img.src = src;
+  img.alt = "preview of the image being generated";
+  img.hidden = false;
+  card.querySelector(".job-placeholder").hidden = true;
+}
+
+function hasContent(image) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 16;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(image, 0, 0, 16, 16);
+  const px = ctx.getImageData(0, 0, 16, 16).data;
+  for (let i = 0; i < px.length; i += 4) {
+    if (Math.max(px[i], px[i + 1], px[i + 2]) > 24) return true;
+  }
+  return false;
 }
 
 function finishJob(jobId, text, isError) {
@@ -406,6 +787,7 @@ function finishJob(jobId, text, isError) {
   card.querySelector(".job-cancel").hidden = true;
   card.querySelector(".job-dismiss").hidden = false;
   card.querySelector(".job-progress").hidden = true;
+  card.querySelector(".job-placeholder").hidden = true;
   // Cancel is gone: a keyboard user who was on it lands on Dismiss, not at the top of the page.
   if (hadFocus) card.querySelector(".job-dismiss").focus();
 }
@@ -671,29 +1053,15 @@ function showAccount() {
 }
 
 function clearAccountErrors(formId) {
-  const form = $(formId);
-  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  form.querySelector(".error").textContent = "";
+  clearErrors($(formId));
 }
 
-// The server's sentence goes next to the form; the field it is about is marked and focused:
-// the fields a 422 names, else the field the sentence is about ("a password needs at least
-// 10 characters", "the name 'bob' is taken"): the first it mentions. "wrong name or password"
+// The fields a 422 names, else the field the sentence is about; "wrong name or password"
 // (401) is about neither on its own.
 function showAccountError(formId, err, fallbackField) {
   const form = $(formId);
-  const fields = ACCOUNT_FIELDS[formId];
-  form.querySelector(".error").textContent = err.message;
-  let names = (err.errors || []).map((e) => String(e.field || "").split(".")[0]).filter((n) => fields[n]);
-  if (!names.length && err.status !== 401) {
-    const text = err.message.toLowerCase();
-    const at = (n) => text.search(new RegExp(`\\b${n}`));
-    names = Object.keys(fields).filter((n) => at(n) >= 0).sort((a, b) => at(a) - at(b)).slice(0, 1);
-  }
-  if (!names.length && fallbackField) names = [fallbackField];
-  for (const n of names) $(fields[n]).setAttribute("aria-invalid", "true");
-  const first = names.length ? $(fields[names[0]]) : form.querySelector("input");
-  first.focus();
+  const first = showErrors(form, err, ACCOUNT_FIELDS[formId], { guess: err.status !== 401, fallback: fallbackField });
+  (first || form.querySelector("input")).focus();
 }
 
 function openPanel(id, focusId) {
@@ -1066,6 +1434,10 @@ async function start() {
   $("seed-random").addEventListener("click", () => {
     $("seed").value = "-1";
   });
+  wireImg2img();
+  // The shortcut is worth a word only where there is a keyboard, which a fine pointer that
+  // can hover suggests (not a phone or tablet).
+  $("generate-hint").hidden = !window.matchMedia("(hover: hover) and (pointer: fine)").matches;
   wireAccount();
   await settleKey();
   document.body.dataset.ready = "true";
