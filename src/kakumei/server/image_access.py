@@ -20,15 +20,22 @@ from kakumei.store.images import StoredImage
 def readable_image(svc: Services, who: Caller, image_id: str) -> StoredImage:
     """The caller's image with its file on disk, or 401 (keyless caller, a registered user's
     image) or 404 (anything else that is not theirs, or gone)."""
-    if who.user.is_anonymous:
-        image = svc.images.get(image_id)
-        job = svc.jobs.get(image.job_id) if image is not None else None
-        owner = svc.users.get(job.user_id) if job is not None and not who.owns(job.user_id, job.client_addr) else None
-        # Keyless people (one per address) hold no key to send: their images stay 404 to others.
-        if owner is not None and not owner.is_anonymous:
+    try:
+        return owned_image(svc, who, image_id, on_disk=True)
+    except HTTPException:
+        # Looked up again only on this path: an owner's fetch reads the image and job once.
+        if who.user.is_anonymous and _belongs_to_an_account(svc, image_id):
             raise HTTPException(
                 401,
                 "this image belongs to an account: send its API key ('Authorization: Bearer YOUR_KEY')",
                 {"WWW-Authenticate": 'Bearer realm="kakumei"'},
-            )
-    return owned_image(svc, who, image_id, on_disk=True)
+            ) from None
+        raise
+
+
+def _belongs_to_an_account(svc: Services, image_id: str) -> bool:
+    """Whether the image is a registered user's (keyless people hold no key to send)."""
+    image = svc.images.get(image_id)
+    job = svc.jobs.get(image.job_id) if image is not None else None
+    owner = svc.users.get(job.user_id) if job is not None else None
+    return owner is not None and not owner.is_anonymous
