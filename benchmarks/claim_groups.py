@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 
 # benchmarks/queue.py shares its name with the standard library's `queue`, which psycopg
-# imports: keep the benchmarks folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# imports: the benchmarks folder goes last on the import path, after the standard library
+# (its helpers, such as _claims.py, are still found).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 import argparse  # noqa: E402
 import random  # noqa: E402
@@ -37,6 +39,7 @@ from kakumei.store.db import Database, render  # noqa: E402
 from kakumei.store.images import ImageStore  # noqa: E402
 from kakumei.store.jobs import JobStore, request_hash  # noqa: E402
 from kakumei.store.migrate import migrate  # noqa: E402
+from _claims import claim_times  # noqa: E402
 
 REQUEST = GenerationRequest(prompt="bench", width=64, height=64, steps=2)
 COST = request_cost(REQUEST, "m")
@@ -88,15 +91,8 @@ def measure(url: str, queued: int, users: int, groups: int | None, samples: int,
     start = time.perf_counter()
     seed(db, queued, users, groups, random.Random(7))
     seeded = time.perf_counter() - start
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        lease = store.claim("bench")
-        times.append(time.perf_counter() - t0)
-        assert lease is not None
-        store.complete(lease.job.id, lease.lease_id, [])
+    times = claim_times(store, samples)
     db.close()
-    times.sort()
     return seeded, statistics.median(times) * 1000, times[min(len(times) - 1, int(len(times) * 0.99))] * 1000
 
 

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 # This file shares its name with the standard library's `queue`, which psycopg imports:
-# keep the benchmarks folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# the benchmarks folder goes last on the import path, after the standard library (its
+# helpers, such as _claims.py, are still found).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -44,6 +46,7 @@ from kakumei.store.jobs import (  # noqa: E402
 from kakumei.store.migrate import migrate  # noqa: E402
 from kakumei.store.users import UserStore  # noqa: E402
 from kakumei.worker import Worker  # noqa: E402
+from _claims import claim_times  # noqa: E402
 
 REQUEST = GenerationRequest(prompt="bench", width=64, height=64, steps=2)
 COST = request_cost(REQUEST, "m")
@@ -108,15 +111,8 @@ def claim_latency(
     with db.transaction() as tx:
         tx.execute("ANALYZE")
     choice = choice_ms(db)
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        lease = store.claim("bench")
-        times.append(time.perf_counter() - t0)
-        assert lease is not None
-        store.complete(lease.job.id, lease.lease_id, [])
+    times = claim_times(store, samples)
     db.close()
-    times.sort()
     return seeded, statistics.median(times) * 1000, times[int(len(times) * 0.95)] * 1000, choice
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from imagehelpers import noise_b64
 from support import wait_done
 
 SMALL = {"prompt": "a red fox in snow", "width": 64, "height": 64, "steps": 2, "seed": 42}
@@ -72,8 +73,6 @@ def test_malformed_requests_get_per_field_messages(live_server) -> None:
         not_json = client.post("/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
         assert not_json.json()["detail"].startswith("the body is not valid JSON")
         # a combination no model runs is refused at submit, and nothing is queued
-        from imagehelpers import noise_b64
-
         both = client.post("/api/v1/jobs", json={**SMALL, "init_images": [noise_b64(64, 1)], "refiner_checkpoint": "kakumei:tiny"})
         assert both.status_code == 422 and "the refiner applies to text-to-image" in both.json()["detail"]
         assert client.get("/api/v1/jobs").json()["jobs"] == []

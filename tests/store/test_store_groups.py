@@ -12,8 +12,14 @@ from kakumei.fairness.cost import request_cost
 from kakumei.fairness.groups import GroupPolicy, group_key
 from kakumei.schemas import GenerationRequest
 from kakumei.store.jobs import NewJob
-from kakumei.store.quotas import FREE_IN_GROUP, FREE_USERS_IN_GROUP, QueueFull, QueueLimits
+from kakumei.store.quotas import (
+    FREE_IN_GROUP,
+    FREE_USERS_IN_GROUP,
+    QueueFull,
+    QueueLimits,
+)
 from tests.store.test_store_counters import assert_in_step
+from tests.store.test_store_fairness import serve
 
 SMALL = GenerationRequest(prompt="a fox", width=64, height=64, steps=2)
 COST = request_cost(SMALL, "m")
@@ -23,17 +29,6 @@ POLICY = GroupPolicy()
 def queue(stores, user_id: int, addr: str, n: int, *, alone: bool = False, policy: GroupPolicy = POLICY) -> None:
     key = group_key(user_id, addr, stands_alone=alone, policy=policy)
     stores.jobs.submit_many([NewJob(user_id, SMALL, "m", COST, client_addr=addr, group=key) for _ in range(n)])
-
-
-def serve(stores, n: int) -> list[int]:
-    owners = []
-    for _ in range(n):
-        lease = stores.jobs.claim("w")
-        if lease is None:
-            break
-        assert stores.jobs.complete(lease.job.id, lease.lease_id, [])
-        owners.append(lease.job.user_id)
-    return owners
 
 
 def people(stores, prefix: str, n: int) -> list[int]:
