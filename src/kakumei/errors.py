@@ -27,12 +27,14 @@ class MetadataNotFound(KakumeiError):
 class GenerationCancelled(KakumeiError):
     """Generation stopped between steps because it was cancelled.
 
-    `images` holds the images finished before the cancel, so callers keep them.
+    `images` holds the images finished before the cancel, so callers keep them. `partial`
+    holds the stopped batch's images as far as denoising got (decoded, not yet finished).
     """
 
-    def __init__(self, message: str = "generation cancelled", images: list | None = None) -> None:
+    def __init__(self, message: str = "generation cancelled", images: list | None = None, partial: list | None = None) -> None:
         super().__init__(message)
         self.images = images or []
+        self.partial = partial or []
 
 
 class ConfigError(KakumeiError):

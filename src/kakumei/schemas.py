@@ -256,6 +256,12 @@ class GenerationRequest(BaseModel):
     refiner_checkpoint: str | None = Field(None, description="model reference of an SDXL refiner")
     refiner_switch_at: float = Field(0.8, gt=0.0, lt=1.0)
 
+    # A cancel keeps the images finished before it; A1111's interrupt also answers with the
+    # batch it stopped, as far as its denoising got, so its clients always get an image.
+    keep_interrupted: bool = Field(
+        False, description="on cancel, also keep the stopped batch's images, partly denoised (A1111's interrupt)"
+    )
+
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _plain_text(cls, v: str, info: ValidationInfo) -> str:

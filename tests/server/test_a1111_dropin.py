@@ -57,7 +57,8 @@ def run_until_taken(server: Any, worker: Worker, thread: threading.Thread) -> No
     thread.join()
 
 
-def test_interrupt_after_the_first_image_answers_with_it(make_server, engine) -> None:
+def test_interrupt_in_the_second_batch_answers_with_both(make_server, engine) -> None:
+    """As A1111: the finished first batch, and the second as far as it got; no third."""
     server = make_server(local_worker=False)
     _, key = server.services.users.add("alice")
     interrupted: list[int] = []
@@ -77,10 +78,58 @@ def test_interrupt_after_the_first_image_answers_with_it(make_server, engine) ->
     assert interrupted == [1]
     assert response.status_code == 200, response.text
     out = response.json()
-    assert len(out["images"]) == 1
+    assert len(out["images"]) == 2
     assert Image.open(io.BytesIO(base64.b64decode(out["images"][0]))).size == (64, 64)
     info = json.loads(out["info"])
-    assert info["state"] == "cancelled" and info["all_seeds"] == [42] and len(info["infotexts"]) == 1
+    assert info["state"] == "cancelled" and info["all_seeds"] == [42, 43] and len(info["infotexts"]) == 2
+
+
+def test_interrupt_of_a_single_batch_answers_with_it_partly_denoised(make_server, engine) -> None:
+    """A1111 answers an interrupted batch with its images as far as they got, so a client
+    that reads images[0] after an interrupt (webuiapi does) always finds one."""
+    server = make_server(local_worker=False)
+    _, key = server.services.users.add("alice")
+    interrupted: list[int] = []
+
+    def on_beat(progress: Any) -> None:
+        if progress.step == 1 and not interrupted:
+            with server.client(key) as client:
+                assert client.post("/sdapi/v1/interrupt").json() == {}
+            interrupted.append(progress.step)
+
+    worker = stepping_worker(server, engine, on_beat)
+    with server.client(key) as client:
+        body = {**SMALL, "steps": 6, "batch_size": 2}
+        thread, result = in_background(lambda: client.post("/sdapi/v1/txt2img", json=body))
+        run_until_taken(server, worker, thread)
+    response = result["response"]
+    assert interrupted == [1]
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert len(out["images"]) == 2
+    assert {Image.open(io.BytesIO(base64.b64decode(i))).size for i in out["images"]} == {(64, 64)}
+    info = json.loads(out["info"])
+    assert info["state"] == "cancelled" and info["all_seeds"] == [42, 43]
+
+
+def test_native_cancel_of_a_single_batch_keeps_no_half_image(make_server, engine) -> None:
+    server = make_server(local_worker=False)
+    _, key = server.services.users.add("alice")
+    job_ids: list[str] = []
+
+    def on_beat(progress: Any) -> None:
+        if progress.step == 1 and job_ids:
+            with server.client(key) as client:
+                assert client.delete(f"/api/v1/jobs/{job_ids[0]}").status_code == 200
+
+    worker = stepping_worker(server, engine, on_beat)
+    with server.client(key) as client:
+        job = client.post("/api/v1/jobs", json={**SMALL, "steps": 6}).json()
+        job_ids.append(job["id"])
+        assert worker.run_one()
+        final = client.get(f"/api/v1/jobs/{job['id']}").json()
+    assert final["state"] == "cancelled"
+    assert final["images"] == []
 
 
 def test_progress_carries_the_live_preview_unless_skipped(make_server, engine) -> None:

@@ -176,7 +176,11 @@ class _PlanRun:
                 **kwargs,
             )
         if self.stopped:
-            raise GenerationCancelled()
+            # diffusers decodes the latents it has when interrupted: hand them on, so that a
+            # request that keeps interrupted images (A1111's interrupt) gets them at no cost.
+            # A pass that hands latents to the next one has no pictures to give.
+            partial = [i for i in getattr(out, "images", []) if isinstance(i, Image.Image)]
+            raise GenerationCancelled(partial=partial)
         self.steps_done = before + getattr(pipe, "num_timesteps", 0)
         return out.images
 

@@ -222,7 +222,14 @@ class Engine:
                         raise GenerationCancelled()
                     plan = build_plan([prepared[i] for i in group], batch)
                     # 3. denoise (one pass, or base + hires / refiner pass) and decode
-                    images = run_plan(plan, on_step, cancelled)
+                    try:
+                        images = run_plan(plan, on_step, cancelled)
+                    except GenerationCancelled as exc:
+                        # the stopped batch, as far as it got, for the requests that keep it
+                        for image, owner, index, seed in zip(exc.partial, plan.owners, plan.indices, plan.seeds):
+                            if prepared[group[owner]].request.keep_interrupted:
+                                yield group[owner], self._finish(image, prepared[group[owner]], index, seed, versions)
+                        raise
                     # 4. metadata and PNG bytes, each image with its own request's
                     for image, owner, index, seed in zip(images, plan.owners, plan.indices, plan.seeds):
                         yield group[owner], self._finish(image, prepared[group[owner]], index, seed, versions)

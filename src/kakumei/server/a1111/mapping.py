@@ -321,6 +321,7 @@ def to_generation_request(
         "clip_skip": effective.get("CLIP_stop_at_last_layers", 1),
         "model": effective.get("sd_model_checkpoint") or None,
         "denoising_strength": 0.75 if req.denoising_strength is None else req.denoising_strength,
+        "keep_interrupted": True,
     }
     if refiner not in (None, "", "None"):
         values["refiner_checkpoint"] = resolve_checkpoint(refiner, known_models)
