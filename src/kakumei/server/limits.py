@@ -196,9 +196,9 @@ class BodyLimits:
                 scope, send, 415, "send the request body as JSON with 'Content-Type: application/json'; other content types are refused"
             )
             return
-        if chunked or (declared or 0) > self.small_body_bytes:
-            # Only image routes get here (the others' limit is the small one): their bodies
-            # are read within the budget, a chunked one as if it were as long as allowed.
+        if limit > self.small_body_bytes and (chunked or (declared or 0) > self.small_body_bytes):
+            # A big body of an image route: read within the budget, a chunked one as if it
+            # were as long as allowed.
             ticket = scope[_TICKET] = BodyTicket(self.budget, limit if chunked or declared is None else declared)
             receive = _budgeted(receive, ticket)
             try:
