@@ -2,7 +2,8 @@
 flat?
 
 Starts `kakumei serve` (no local worker, a throwaway data dir) on a socket bound here, then,
-while a thread polls /healthz every 50 ms and samples the server's RSS from /proc:
+while a process of its own polls /healthz every 50 ms and a thread samples the server's RSS
+from /proc:
 
 1. 4 parallel img2img submits of 8 init images of 4096x4096 (146 MB each: over the default
    max_body_bytes, refused 413 before they are read; with a raised limit, read and refused
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,36 +55,57 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def _poll_health(url: str, worst: Any, failures: Any, stop: Any) -> None:
+    """/healthz every 50 ms until `stop`, the worst latency and the failures kept in shared values."""
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                ok = client.get(f"{url}/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            failures.value += not ok
+            worst.value = max(worst.value, time.monotonic() - started)
+            time.sleep(0.05)
+
+
 class Watch:
-    """Polls /healthz and the server's RSS until stopped; keeps the worst of both."""
+    """Polls /healthz (in a process of its own, so that the load this script sends does not
+    delay the polling through this process's GIL) and the server's RSS until stopped; keeps the
+    worst of both."""
 
     def __init__(self, url: str, pid: int) -> None:
         self.url, self.pid = url, pid
-        self.worst = 0.0
         self.peak = rss_mb(pid)
-        self.failures = 0
-        self._stop = threading.Event()
+        self._worst = multiprocessing.Value("d", 0.0)
+        self._failures = multiprocessing.Value("i", 0)
+        self._stop = multiprocessing.Event()
+        self._poller = multiprocessing.Process(target=_poll_health, args=(url, self._worst, self._failures, self._stop), daemon=True)
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def worst(self) -> float:
+        return self._worst.value
+
+    @property
+    def failures(self) -> int:
+        return self._failures.value
+
     def _run(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    ok = client.get(f"{self.url}/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.failures += not ok
-                self.worst = max(self.worst, time.monotonic() - started)
-                self.peak = max(self.peak, rss_mb(self.pid))
-                time.sleep(0.05)
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss_mb(self.pid))
+            time.sleep(0.02)
 
     def __enter__(self) -> Watch:
+        self._poller.start()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._done.set()
+        self._poller.join()
         self._thread.join()
 
 
