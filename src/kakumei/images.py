@@ -28,7 +28,7 @@ def encode_image_b64(image: Image.Image, format: str = "PNG") -> str:
 
 
 # Characters of base64 decoded per call (a multiple of 4): see b64decode_strict.
-_B64_CHUNK = 4 * 1024 * 1024
+_B64_CHUNK = 1024 * 1024
 
 
 def b64decode_strict(text: str | bytes) -> bytes:
@@ -39,6 +39,18 @@ def b64decode_strict(text: str | bytes) -> bytes:
     if len(text) <= _B64_CHUNK:
         return binascii.a2b_base64(text, strict_mode=True)
     return b"".join(binascii.a2b_base64(text[i : i + _B64_CHUNK], strict_mode=True) for i in range(0, len(text), _B64_CHUNK))
+
+
+def is_standard_b64(raw: bytes, text: str) -> bool:
+    """Whether `text` is exactly `base64.b64encode(raw)`, compared piece by piece (as
+    b64decode_strict decodes) rather than by encoding a whole image in one call."""
+    if len(text) != 4 * ((len(raw) + 2) // 3):
+        return False
+    step = _B64_CHUNK // 4 * 3  # bytes that encode to one piece of characters
+    return all(
+        binascii.b2a_base64(raw[i : i + step], newline=False).decode("ascii") == text[i // 3 * 4 : (i + step) // 3 * 4]
+        for i in range(0, len(raw), step)
+    )
 
 
 def _payload(data: str) -> str:

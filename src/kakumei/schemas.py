@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from kakumei.errors import InvalidRequest
-from kakumei.images import b64decode_strict, declared_size_b64, decode_image_b64
+from kakumei.images import b64decode_strict, declared_size_b64, decode_image_b64, is_standard_b64
 from kakumei.prompt_schedule import has_schedule
 
 # A1111 sampler names -> whether the sampler takes a sigma schedule (Karras, ...).
@@ -463,7 +463,7 @@ class GenerationRequest(BaseModel):
                 raw = b64decode_strict(value)
             except (binascii.Error, ValueError):
                 return value
-            if base64.b64encode(raw).decode("ascii") != value:
+            if not is_standard_b64(raw, value):
                 return value
             ref = input_ref(raw)
             files[ref] = raw
