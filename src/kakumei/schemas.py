@@ -6,7 +6,6 @@ Validation happens here, once, with messages that say what is allowed.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
