@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kakumei.errors import ConfigError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-# The largest legitimate request: a full img2img inpainting request, every input image at its
-# largest file size (schemas.MAX_INIT_IMAGES = 8 init images and a mask, each at most
-# schemas.MAX_INPUT_BYTES = 32 MiB) in base64 (4/3), and 1 MiB for the rest of the JSON.
-# Spelled out rather than imported: config stays free of the request models.
-DEFAULT_MAX_BODY_BYTES = (8 + 1) * 32 * 1024 * 1024 * 4 // 3 + 1024 * 1024
+# 64 MiB: one input image at its largest file size (schemas.MAX_INPUT_BYTES = 32 MiB) in base64
+# (4/3) and a mask, or a few photographs of 4096x4096 as PNG. Real img2img inputs are far
+# smaller; a server that must take more (8 init images of 32 MiB each) raises it. Not more by
+# default: a body is in memory about twice while it is parsed and its images are checked, and
+# bodies over 1 MiB are read max_body_bytes at a time (server/limits.py), so this bounds both
+# what a burst of uploads costs in memory and how long each upload waits for the one before.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]

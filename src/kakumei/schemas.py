@@ -6,7 +6,6 @@ Validation happens here, once, with messages that say what is allowed.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -27,7 +26,7 @@ from pydantic import (
 )
 
 from kakumei.errors import InvalidRequest
-from kakumei.images import declared_size_b64, decode_image_b64
+from kakumei.images import b64decode_strict, declared_size_b64, decode_image_b64, is_standard_b64
 from kakumei.prompt_schedule import has_schedule
 
 # A1111 sampler names -> whether the sampler takes a sigma schedule (Karras, ...).
@@ -179,7 +178,7 @@ def as_input_ref(value: str) -> str:
     text = value.strip()
     if text.startswith("data:"):
         _, _, text = text.partition(",")
-    return input_ref(base64.b64decode(text, validate=True))
+    return input_ref(b64decode_strict(text))
 
 
 def _declared_pixels(values: list[str]) -> int:
@@ -466,10 +465,10 @@ class GenerationRequest(BaseModel):
             if is_input_ref(value):
                 return value
             try:
-                raw = base64.b64decode(value, validate=True)
+                raw = b64decode_strict(value)
             except (binascii.Error, ValueError):
                 return value
-            if base64.b64encode(raw).decode("ascii") != value:
+            if not is_standard_b64(raw, value):
                 return value
             ref = input_ref(raw)
             files[ref] = raw

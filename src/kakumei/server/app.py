@@ -22,7 +22,7 @@ from kakumei.server.a1111 import routes as a1111
 from kakumei.server.bodies import return_big_buffers_to_the_system
 from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
-from kakumei.server.limits import BodyLimits
+from kakumei.server.limits import BodyLimits, ByteBudget
 from kakumei.server.method_not_allowed import method_not_allowed
 from kakumei.server.model_hashes import ModelHashes
 from kakumei.server.routes import (
@@ -97,7 +97,8 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     routers = (jobs, events, images, health, gallery, options, me, accounts, admin, a1111, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)
-    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes)
+    app.state.body_budget = ByteBudget(settings.max_body_bytes)  # bodies read and parsed at once
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, budget=app.state.body_budget)
     if settings.cors_origins:
         # Outside the body limits, so that their refusals carry CORS headers too and a web
         # app on an allowed origin can read them. Keys travel in the Authorization header,

@@ -7,7 +7,9 @@ take such bodies declare them with `json_body(Model)` instead: the body is read 
 limits of server/limits.py), then parsed and validated in a pool of PARSE_THREADS threads, so
 that a burst of big submits queues for those threads and neither stalls the loop nor decodes
 more images at once than the pool has threads. Errors keep FastAPI's 422 shape, and
-`documented(Model)` keeps the body in /openapi.json.
+`documented(Model)` keeps the body in /openapi.json. A big body is read within the byte budget of
+server/limits.py, and its share is given back (`release_body`) once it is parsed and its images
+decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+
+from kakumei.server import bigjson
+from kakumei.server.limits import release_body
 
 # Threads that parse and validate big bodies at once: a few, so that the rest of the server
 # keeps its CPU and a burst of image uploads holds a bounded amount of decoded memory.
@@ -44,7 +49,8 @@ async def in_parse_pool(request: Request, func: Callable[..., T], *args: Any) ->
 
 
 def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]]:
-    """A JSON body as `model`, or the errors FastAPI itself would give for it.
+    """A JSON body as `model`, or the errors FastAPI itself would give for it. A bytearray
+    `raw` is emptied once decoded.
 
     Errors are returned, not raised, and carry no input: a raised error's traceback would keep
     this frame, and so the body and its images, alive for as long as the error lives.
@@ -52,11 +58,16 @@ def validated(raw: bytes | bytearray, model: type[M]) -> M | list[dict[str, Any]
     if not raw:
         return [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
     try:
-        data = json.loads(raw)
+        # In short calls where the body is mostly long strings (images), so that a big body
+        # does not hold the GIL, and every other request, for the whole parse.
+        data = bigjson.loads(raw)
     except json.JSONDecodeError as exc:
         return [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}]
     except (ValueError, RecursionError):  # not UTF-8 (or -16/-32) text, or nested too deep to parse
         return [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
+    finally:
+        if isinstance(raw, bytearray):
+            raw.clear()  # parsed: the bytes are a second copy of the images
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -82,9 +93,11 @@ async def read_body(request: Request) -> bytearray:
     return raw
 
 
-def json_body(model: type[M], *, optional: bool = False) -> Callable[[Request], Awaitable[M]]:
+def json_body(model: type[M], *, optional: bool = False, release: bool = True) -> Callable[[Request], Awaitable[M]]:
     """A FastAPI dependency: the request body as `model`, parsed in the parse pool. With
-    `optional`, no body at all is `model()` (its defaults)."""
+    `optional`, no body at all is `model()` (its defaults). With `release` False the body keeps
+    its share of the byte budget until the route calls release_body (it decodes images after
+    parsing) or the request ends."""
 
     async def body(request: Request) -> M:
         raw = await read_body(request)
@@ -92,6 +105,8 @@ def json_body(model: type[M], *, optional: bool = False) -> Callable[[Request], 
             return model()
         result = await in_parse_pool(request, validated, raw, model)
         del raw
+        if release:
+            release_body(request)
         if isinstance(result, list):
             raise RequestValidationError(result)
         return result

@@ -46,6 +46,7 @@ from kakumei.server.a1111.models import (
 )
 from kakumei.server.a1111.options import caller_options
 from kakumei.server.bodies import documented, in_parse_pool, json_body
+from kakumei.server.limits import release_body
 from kakumei.server.deps import Caller, Svc
 from kakumei.server.openapi import problems
 from kakumei.server.services import Services
@@ -80,6 +81,7 @@ async def _generate(
     options = await to_thread.run_sync(caller_options(request).get, who)  # a database read
     # In the parse pool: building the request decodes and checks every input image.
     gen = await in_parse_pool(request, _mapped, body, options, svc.known_models())
+    release_body(request)  # parsed and decoded: the next upload may be read
     if isinstance(gen, JSONResponse):
         return gen
     # 2. queue it through the shared submit path (fair queue, caller's limits)
@@ -106,8 +108,12 @@ def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:
 
 
 # Bodies are read and validated in the parse pool (server/bodies.py), after the caller.
-Txt2ImgBody = Annotated[Txt2ImgRequest, Depends(json_body(Txt2ImgRequest))]
-Img2ImgBody = Annotated[Img2ImgRequest, Depends(json_body(Img2ImgRequest))]
+# Their images are decoded after the caller's options are read (_generate), which gives the
+# body's share of the byte budget back.
+Txt2ImgBody = Annotated[Txt2ImgRequest, Depends(json_body(Txt2ImgRequest, release=False))]
+Img2ImgBody = Annotated[Img2ImgRequest, Depends(json_body(Img2ImgRequest, release=False))]
+# Decoded in the route, which ends right after: the body's share goes back with the request.
+PngInfoBody = Annotated[PngInfoRequest, Depends(json_body(PngInfoRequest, release=False))]
 
 
 @router.post("/txt2img", response_model=ImageResponse, responses=problems(400, 409, 413, 415, 422, 429, 499, 500),
@@ -272,8 +278,8 @@ def memory(who: CallerDep) -> MemoryResponse:
     return MemoryResponse(ram=ram, cuda=cuda)
 
 
-@router.post("/png-info", response_model=PngInfoResponse, responses=problems(400, 413))
-def png_info(body: PngInfoRequest, who: CallerDep) -> PngInfoResponse:
+@router.post("/png-info", response_model=PngInfoResponse, responses=problems(400, 413, 415, 422), openapi_extra=documented(PngInfoRequest))
+def png_info(who: CallerDep, body: PngInfoBody) -> PngInfoResponse:
     """The generation parameters a PNG carries, as A1111 reads them."""
     if not body.image.strip():
         return PngInfoResponse(info="")

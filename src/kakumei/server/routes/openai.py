@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from kakumei.schemas import GenerationRequest, validation_message
 from kakumei.server.bodies import documented, in_parse_pool, read_body
+from kakumei.server.limits import release_body
 from kakumei.server.deps import Caller, caller, services
 from kakumei.server.limits import cross_site_form
 from kakumei.server.multipart import FormError, Part, form_parts, is_form
@@ -155,6 +156,7 @@ async def images_generations(request: Request) -> JSONResponse:
     raw = await read_body(request)
     checked = await in_parse_pool(request, _checked, raw, svc)
     del raw
+    release_body(request)
     if isinstance(checked, JSONResponse):
         return checked
     return await _generate(request, svc, who, *checked)
@@ -181,6 +183,7 @@ async def images_edits(request: Request) -> JSONResponse:
     raw = await read_body(request)
     checked = await in_parse_pool(request, _checked_edit, raw, content_type, svc)
     del raw
+    release_body(request)
     if isinstance(checked, JSONResponse):
         return checked
     return await _generate(request, svc, who, *checked)

@@ -8,9 +8,9 @@ with 409 and changes nothing. Uploaded images are checked in server/job_source.p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 import kakumei
 from kakumei.protocol import (
@@ -27,6 +27,7 @@ from kakumei.protocol import (
     WorkerInfo,
 )
 from kakumei.server import job_source
+from kakumei.server.bodies import documented, json_body
 from kakumei.server.deps import Svc
 from kakumei.server.services import Services
 from kakumei.server.worker_access import ActiveWorker, CurrentWorker, leased_to, lost, reporting_on
@@ -36,6 +37,11 @@ from kakumei.store.workers import WorkerRecord
 from kakumei.worker.loop import GPU_BATCH_JOBS
 
 router = APIRouter(prefix="/api/v1/worker", tags=["worker protocol"])
+
+# A report of finished images may be big: read after the worker's key is checked (it comes
+# after ActiveWorker in each route's parameters) and parsed in the parse pool. Its images are
+# checked in the route, which ends right after: the body's budget share goes back with it.
+ImagesBody = Annotated[ImagesReport, Depends(json_body(ImagesReport, release=False))]
 
 
 @router.get("/me", response_model=WorkerInfo, responses=problems(401, 403))
@@ -100,8 +106,9 @@ def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker
     return reply
 
 
-@router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
-def complete(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
+@router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 415, 422),
+             openapi_extra=documented(ImagesReport))
+def complete(job_id: str, svc: Svc, worker: ActiveWorker, body: ImagesBody) -> Done:
     """The job's images. Refused (409) if the lease is gone: each job completes once."""
     job = reporting_on(svc, worker, job_id)
     job_source.check_seed(job, body.seed)
@@ -125,8 +132,9 @@ def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Do
     return Done()
 
 
-@router.post("/jobs/{job_id}/cancelled", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
-def cancelled(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
+@router.post("/jobs/{job_id}/cancelled", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 415, 422),
+             openapi_extra=documented(ImagesReport))
+def cancelled(job_id: str, svc: Svc, worker: ActiveWorker, body: ImagesBody) -> Done:
     """The worker stopped a job its owner cancelled; images finished before the stop are kept."""
     job = reporting_on(svc, worker, job_id)
     pending = svc.images.write_files(job_id, job_source.checked_images(job, body.images, complete=False))
