@@ -6,8 +6,9 @@ A pure ASGI middleware, so that it acts on the raw request: a body whose Content
 body takes JSON, so a body of any other content type is answered 415: that is what keeps a web
 page on another site from submitting jobs through its visitors' browsers, since a browser sends
 a text/plain or form body cross-site without asking (no CORS preflight), but not a JSON one.
-The one exception is OpenAI's /v1/images/edits, whose clients send multipart forms (FORM_PATHS);
-that route refuses forms a browser sent from another site (`cross_site_form`).
+The exceptions are OpenAI's /v1/images/edits, whose clients send multipart forms (FORM_PATHS);
+that route refuses forms a browser sent from another site (`cross_site_form`), and the Horde
+upload URLs (UPLOAD_PREFIX), which take an image from the worker that holds the URL's token.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from kakumei.server.openai_errors import error_body, is_openai_path
 
 # Paths whose clients send multipart/form-data (the OpenAI SDKs upload edits that way).
 FORM_PATHS = frozenset({"/v1/images/edits"})
+# The upload URLs a Horde pop hands out (server/horde/): Horde workers PUT the image itself
+# there. Each URL carries a secret token of its one generation, so no other site's page can
+# use one through its visitors' browsers.
+UPLOAD_PREFIX = "/api/v2/r2/"
 
 
 def cross_site_form(request: Request, cors_origins: list[str]) -> str | None:
@@ -74,7 +79,8 @@ class BodyLimits:
             await _answer(scope, send, 413, self._too_large())
             return
         content_type = headers.get("content-type")
-        form_ok = scope.get("path") in FORM_PATHS and is_form(content_type)
+        path = scope.get("path") or ""
+        form_ok = (path in FORM_PATHS and is_form(content_type)) or path.startswith(UPLOAD_PREFIX)
         if (chunked or (declared or 0) > 0) and not (is_json(content_type) or form_ok):
             await _answer(
                 scope, send, 415, "send the request body as JSON with 'Content-Type: application/json'; other content types are refused"
