@@ -54,8 +54,10 @@ class HordeStore:
         out = []
         with self.db.transaction() as tx:
             tx.run("DELETE FROM horde_generations WHERE job_id = ?", (job_id,))
-            for index in range(count):
-                gen_id, token = uuid.uuid4().hex, secrets.token_urlsafe(24)
+            # In index order: horde_sdk sorts a pop's ids (and, apart, its upload URLs, which
+            # hold the ids), so the nth id it hands its worker must be image n.
+            for index, gen_id in enumerate(sorted(uuid.uuid4().hex for _ in range(count))):
+                token = secrets.token_urlsafe(24)
                 tx.run(
                     "INSERT INTO horde_generations (id, job_id, lease_id, idx, worker_id, upload_token, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -98,17 +100,21 @@ class HordeStore:
                 tx.run("UPDATE horde_generations SET upload = ? WHERE id = ?", (data, gen_id))
             tx.run("UPDATE horde_generations SET seed = ?, submitted_state = ? WHERE id = ?", (seed, state, gen_id))
 
-    def want_inline(self, job_id: str) -> None:
-        """The request asked for base64 images rather than links (`r2: false`)."""
+    def add_request(self, job_id: str, *, inline: bool) -> str:
+        """The Horde request id of a job queued through /api/v2 (random: it is the key)."""
+        request_id = uuid.uuid4().hex
         with self.db.transaction() as tx:
             tx.run(
-                "INSERT INTO horde_inline_requests (job_id, created_at) VALUES (?, ?) ON CONFLICT (job_id) DO NOTHING",
-                (job_id, self.clock()),
+                "INSERT INTO horde_requests (id, job_id, inline, created_at) VALUES (?, ?, ?, ?)",
+                (request_id, job_id, int(inline), self.clock()),
             )
+        return request_id
 
-    def wants_inline(self, job_id: str) -> bool:
+    def request(self, request_id: str) -> tuple[str, bool] | None:
+        """(job id, whether images go inline) of a Horde request id."""
         with self.db.transaction(write=False) as tx:
-            return tx.one("SELECT job_id FROM horde_inline_requests WHERE job_id = ?", (job_id,)) is not None
+            row = tx.one("SELECT job_id, inline FROM horde_requests WHERE id = ?", (request_id,))
+        return None if row is None else (row["job_id"], bool(row["inline"]))
 
     def forget(self, job_id: str) -> None:
         """The job is done with: its uploads are in the image store, or nobody needs them."""

@@ -3,7 +3,9 @@ Horde workers use this server unchanged.
 
 Clients: `generate/async` maps the Horde request onto kakumei's (server/horde/mapping.py) and
 queues it through the one submit path (server/submission.py): the same admission, limits and
-fair queue as every API. `check` and `status` read the job; `DELETE status` cancels it.
+fair queue as every API. `check` and `status` read the job; `DELETE status` cancels it; as
+on the Horde, these need only the request's id, which is random and its own (workers see job
+ids, never request ids).
 Workers: `generate/pop` leases the fair next job with the worker protocol's own claim, hands
 out one id and one upload URL on this server per image, and `generate/submit` completes the job
 through the native worker API's completion (`worker_api.complete_reported`): leases, seed and
@@ -31,7 +33,7 @@ from kakumei.protocol import Capabilities, ImageReport, ImagesReport
 from kakumei.schemas import validation_message
 from kakumei.server import job_source
 from kakumei.server.bodies import in_parse_pool
-from kakumei.server.deps import Caller, Svc
+from kakumei.server.deps import Svc
 from kakumei.server.errors import Refused
 from kakumei.server.horde import mapping
 from kakumei.server.horde.auth import horde_caller, horde_worker
@@ -66,7 +68,7 @@ def _refused(exc: SubmitRefused | Refused) -> HordeError:
     return HordeError(status, mapping.RC_OF_STATUS.get(status, "BadRequest"), str(exc))
 
 
-def _job_id(text: str) -> str:
+def _hex_id(text: str) -> str:
     """kakumei's job id (uuid hex) for the Horde's dashed UUID; 404 for anything else."""
     try:
         return uuid.UUID(text).hex
@@ -120,18 +122,20 @@ async def generate_async(request: Request, svc: Svc) -> JSONResponse:
             job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
         except SubmitRefused as exc:
             raise _refused(exc) from None
-        if body.get("r2") is False:
-            await to_thread.run_sync(svc.horde.want_inline, job.id)
+        request_id = await to_thread.run_sync(lambda: svc.horde.add_request(job.id, inline=body.get("r2") is False))
     except HordeError as exc:
         return _error(exc)
-    return JSONResponse({"id": _dashed(job.id), "kudos": job.cost}, status_code=202)
+    return JSONResponse({"id": _dashed(request_id), "kudos": job.cost}, status_code=202)
 
 
-def _owned(svc: Services, who: Caller, job_id: str) -> Job:
-    job = svc.jobs.get(_job_id(job_id))
-    if job is None or not who.owns(job.user_id, job.client_addr):
-        raise HordeError(404, "RequestNotFound", f"no request {job_id[:64]!r} of yours")
-    return job
+def _requested(svc: Services, request_id: str) -> tuple[Job, bool]:
+    """The job of a Horde request id, and whether its images go inline. As on the Horde, the
+    id (random, and never shown to workers) is all that check, status and cancel need."""
+    found = svc.horde.request(_hex_id(request_id))
+    job = svc.jobs.get(found[0]) if found is not None else None
+    if found is None or job is None:
+        raise HordeError(404, "RequestNotFound", f"no request {request_id[:64]!r}")
+    return job, found[1]
 
 
 def _check(svc: Services, job: Job) -> dict[str, Any]:
@@ -202,8 +206,7 @@ def _webp_b64(png: bytes) -> str:
 def generate_check(request_id: str, request: Request, svc: Svc) -> JSONResponse:
     """How a request stands, without its images."""
     try:
-        who = horde_caller(svc, request)
-        return JSONResponse(_check(svc, _owned(svc, who, request_id)))
+        return JSONResponse(_check(svc, _requested(svc, request_id)[0]))
     except HordeError as exc:
         return _error(exc)
 
@@ -213,9 +216,8 @@ def generate_status(request_id: str, request: Request, svc: Svc) -> JSONResponse
     """How a request stands, with its finished images: links on this server, or base64 WebP
     where the request asked for `r2: false`."""
     try:
-        who = horde_caller(svc, request)
-        job = _owned(svc, who, request_id)
-        return JSONResponse(_status(svc, job, str(request.base_url), _wants_links(svc, job)))
+        job, inline = _requested(svc, request_id)
+        return JSONResponse(_status(svc, job, str(request.base_url), not inline))
     except HordeError as exc:
         return _error(exc)
 
@@ -224,16 +226,11 @@ def generate_status(request_id: str, request: Request, svc: Svc) -> JSONResponse
 def cancel_status(request_id: str, request: Request, svc: Svc) -> JSONResponse:
     """Cancel a request; answers its status with the images finished before the stop."""
     try:
-        who = horde_caller(svc, request)
-        job = _owned(svc, who, request_id)
+        job, inline = _requested(svc, request_id)
         cancelled = svc.jobs.cancel(job.id) or job
-        return JSONResponse(_status(svc, cancelled, str(request.base_url), _wants_links(svc, job)))
+        return JSONResponse(_status(svc, cancelled, str(request.base_url), not inline))
     except HordeError as exc:
         return _error(exc)
-
-
-def _wants_links(svc: Services, job: Job) -> bool:
-    return not svc.horde.wants_inline(job.id)
 
 
 @router.get("/images/{name}", responses={200: {"content": {"image/png": {}}}, **_problems(404)})
@@ -390,12 +387,12 @@ async def upload(generation_id: str, request: Request, svc: Svc) -> Response:
     """Where a popped generation's image goes (the Horde's R2 upload): the URL's token is the key."""
     token = request.query_params.get("token") or ""
     data = await request.body()
-    if not await to_thread.run_sync(svc.horde.upload, _job_id_or_empty(generation_id), token, data):
+    if not await to_thread.run_sync(svc.horde.upload, _hex_or_empty(generation_id), token, data):
         return _error(HordeError(404, "InvalidJobID", "this upload URL names no generation"))
     return Response(status_code=200)
 
 
-def _job_id_or_empty(text: str) -> str:
+def _hex_or_empty(text: str) -> str:
     try:
         return uuid.UUID(text).hex
     except ValueError:
@@ -419,7 +416,7 @@ def _submit(svc: Services, request: Request, raw: bytes) -> dict[str, Any]:
     body = _json_object(raw)
     if isinstance(body, HordeError):
         raise body
-    gen_id = _job_id_or_empty(str(body.get("id") or ""))
+    gen_id = _hex_or_empty(str(body.get("id") or ""))
     generation = svc.horde.get(gen_id) if gen_id else None
     if generation is None:
         raise HordeError(404, "InvalidJobID", "no generation has this id (it finished, or its lease ran out)")

@@ -24,9 +24,12 @@ CREATE TABLE horde_generations (
 );
 CREATE INDEX horde_generations_by_lease ON horde_generations (job_id, lease_id, idx);
 
--- Requests that asked for their images inline (the Horde's `r2: false`); every other request
--- answers with links, as the Horde does by default.
-CREATE TABLE horde_inline_requests (
-    job_id TEXT PRIMARY KEY,
+-- Requests made through the Horde API. As on the Horde, a request's id is all a client needs
+-- to check, read or cancel it, so it is its own random id, never the job's: workers and
+-- verifiers see job ids. `inline`: 1 where the request asked for base64 images (`r2: false`).
+CREATE TABLE horde_requests (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL UNIQUE,
+    inline INTEGER NOT NULL,
     created_at DOUBLE PRECISION NOT NULL
 );
