@@ -13,7 +13,7 @@ from fastapi import Request
 
 from kakumei.server.addresses import client_address
 from kakumei.server.deps import Caller
-from kakumei.server.horde.mapping import HordeError
+from kakumei.horde_mapping import HordeError
 from kakumei.server.services import Services
 from kakumei.store.users import hash_key
 from kakumei.store.workers import WORKER_KEY_PREFIX, WorkerExists, WorkerRecord, WorkerStatus

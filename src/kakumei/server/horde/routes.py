@@ -1,7 +1,7 @@
 """/api/v2: the AI Horde's v2 API, so that Horde clients (horde_sdk, bots, editor plugins) and
 Horde workers use this server unchanged.
 
-Clients: `generate/async` maps the Horde request onto kakumei's (server/horde/mapping.py) and
+Clients: `generate/async` maps the Horde request onto kakumei's (kakumei/horde_mapping.py) and
 queues it through the one submit path (server/submission.py): the same admission, limits and
 fair queue as every API. `check` and `status` read the job; `DELETE status` cancels it; as
 on the Horde, these need only the request's id, which is random and its own (workers see job
@@ -35,9 +35,9 @@ from kakumei.server import job_source
 from kakumei.server.bodies import in_parse_pool
 from kakumei.server.deps import Svc
 from kakumei.server.errors import Refused
-from kakumei.server.horde import mapping
+from kakumei import horde_mapping as mapping
 from kakumei.server.horde.auth import horde_caller, horde_worker
-from kakumei.server.horde.mapping import HordeError
+from kakumei.horde_mapping import HordeError
 from kakumei.server.routes import worker_api
 from kakumei.server.services import Services
 from kakumei.server.submission import SubmitRefused, submit_generation

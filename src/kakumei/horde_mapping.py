@@ -1,10 +1,12 @@
-"""Pure mapping between the AI Horde's v2 bodies and kakumei's request: no FastAPI, no store.
+"""Pure mapping between the AI Horde's v2 bodies and kakumei's request: no FastAPI, no store,
+no torch, so that the server (server/horde/) and the worker (worker/horde.py) share it.
 
 On the way in, what kakumei can honour becomes a `GenerationRequest`; what it cannot (a
 sampler it lacks, post-processing, LoRAs by Horde name, styles, an NSFW filter it does not
 have) raises `HordeError`, which the routes answer in the Horde's own error shape
 (`{"message", "rc"}`, with the Horde's status codes). On the way out, a kakumei request becomes
-the payload a Horde worker pops.
+the payload a Horde worker pops; `request_from_pop` turns a popped job back into a request
+for `kakumei worker --horde`.
 """
 
 from __future__ import annotations
@@ -215,3 +217,23 @@ def horde_cannot_run(request: GenerationRequest) -> str | None:
     if any("<lora:" in text or has_schedule(text) for text in (request.prompt, request.negative_prompt)):
         return "the Horde takes no LoRA tags or prompt editing in the prompt"
     return None
+
+
+def request_from_pop(pop: dict[str, Any]) -> GenerationRequest:
+    """The request to run for a job popped from a horde (`GenerationPayloadStable`): the same
+    reading as a client's request, so both directions agree. Source images must be base64
+    here (a worker downloads URLs first)."""
+    payload = dict(pop.get("payload") or {})
+    params = {k: v for k, v in payload.items() if k not in ("prompt", "ddim_steps", "n_iter", "use_nsfw_censor")}
+    params["steps"] = payload.get("ddim_steps", payload.get("steps", 30))
+    params["n"] = payload.get("n_iter", 1)
+    model = pop.get("model")
+    body: dict[str, Any] = {
+        "prompt": payload.get("prompt") or "",
+        "params": params,
+        "models": [model] if model else [],
+        "source_image": pop.get("source_image"),
+        "source_processing": pop.get("source_processing") if pop.get("source_processing") != "txt2img" else None,
+        "source_mask": pop.get("source_mask"),
+    }
+    return to_generation_request(body, [model] if model else [])
