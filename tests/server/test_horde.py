@@ -220,3 +220,29 @@ def test_a_faulted_generation_goes_back_to_the_queue(make_server) -> None:
         assert faulted.status_code == 200
         check = client.get(f"/api/v2/generate/check/{request_id}").json()
     assert check["waiting"] == 1 and check["restarted"] == 1
+
+
+def test_a_job_id_seen_by_workers_cannot_cancel_or_read_through_the_horde_api(make_server) -> None:
+    server = make_server(local_worker=False)
+    key = horde_key(server)
+    with horde_client(server, key) as client:
+        request_id = client.post("/api/v2/generate/async", json=SMALL).json()["id"]
+    job = job_of(server, request_id)
+    # a worker holds job ids (native leases, verification); they are not Horde request ids
+    with horde_client(server) as stranger:
+        job_uuid = str(uuid.UUID(job.id))
+        assert stranger.delete(f"/api/v2/generate/status/{job_uuid}").status_code == 404
+        assert stranger.get(f"/api/v2/generate/status/{job_uuid}").status_code == 404
+    assert server.services.jobs.get(job.id).state.value == "queued"
+
+
+def test_a_generation_is_submitted_only_by_the_worker_it_was_handed_to(make_server) -> None:
+    server = make_server(local_worker=False)
+    alice, bob = horde_key(server, "alice"), horde_key(server, "bob")
+    with horde_client(server, alice) as client:
+        client.post("/api/v2/generate/async", json=SMALL)
+        popped = client.post("/api/v2/generate/pop", json={"name": "alices-box"}).json()
+    with horde_client(server, bob) as thief:
+        stolen = thief.post("/api/v2/generate/submit", json={"id": popped["id"], "generation": "", "state": "faulted", "seed": 0})
+    assert stolen.status_code == 403 and stolen.json()["rc"] == "WrongCredentials"
+    assert server.services.horde.get(uuid.UUID(popped["id"]).hex) is not None  # nothing changed

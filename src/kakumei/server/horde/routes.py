@@ -423,7 +423,8 @@ def _submit(svc: Services, request: Request, raw: bytes) -> dict[str, Any]:
     worker = _submitter(svc, request, generation.worker_id)
     job = svc.jobs.get(generation.job_id)
     if job is None or job.worker_id != worker.lease_owner or job.finished:
-        svc.horde.forget(generation.job_id) if job is None or job.finished else None
+        if job is None or job.finished:
+            svc.horde.forget(generation.job_id)
         raise HordeError(404, "InvalidJobID", "this generation is no longer leased to this worker")
     state = str(body.get("state") or "ok")
     if state != "ok":
