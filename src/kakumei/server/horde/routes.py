@@ -35,6 +35,7 @@ from kakumei.server import job_source
 from kakumei.server.bodies import in_parse_pool
 from kakumei.server.deps import Svc
 from kakumei.server.errors import Refused
+from kakumei.server.openapi import Problem
 from kakumei import horde_mapping as mapping
 from kakumei.server.horde.auth import horde_caller, horde_worker
 from kakumei.horde_mapping import HordeError
@@ -56,7 +57,10 @@ class HordeProblem(BaseModel):
 
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": HordeProblem, "description": "refused"} for status in statuses}
+    # A 404 may also be the app's own `{"detail"}`: a path holding a control character is
+    # not found before any route runs (deps.plain_request).
+    return {status: {"model": HordeProblem | Problem if status == 404 else HordeProblem, "description": "refused"}
+            for status in statuses}
 
 
 def _error(exc: HordeError) -> JSONResponse:
