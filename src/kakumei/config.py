@@ -54,6 +54,8 @@ class Settings(BaseModel):
     allow_anonymous: bool = True
     # A worker that sends no heartbeat for this long has lost its job back to the queue.
     lease_seconds: float = Field(30.0, gt=0)
+    # AI Horde workers send no heartbeats: a job popped through /api/v2 is held this long.
+    horde_lease_seconds: float = Field(300.0, gt=0)
     # Lost leases before a job fails instead of going back to the queue.
     max_attempts: int = Field(3, ge=1)
     # The local worker claims up to this many compatible jobs as one batch, and
@@ -218,6 +220,7 @@ _ENV_FIELDS = {
     "KAKUMEI_LOCAL_WORKER": "local_worker",
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",
+    "KAKUMEI_HORDE_LEASE_SECONDS": "horde_lease_seconds",
     "KAKUMEI_MAX_ATTEMPTS": "max_attempts",
     "KAKUMEI_WORKER_BATCH_JOBS": "worker_batch_jobs",
     "KAKUMEI_FAIRNESS_SLACK": "fairness_slack",

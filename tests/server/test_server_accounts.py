@@ -255,7 +255,7 @@ def test_keys_are_minted_listed_and_revoked_at_once(make_server) -> None:
     with client(server, key=first) as jack, client(server, key=other_key) as kate:
         listed = jack.get("/api/v1/me/keys").json()
         assert [(k["label"], k["current"]) for k in listed] == [("kakumei users add", True)]
-        assert set(listed[0]) == {"id", "label", "created_at", "last_used_at", "current"}
+        assert set(listed[0]) == {"id", "label", "created_at", "last_used_at", "current", "horde"}
         made = jack.post("/api/v1/me/keys", json={"label": "laptop"})
         assert made.status_code == 201 and made.json()["label"] == "laptop"
         unlabelled = jack.post("/api/v1/me/keys")

@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
         "worker", help="lend this machine to a kakumei server: pull jobs over HTTP(S), earn credit"
     )
     worker.add_argument("--server", metavar="URL", help="the server, e.g. https://sd.example.org (or KAKUMEI_WORKER_SERVER)")
-    worker.add_argument("--key", metavar="WORKER_KEY", help="this machine's worker key (better: KAKUMEI_WORKER_KEY)")
+    worker.add_argument("--key", metavar="WORKER_KEY", help="this machine's worker key (better: KAKUMEI_WORKER_KEY); with --horde, its owner's API key")
+    worker.add_argument("--horde", metavar="URL", help="lend this machine to an AI Horde instead (the public one, or a kakumei server's /api/v2), e.g. https://aihorde.net")
+    worker.add_argument("--name", help="with --horde: this worker's name on the horde (default: the host name)")
     worker.add_argument("--model", "-m", action="append", dest="models", help="a model this worker runs; repeat for several (default: the configured model)")
     worker.add_argument("--max-pixels", type=int, metavar="N", help="take only jobs of at most N pixels (width x height)")
     worker.add_argument("--max-batch", type=int, metavar="N", help="take only jobs of at most N images")
@@ -72,6 +74,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         settings, worker_server=args.server, worker_key=args.key, device=args.device, dtype=args.dtype,
         low_memory=args.low_memory,
     )
+    if args.horde:
+        return _horde_worker(args, settings)
     if not settings.worker_server or not settings.worker_key:
         raise ConfigError("a worker needs --server URL and --key WORKER_KEY (or KAKUMEI_WORKER_SERVER and KAKUMEI_WORKER_KEY)")
     if not settings.worker_server.startswith(("http://", "https://")):
@@ -112,6 +116,54 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             if not worker.run_one(stop):
                 stop.wait(worker.poll_seconds)
     except WorkerRefused as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        source.close()
+    print("worker stopped", file=sys.stderr)
+    return 0
+
+
+def _horde_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """`kakumei worker --horde URL --key KEY`: pop the horde's jobs, run them on this engine."""
+    import socket
+
+    from kakumei.protocol import Capabilities
+    from kakumei.worker.horde import HordeJobSource, HordeRefused
+    from kakumei.worker.loop import Worker
+
+    if args.server:
+        raise ConfigError("use either --server (a kakumei server's worker protocol) or --horde (the AI Horde's), not both")
+    if not args.horde.startswith(("http://", "https://")):
+        raise ConfigError(f"--horde must be an http:// or https:// URL, got {args.horde!r}")
+    if not settings.worker_key:
+        raise ConfigError("a horde worker needs --key: its owner's API key on the horde (or KAKUMEI_WORKER_KEY)")
+    setup_logging(args.verbose)
+    name = args.name or socket.gethostname()
+    models = tuple(args.models or [settings.model])
+    source = HordeJobSource(args.horde, settings.worker_key, name)
+    stop = threading.Event()
+    running: list[Any] = []
+    _on_ctrl_c(stop, lambda: bool(running) and running[0].busy, source.stopping)
+    try:
+        from kakumei.engine.devices import quiet_libraries
+        from kakumei.engine.pipeline import Engine
+
+        if not args.verbose:
+            quiet_libraries()
+        engine = Engine(settings)
+        try:
+            caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
+        except ValueError as exc:
+            raise ConfigError(f"invalid worker capabilities: {exc}") from None
+        print(f"worker {name!r} working for the horde at {args.horde}; models: {', '.join(models)}; "
+              "Ctrl-C gives the running job back and stops", file=sys.stderr, flush=True)
+        worker = Worker(source, engine, name, capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
+                        max_batch_jobs=1)
+        running.append(worker)
+        while not stop.is_set():
+            if not worker.run_one(stop):
+                stop.wait(worker.poll_seconds)
+    except HordeRefused as exc:
         raise ConfigError(str(exc)) from None
     finally:
         source.close()

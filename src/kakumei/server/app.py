@@ -19,6 +19,7 @@ from kakumei.fairness.limits import Slots
 from kakumei.schemas import error_field, error_sentence
 from kakumei.server import openai_errors, openapi
 from kakumei.server.a1111 import routes as a1111
+from kakumei.server.horde import routes as horde
 from kakumei.server.bodies import return_big_buffers_to_the_system
 from kakumei.server.deps import plain_request
 from kakumei.server.errors import Refused
@@ -94,7 +95,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.state.event_streams = Slots(settings.max_event_streams_per_user)  # routes/events.py
     app.state.model_hashes = ModelHashes(settings)  # /sdapi/v1/sd-models
-    routers = (jobs, events, images, health, gallery, options, me, accounts, admin, a1111, openai, metrics, web, worker_api, workers, docs)
+    routers = (jobs, events, images, health, gallery, options, me, accounts, admin, a1111, horde, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)
     app.state.body_budget = ByteBudget(settings.max_body_bytes)  # bodies read and parsed at once

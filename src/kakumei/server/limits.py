@@ -15,8 +15,9 @@ instead of each one being read, parsed and decoded at once, which is what server
 body takes JSON, so a body of any other content type is answered 415: that is what keeps a web
 page on another site from submitting jobs through its visitors' browsers, since a browser sends
 a text/plain or form body cross-site without asking (no CORS preflight), but not a JSON one.
-The one exception is OpenAI's /v1/images/edits, whose clients send multipart forms (FORM_PATHS);
-that route refuses forms a browser sent from another site (`cross_site_form`).
+The exceptions are OpenAI's /v1/images/edits, whose clients send multipart forms (FORM_PATHS);
+that route refuses forms a browser sent from another site (`cross_site_form`), and the Horde
+upload URLs (UPLOAD_PREFIX), which take an image from the worker that holds the URL's token.
 """
 
 from __future__ import annotations
@@ -38,10 +39,17 @@ from kakumei.server.openai_errors import error_body, is_openai_path
 
 # Paths whose clients send multipart/form-data (the OpenAI SDKs upload edits that way).
 FORM_PATHS = frozenset({"/v1/images/edits"})
+# The upload URLs a Horde pop hands out (server/horde/): Horde workers PUT the image itself
+# there. Each URL carries a secret token of its one generation, so no other site's page can
+# use one through its visitors' browsers.
+UPLOAD_PREFIX = "/api/v2/r2/"
 
 # The routes whose bodies carry images, and so may be as large as max_body_bytes. Each reads its
 # body with server/bodies.py's json_body (or read_body), in the parse pool, after the caller.
-IMAGE_PATHS = frozenset({"/api/v1/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info", "/v1/images/edits"})
+IMAGE_PATHS = frozenset({
+    "/api/v1/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info", "/v1/images/edits",
+    "/api/v2/generate/async", "/api/v2/generate/submit",  # the Horde's source images, inline results
+})
 _IMAGE_REPORT = re.compile(r"/api/v1/worker/jobs/[^/]+/(complete|cancelled)")
 
 # The largest body any other route takes: its JSON is a few names and numbers (the longest, a
@@ -54,7 +62,7 @@ _TICKET = "kakumei.body_ticket"
 
 def takes_images(path: str) -> bool:
     """Whether `path` is a route whose body may carry images (and be up to max_body_bytes)."""
-    return path in IMAGE_PATHS or _IMAGE_REPORT.fullmatch(path) is not None
+    return path in IMAGE_PATHS or _IMAGE_REPORT.fullmatch(path) is not None or path.startswith(UPLOAD_PREFIX)
 
 
 class ByteBudget:
@@ -190,7 +198,7 @@ class BodyLimits:
             await _answer(scope, send, 413, self._too_large(limit))
             return
         content_type = headers.get("content-type")
-        form_ok = path in FORM_PATHS and is_form(content_type)
+        form_ok = (path in FORM_PATHS and is_form(content_type)) or path.startswith(UPLOAD_PREFIX)
         if (chunked or (declared or 0) > 0) and not (is_json(content_type) or form_ok):
             await _answer(
                 scope, send, 415, "send the request body as JSON with 'Content-Type: application/json'; other content types are refused"

@@ -186,12 +186,14 @@ class KeyOut(BaseModel):
     created_at: float
     last_used_at: float | None = Field(None, description="about when it was last used (to the minute); null: not yet")
     current: bool = Field(description="whether this request was made with it")
+    horde: bool = Field(False, description="a key of the AI Horde's shape, for /api/v2")
 
 
 class NewKey(BaseModel):
     id: int
     label: str
     key: str = Field(description="the API key; it is not shown again")
+    horde: bool = False
 
 
 class Sampler(BaseModel):

@@ -13,6 +13,7 @@ from kakumei.config import Settings
 from kakumei.server.passwords import Passwords
 from kakumei.store.accounts import AccountStore, KeyUse
 from kakumei.store.db import Database
+from kakumei.store.horde import HordeStore
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
 from kakumei.store.ledger import Ledger
@@ -56,6 +57,7 @@ class Services:
         from kakumei.server.admission import Admission
 
         self.accounts = AccountStore(self.db)
+        self.horde = HordeStore(self.db)
         self.passwords = Passwords()
         self.key_use = KeyUse(self.accounts)
         self.ledger = self.jobs.ledger

@@ -20,6 +20,8 @@ from kakumei.server.models import KeyOut, NewAccount, NewKey, SessionKey
 from kakumei.server.passwords import weakness
 from kakumei.server.services import Services
 from kakumei.store.accounts import (
+    API_KEY,
+    HORDE_KEY,
     ACCOUNT,
     FAILED_SIGN_IN,
     GUEST,
@@ -175,17 +177,20 @@ def _holder(who: Caller) -> Caller:
 def list_keys(svc: Services, who: Caller) -> list[KeyOut]:
     keys = svc.accounts.keys(_holder(who).user.id)
     return [
-        KeyOut(id=k.id, label=k.label, created_at=k.created_at, last_used_at=k.last_used_at, current=k.key_hash == who.key_hash)
+        KeyOut(id=k.id, label=k.label, created_at=k.created_at, last_used_at=k.last_used_at, current=k.key_hash == who.key_hash,
+               horde=k.kind == HORDE_KEY)
         for k in keys
     ]
 
 
-def add_key(svc: Services, who: Caller, label: str) -> NewKey:
+def add_key(svc: Services, who: Caller, label: str, *, horde: bool = False) -> NewKey:
     try:
-        made, key = svc.accounts.add_key(_holder(who).user.id, label, max_keys=svc.settings.max_keys_per_user)
+        made, key = svc.accounts.add_key(
+            _holder(who).user.id, label, max_keys=svc.settings.max_keys_per_user, kind=HORDE_KEY if horde else API_KEY
+        )
     except TooManyKeys as refused:
         raise Refused(409, f"{refused}; revoke one first (DELETE /api/v1/me/keys/ID)") from None
-    return NewKey(id=made.id, label=made.label, key=key)
+    return NewKey(id=made.id, label=made.label, key=key, horde=horde)
 
 
 def revoke_key(svc: Services, who: Caller, key_id: int) -> None:

@@ -1,8 +1,8 @@
 """Submitting a generation and waiting for it: the one path every API takes into the queue.
 
-The native jobs API, the AUTOMATIC1111 API and the OpenAI Images API all submit through
-`submit_generation`, so that each request meets the same model check, fair queue and the
-caller's limits whatever the client speaks. Refusals are `SubmitRefused` with an HTTP status;
+The native jobs API, the AUTOMATIC1111 API, the OpenAI Images API and the AI Horde API all
+submit through `submit_generation`, so that each request meets the same model check, fair
+queue and the caller's limits whatever the client speaks. Refusals are `SubmitRefused` with an HTTP status;
 each API renders them in its own error shape.
 """
 

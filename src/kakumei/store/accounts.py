@@ -40,7 +40,10 @@ SIGN_IN = "sign-in"
 # write transactions already run one at a time.) Namespace and key, apart from the others.
 _SIGNUP_LOCK = "SELECT pg_advisory_xact_lock(7363003, 1)"
 
-INSERT_KEY = "INSERT INTO api_keys (user_id, key_hash, label, created_at) VALUES (?, ?, ?, ?) RETURNING id"
+INSERT_KEY = "INSERT INTO api_keys (user_id, key_hash, label, created_at, kind) VALUES (?, ?, ?, ?, ?) RETURNING id"
+# Key kinds (migration 0013): 'horde' keys have the 22 characters of an AI Horde key, which
+# horde_sdk insists on; both kinds authenticate the same user everywhere.
+API_KEY, HORDE_KEY = "api", "horde"
 LIVE_KEYS = "SELECT COUNT(*) AS n FROM api_keys WHERE user_id = ? AND revoked_at IS NULL"
 # Events of one kind from one network within the window: how many, and when the oldest
 # leaves it (which is when the next one is allowed).
@@ -94,6 +97,7 @@ class ApiKey:
     created_at: float
     last_used_at: float | None
     key_hash: str
+    kind: str = API_KEY
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,14 @@ def _api_key(row: dict) -> ApiKey:
     return ApiKey(
         id=int(row["id"]), user_id=int(row["user_id"]), label=row["label"], created_at=float(row["created_at"]),
         last_used_at=None if row["last_used_at"] is None else float(row["last_used_at"]), key_hash=row["key_hash"],
+        kind=row["kind"],
     )
 
 
-def new_key() -> str:
+def new_key(kind: str = API_KEY) -> str:
+    if kind == HORDE_KEY:
+        # 16 random bytes are 22 URL-safe characters, the length of an AI Horde key.
+        return secrets.token_urlsafe(16)
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
@@ -127,20 +135,21 @@ class AccountStore:
         """The user's keys that still work, oldest first."""
         with self.db.transaction(write=False) as tx:
             rows = tx.all(
-                "SELECT id, user_id, label, created_at, last_used_at, key_hash FROM api_keys "
+                "SELECT id, user_id, label, created_at, last_used_at, key_hash, kind FROM api_keys "
                 "WHERE user_id = ? AND revoked_at IS NULL ORDER BY id",
                 (user_id,),
             )
         return [_api_key(r) for r in rows]
 
-    def add_key(self, user_id: int, label: str, *, max_keys: int) -> tuple[ApiKey, str]:
-        """A new key for the user (shown once, stored hashed); TooManyKeys at `max_keys`."""
+    def add_key(self, user_id: int, label: str, *, max_keys: int, kind: str = API_KEY) -> tuple[ApiKey, str]:
+        """A new key for the user (shown once, stored hashed); TooManyKeys at `max_keys`.
+        `kind` HORDE_KEY makes a key of the AI Horde's shape."""
         with self.db.transaction() as tx:
             tx.one("SELECT id FROM users WHERE id = ? {for_update}", (user_id,))
             if int(tx.scalar(LIVE_KEYS, (user_id,))) >= max_keys:
                 raise TooManyKeys(f"you hold {max_keys} keys, the most this server allows")
-            key_id, key = self._insert_key(tx, user_id, label)
-        return ApiKey(key_id, user_id, label, self.clock(), None, hash_key(key)), key
+            key_id, key = self._insert_key(tx, user_id, label, kind)
+        return ApiKey(key_id, user_id, label, self.clock(), None, hash_key(key), kind), key
 
     def revoke_key(self, user_id: int, key_id: int) -> bool:
         """Revoke one of the user's keys; False if they hold no such key (any more). LastKey
@@ -169,9 +178,9 @@ class AccountStore:
                     (at, key_hash, at),
                 )
 
-    def _insert_key(self, tx: Transaction, user_id: int, label: str) -> tuple[int, str]:
-        key = new_key()
-        row = tx.one(INSERT_KEY, (user_id, hash_key(key), label, self.clock()))
+    def _insert_key(self, tx: Transaction, user_id: int, label: str, kind: str = API_KEY) -> tuple[int, str]:
+        key = new_key(kind)
+        row = tx.one(INSERT_KEY, (user_id, hash_key(key), label, self.clock(), kind))
         assert row is not None
         return int(row["id"]), key
 

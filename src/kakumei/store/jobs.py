@@ -648,6 +648,21 @@ class JobStore:
             self.ledger.add(int(row["user_id"]), -cost, SPEND_GENERATION, job_id=job_id,
                             worker_id=row["worker_id"], conn=tx)
 
+    def extend_lease(self, job_id: str, lease_id: str, seconds: float) -> bool:
+        """Hold a lease for `seconds` from now without a heartbeat: for workers whose protocol
+        has none (the AI Horde's), the lease lasts as long as the Horde gives a job. Marks
+        the job running, as a first heartbeat does. False on a lost lease."""
+        now = self.clock()
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT state FROM jobs WHERE id = ? AND lease_id = ? {for_update}", (job_id, lease_id))
+            if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
+                return False
+            if row["state"] == JobState.LEASED:
+                tx.run("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job_id))
+                add_event(tx, job_id, "started", {}, now)
+            tx.run("UPDATE jobs SET lease_expires_at = ? WHERE id = ?", (now + seconds, job_id))
+        return True
+
     def release(
         self, job_id: str, lease_id: str, *, count_attempt: bool = False, reason: str = "worker stopped"
     ) -> bool:

@@ -57,6 +57,7 @@ class SignInIn(BaseModel):
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: OneLine = Field("", max_length=64, description="what the key is for, to tell your keys apart")
+    horde: bool = Field(False, description="a key of the AI Horde's shape (22 characters) for /api/v2 clients and workers")
 
 
 @router.post("/accounts", status_code=201, response_model=NewAccount, responses=problems(401, 403, 409, 413, 415, 422, 429),
@@ -90,7 +91,7 @@ def list_keys(svc: Svc, who: Who) -> list[KeyOut]:
              openapi_extra=documented(KeyIn, optional=True))
 def add_key(svc: Svc, who: Who, body: Annotated[KeyIn, Depends(json_body(KeyIn, optional=True))]) -> NewKey:
     """A new API key for you, shown once."""
-    return signup.add_key(svc, who, body.label)
+    return signup.add_key(svc, who, body.label, horde=body.horde)
 
 
 @router.delete("/me/keys/{key_id}", status_code=204, response_class=Response, responses=problems(401, 403, 404, 409))

@@ -110,6 +110,13 @@ def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker
              openapi_extra=documented(ImagesReport))
 def complete(job_id: str, svc: Svc, worker: ActiveWorker, body: ImagesBody) -> Done:
     """The job's images. Refused (409) if the lease is gone: each job completes once."""
+    complete_reported(svc, worker, job_id, body)
+    return Done()
+
+
+def complete_reported(svc: Services, worker: WorkerRecord, job_id: str, body: ImagesReport) -> None:
+    """A remote worker's finished job: the one completion path of every worker protocol (this
+    one and the AI Horde's), with its checks, its record and its pay or verification."""
     job = reporting_on(svc, worker, job_id)
     job_source.check_seed(job, body.seed)
     pending = svc.images.write_files(job_id, job_source.checked_images(job, body.images))
@@ -118,7 +125,6 @@ def complete(job_id: str, svc: Svc, worker: ActiveWorker, body: ImagesBody) -> D
     )
     if not done:
         raise lost(job_id)
-    return Done()
 
 
 @router.post("/jobs/{job_id}/fail", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413))
