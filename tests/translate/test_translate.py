@@ -136,6 +136,16 @@ def test_english_is_left_alone_and_loads_nothing() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_any_thread_translates(dictionary) -> None:
+    # The server translates in its thread pool; each word here is new to the shared cache.
+    from concurrent.futures import ThreadPoolExecutor
+
+    words = [("松", "pine tree"), ("竹", "bamboo"), ("梅", "Japanese apricot"), ("鶴", "crane"), ("亀", "tortoise")]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda w: translate_text(w[0], dictionary), words))
+    assert [(g.text, g.unknown) for g in got] == [(english, ()) for _, english in words]
+
+
 def test_a_translator_that_fails_on_a_word_keeps_it() -> None:
     class Broken:
         name = "broken"

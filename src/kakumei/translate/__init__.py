@@ -10,6 +10,7 @@ and loaded on the first prompt that needs it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from kakumei.errors import InvalidRequest
 from kakumei.schemas import MAX_PROMPT_CHARS, GenerationRequest
 from kakumei.translate.base import INSTALL_HINT, Translator, TranslatorUnavailable
 from kakumei.translate.text import contains_japanese, fold, rebuild
+
+_log = logging.getLogger("kakumei.translate")
 
 __all__ = [
     "INSTALL_HINT",
@@ -60,7 +63,8 @@ def translate_text(text: str, translator: Translator | None) -> Translation:
             english, missing = translator.translate_run(japanese)
         except TranslatorUnavailable:
             raise
-        except Exception:  # noqa: BLE001 - a prompt always comes out
+        except Exception as exc:  # noqa: BLE001 - a prompt always comes out
+            _log.warning("the %s translator failed on %r (%s: %s); kept as written", translator.name, japanese, type(exc).__name__, exc)
             english, missing = japanese, [japanese]
         unknown.extend(w for w in missing if w not in unknown)
         return english

@@ -255,7 +255,9 @@ async function api(method, path, body, extraHeaders = {}, key = state.key) {
     data = null;
   }
   if (!res.ok) {
-    throw new ApiError(res.status, errorSentence(res, data, text), data && data.errors);
+    const fieldErrors = data && Array.isArray(data.errors)
+      ? data.errors.map((e) => ({ ...e, message: e.message && serverSentence(e.message) })) : [];
+    throw new ApiError(res.status, errorSentence(res, data, text), fieldErrors);
   }
   return data;
 }
