@@ -95,9 +95,6 @@ class DictionaryTranslator:
         self._lock = threading.Lock()
         self._tagger: Any = None
         self._jam: Any = None
-        # jamdict's SQLite connection serves only the thread that opened it, and the server
-        # translates in its thread pool: one per thread (opening one takes milliseconds).
-        self._local = threading.local()
 
     def load(self) -> None:
         """Open the tokenizer and the dictionary (once); `TranslatorUnavailable` when the
@@ -112,7 +109,9 @@ class DictionaryTranslator:
                 raise TranslatorUnavailable(f"Japanese prompts need the offline dictionary, which is not installed: {INSTALL_HINT}") from None
             try:
                 tagger = fugashi.Tagger()
-                jam = Jamdict()
+                # A connection per lookup: an SQLite connection serves only the thread that
+                # opened it, and the server translates in its thread pool.
+                jam = Jamdict(reuse_ctx=False)
                 if not jam.ready:
                     raise RuntimeError("no JMdict database")
             except Exception:  # noqa: BLE001 - any failure to open them is one sentence
@@ -120,15 +119,6 @@ class DictionaryTranslator:
                     f"the Japanese dictionary (unidic-lite or jamdict-data) is missing or damaged; reinstall it: {INSTALL_HINT}"
                 ) from None
             self._tagger, self._jam = tagger, jam
-            self._local.jam = jam
-
-    def _dictionary(self) -> Any:
-        jam = getattr(self._local, "jam", None)
-        if jam is None:
-            from jamdict import Jamdict
-
-            jam = self._local.jam = Jamdict()
-        return jam
 
     def translate_run(self, run: str) -> tuple[str, list[str]]:
         """One stretch of Japanese (no prompt syntax in it) as English words, and the words
@@ -206,7 +196,7 @@ class DictionaryTranslator:
     def _lookup(self, word: str) -> str | None:
         if word in PHRASES:
             return PHRASES[word]
-        result = self._dictionary().lookup(word, strict_lookup=True, lookup_chars=False, lookup_ne=False)
+        result = self._jam.lookup(word, strict_lookup=True, lookup_chars=False, lookup_ne=False)
         entries = [e for e in result.entries if _has_form(e, word)]
         if not entries:
             return None
