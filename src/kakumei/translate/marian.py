@@ -52,6 +52,8 @@ class ModelTranslator:
         # generate() runs without gradients of its own accord.
         with self._lock:
             batch = self._tokenizer([run], return_tensors="pt", truncation=True)
-            out = self._model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
+            # No longer than the model's positions reach (a small model may have few).
+            most = min(MAX_NEW_TOKENS, getattr(self._model.config, "max_position_embeddings", MAX_NEW_TOKENS + 1) - 1)
+            out = self._model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=most)
             text = self._tokenizer.batch_decode(out, skip_special_tokens=True)[0]
         return text.strip().rstrip("."), []
