@@ -146,6 +146,14 @@ def test_any_thread_translates(dictionary) -> None:
     assert [(g.text, g.unknown) for g in got] == [(english, ()) for _, english in words]
 
 
+def test_past_the_time_allowed_the_rest_is_kept_and_named(dictionary) -> None:
+    # No time at all: every run is kept as written, and named.
+    got = translate_text("(赤い狐:1.2), 雪の森, snow", dictionary, seconds=0)
+    assert got.text == "(赤い狐:1.2), 雪の森, snow"
+    assert got.unknown == ("赤い狐", "雪の森")
+    assert translate_text("(赤い狐:1.2)", dictionary).text == "(red fox:1.2)"
+
+
 def test_a_translator_that_fails_on_a_word_keeps_it() -> None:
     class Broken:
         name = "broken"
@@ -153,7 +161,7 @@ def test_a_translator_that_fails_on_a_word_keeps_it() -> None:
         def load(self) -> None:
             pass
 
-        def translate_run(self, run: str) -> tuple[str, list[str]]:
+        def translate_run(self, run: str, deadline: float | None = None) -> tuple[str, list[str]]:
             raise RuntimeError("boom")
 
     got = translate_text("(狐:1.2), snow", Broken())

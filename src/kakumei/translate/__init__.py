@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,18 +50,25 @@ class Translation:
         return self.text != self.source
 
 
-def translate_text(text: str, translator: Translator | None) -> Translation:
+# How long one prompt may take to translate. Dictionary look-ups cost milliseconds each and
+# anyone may send 10,000 characters of kanji; past this the rest is kept as written (and
+# named), so a submission never ties up a server thread for long.
+TRANSLATE_SECONDS = 3.0
+
+
+def translate_text(text: str, translator: Translator | None, seconds: float = TRANSLATE_SECONDS) -> Translation:
     """`text` with its Japanese in English. Always gives a prompt: a run the translator fails
-    on is kept as written and named in `unknown`. `TranslatorUnavailable` only when Japanese
-    is there and the translator cannot load."""
+    on, or has no time left for, is kept as written and named in `unknown`.
+    `TranslatorUnavailable` only when Japanese is there and the translator cannot load."""
     if translator is None or not contains_japanese(text):
         return Translation(text, text)
     translator.load()
     unknown: list[str] = []
+    deadline = time.monotonic() + seconds
 
     def run(japanese: str) -> str:
         try:
-            english, missing = translator.translate_run(japanese)
+            english, missing = translator.translate_run(japanese, deadline)
         except TranslatorUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a prompt always comes out

@@ -17,11 +17,11 @@ class Translator(Protocol):
     """Turns one stretch of Japanese (no prompt syntax in it) into English.
 
     `translate_run` returns the English and the words it kept as written because it did not
-    know them. `load` opens whatever the translator needs, raising `TranslatorUnavailable`.
+    know them (or, past `deadline`, a `time.monotonic()` value, had no time left for). `load` opens whatever the translator needs, raising `TranslatorUnavailable`.
     """
 
     name: str
 
     def load(self) -> None: ...
 
-    def translate_run(self, run: str) -> tuple[str, list[str]]: ...
+    def translate_run(self, run: str, deadline: float | None = None) -> tuple[str, list[str]]: ...

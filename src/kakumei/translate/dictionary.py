@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -120,15 +121,18 @@ class DictionaryTranslator:
                 ) from None
             self._tagger, self._jam = tagger, jam
 
-    def translate_run(self, run: str) -> tuple[str, list[str]]:
+    def translate_run(self, run: str, deadline: float | None = None) -> tuple[str, list[str]]:
         """One stretch of Japanese (no prompt syntax in it) as English words, and the words
-        kept as written because no dictionary knew them."""
+        kept as written because no dictionary knew them or `deadline` had passed."""
         self.load()
         tokens = self._tokens(run)
         words: list[str] = []
         unknown: list[str] = []
         i = 0
         while i < len(tokens):
+            if deadline is not None and time.monotonic() > deadline:
+                rest = "".join(t.surface for t in tokens[i:])
+                return " ".join([*words, rest]), [*unknown, rest]
             token = tokens[i]
             if token.surface in _AND_PARTICLES and token.pos == "助詞" and words and i + 1 < len(tokens) and tokens[i + 1].pos in _NOUN_LIKE:
                 words.append("and")

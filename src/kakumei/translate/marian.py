@@ -6,6 +6,7 @@ who have one on disk. Nothing is downloaded: the folder must hold the model and 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ class ModelTranslator:
             model.eval()
             self._tokenizer, self._model = tokenizer, model
 
-    def translate_run(self, run: str) -> tuple[str, list[str]]:
+    def translate_run(self, run: str, deadline: float | None = None) -> tuple[str, list[str]]:
         self.load()
+        if deadline is not None and time.monotonic() > deadline:
+            return run, [run]
         # generate() runs without gradients of its own accord.
         with self._lock:
             batch = self._tokenizer([run], return_tensors="pt", truncation=True)
