@@ -45,6 +45,9 @@ class Settings(BaseModel):
     output_dir: Path | None = None
     hf_offline: bool = False
     allow_pickle: bool = False
+    # Japanese in a prompt is translated to English before encoding: "dictionary" (offline,
+    # the `ja` extra), "off", or the path of a local translation model folder (transformers).
+    translator: str = Field("dictionary", min_length=1)
 
     # server
     host: str = "127.0.0.1"
@@ -214,6 +217,7 @@ _ENV_FIELDS = {
     "KAKUMEI_COMPILE": "compile",
     "KAKUMEI_OUTPUT_DIR": "output_dir",
     "KAKUMEI_ALLOW_PICKLE": "allow_pickle",
+    "KAKUMEI_TRANSLATOR": "translator",
     "KAKUMEI_HOST": "host",
     "KAKUMEI_PORT": "port",
     "KAKUMEI_DATABASE": "database",

@@ -261,10 +261,40 @@ class GenerationRequest(BaseModel):
         False, description="on cancel, also keep the stopped batch's images, partly denoised (A1111's interrupt)"
     )
 
+    # Japanese prompts (kakumei.translate): `prompt` and `negative_prompt` are what is encoded;
+    # where kakumei translated them, what was written is kept here, and the job, the API
+    # answers and the PNG's kakumei JSON carry both.
+    translate: bool = Field(True, description="translate Japanese in the prompts to English before encoding; false sends them as written")
+    prompt_original: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="the prompt as written, where `prompt` is its English translation"
+    )
+    negative_prompt_original: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="the negative prompt as written, where `negative_prompt` is its translation"
+    )
+    untranslated: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=200, description="words no dictionary knew, kept as written in the English"
+    )
+
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _plain_text(cls, v: str, info: ValidationInfo) -> str:
         return v if _is_stored(info) else refuse_control(v, multiline=True)
+
+    @field_validator("prompt_original", "negative_prompt_original")
+    @classmethod
+    def _plain_original(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None or _is_stored(info) else refuse_control(v, multiline=True)
+
+    @field_validator("untranslated")
+    @classmethod
+    def _plain_words(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return v if _is_stored(info) else [refuse_control(w) for w in v]
+
+    def untouched_translation_fields(self) -> set[str]:
+        """The translation fields at their defaults: left out of a PNG's metadata, so that an
+        image of an English prompt records what it recorded before translation existed."""
+        defaults = {"translate": True, "prompt_original": None, "negative_prompt_original": None, "untranslated": []}
+        return {name for name, value in defaults.items() if getattr(self, name) == value}
 
     @field_validator("model", "refiner_checkpoint")
     @classmethod

@@ -158,6 +158,8 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLER_NAMES)} (default Euler a)")
     p.add_argument("--scheduler", help=f"schedule type, one of: {', '.join(SCHEDULE_NAMES)}")
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer (default), 2 = the one before")
+    p.add_argument("--no-translate", action="store_true", default=None,
+                   help="send Japanese in the prompts to the text encoder as written (default: translate it to English)")
     _image_flags(p)
     p.add_argument("--from", dest="from_image", metavar="IMAGE", help="regenerate a PNG from its metadata; other flags override its fields")
     p.add_argument("--out", "-o", type=Path, help="output folder (default: <data dir>/outputs)")
@@ -207,10 +209,12 @@ def _request_for(args: argparse.Namespace, settings: Settings) -> tuple[Any, int
     overrides.update(_image_overrides(args))
     if args.prompt is not None:
         overrides["prompt"] = args.prompt
+    if args.no_translate:
+        overrides["translate"] = False
     if args.from_image is None:
         if args.prompt is None:
             raise KakumeiError("give a prompt, e.g. kakumei generate \"a red fox in snow\", or --from IMAGE")
-        request = validate_request({**overrides, "model": settings.model})
+        request = _translated(validate_request({**overrides, "model": settings.model}), settings)
         check_request(request)
         return request, None
     base, index = read_metadata(args.from_image).request_and_index()
@@ -219,13 +223,33 @@ def _request_for(args: argparse.Namespace, settings: Settings) -> tuple[Any, int
         data["model"] = args.model
     elif data.get("model") is None:
         data["model"] = settings.model
+    if any(field in overrides for field in ("prompt", "negative_prompt", "translate")):
+        # A new prompt is translated afresh; the image's recorded pair was for its old one.
+        # Without one, the recorded English is used as it is: the same bytes come out.
+        for field in ("prompt_original", "negative_prompt_original", "untranslated"):
+            data.pop(field, None)
     data.update(overrides)
-    request = validate_request(data)
+    request = _translated(validate_request(data), settings)
     check_request(request)
     # Regenerate just that image when the batches are laid out as before; a changed seed,
     # batch size or count asks for a new set of images.
     same_layout = all(getattr(request, f) == getattr(base, f) for f in ("seed", "batch_size", "n_iter"))
     return request, (index if same_layout else None)
+
+
+def _translated(request: Any, settings: Settings) -> Any:
+    """The request with Japanese in its prompts in English, said on stderr when it changed."""
+    from kakumei.translate import translate_request, translator_for, untranslated_note
+
+    translated = translate_request(request, translator_for(settings.translator))
+    if translated is not request:
+        if translated.prompt_original is not None:
+            print(f"translated: {translated.prompt}", file=sys.stderr)
+        if translated.negative_prompt_original is not None:
+            print(f"translated negative prompt: {translated.negative_prompt}", file=sys.stderr)
+        if translated.untranslated:
+            print(f"note: {untranslated_note(translated.untranslated)}", file=sys.stderr)
+    return translated
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:

@@ -61,6 +61,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; kakumei decides who is
     # calling itself (server/addresses.py, `trusted_proxies`).
+    if settings.translator == "dictionary":
+        from kakumei.translate import INSTALL_HINT, dictionary_installed
+
+        if not dictionary_installed():
+            print(f"note: Japanese prompts will be refused until the offline dictionary is installed: {INSTALL_HINT}", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info" if args.verbose else "warning", proxy_headers=False))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # uvicorn.run's exit status when startup fails

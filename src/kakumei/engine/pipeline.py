@@ -292,7 +292,7 @@ class Engine:
         meta: dict[str, Any] = {
             "version": md.METADATA_VERSION,
             # Input images are recorded by hash, not carried: a PNG must not hold another PNG.
-            "request": request.model_dump(mode="json", exclude={"init_images", "mask"}),
+            "request": request.model_dump(mode="json", exclude={"init_images", "mask", *request.untouched_translation_fields()}),
             "image_index": index,
             "seed": seed,
             "model": {

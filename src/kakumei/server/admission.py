@@ -150,7 +150,9 @@ class Admission:
         if refusal is not None:
             return refusal
         for pattern in self.blocklist:
-            if pattern.search(request.prompt) or pattern.search(request.negative_prompt or ""):
+            # A translated prompt is checked as written and in English.
+            texts = (request.prompt, request.negative_prompt, request.prompt_original or "", request.negative_prompt_original or "")
+            if any(pattern.search(text) for text in texts):
                 return self._offence(user, addr, "blocked prompt", Refusal(
                     403, "the prompt matches a pattern this server's operator does not allow; change the prompt"))
         now = self.clock()

@@ -39,6 +39,7 @@ from kakumei.server.routes import (
     metrics,
     openai,
     options,
+    translate,
     web,
     worker_api,
     workers,
@@ -95,7 +96,7 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     app.add_exception_handler(405, method_not_allowed)  # type: ignore[arg-type]
     app.state.event_streams = Slots(settings.max_event_streams_per_user)  # routes/events.py
     app.state.model_hashes = ModelHashes(settings)  # /sdapi/v1/sd-models
-    routers = (jobs, events, images, health, gallery, options, me, accounts, admin, a1111, horde, openai, metrics, web, worker_api, workers, docs)
+    routers = (jobs, events, images, health, gallery, options, translate, me, accounts, admin, a1111, horde, openai, metrics, web, worker_api, workers, docs)
     for module in routers:
         app.include_router(module.router)
     app.state.body_budget = ByteBudget(settings.max_body_bytes)  # bodies read and parsed at once

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from kakumei.schemas import GenerationRequest
+from kakumei.schemas import MAX_PROMPT_CHARS, GenerationRequest
 
 
 class Progress(BaseModel):
@@ -38,6 +38,7 @@ class JobOut(BaseModel):
     progress: Progress | None = None
     seed: int | None = None
     error: str | None = None
+    notes: list[str] = Field([], description="what the job should know, e.g. words of a Japanese prompt no dictionary knew")
     images: list[ImageRef] = []
     events_url: str
     created_at: float
@@ -211,5 +212,22 @@ class Options(BaseModel):
     default_model: str
     allow_anonymous: bool
     signup: str  # who may create an account: "off", "invite" or "open"
+    # How Japanese prompts become English: "dictionary", "model" (a local model) or "off".
+    translator: str = "dictionary"
     limits: dict[str, int | float]
     defaults: dict[str, Any]
+
+
+class TranslateIn(BaseModel):
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+
+
+class TranslateOut(BaseModel):
+    """The English a job would encode for these prompts, as `POST /api/v1/jobs` translates them."""
+
+    translated: bool = Field(description="whether either prompt changed")
+    prompt: str
+    negative_prompt: str
+    untranslated: list[str] = Field(description="words no dictionary knew, kept as written")
+    translator: str

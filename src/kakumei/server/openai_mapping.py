@@ -39,6 +39,7 @@ class ImagesGenerate(BaseModel):
     size: str | None = Field(None, description="WIDTHxHEIGHT in multiples of 8; auto or absent: 512x512")
     response_format: str | None = Field(None, description="url (default) or b64_json")
     output_format: str | None = Field(None, description="png only")
+    translate: bool = Field(True, description="kakumei's own: false sends Japanese in the prompt untranslated")
 
 
 class Refused(KakumeiError):
@@ -67,7 +68,7 @@ def _values(body: ImagesGenerate, known_models: list[str]) -> dict[str, Any]:
     model = None if body.model in (None, "", *OPENAI_MODELS) else body.model
     if model is not None and model not in known_models:
         raise Refused(f"unknown model {model!r}; known: {', '.join(known_models)} (or leave model out)", "model")
-    values: dict[str, Any] = {"prompt": body.prompt, "model": model}
+    values: dict[str, Any] = {"prompt": body.prompt, "model": model, "translate": body.translate}
     if body.size not in (None, "", "auto"):
         match = _SIZE.match(body.size)
         if match is None:

@@ -1,8 +1,8 @@
 """Submitting a generation and waiting for it: the one path every API takes into the queue.
 
 The native jobs API, the AUTOMATIC1111 API, the OpenAI Images API and the AI Horde API all
-submit through `submit_generation`, so that each request meets the same model check, fair
-queue and the caller's limits whatever the client speaks. Refusals are `SubmitRefused` with an HTTP status;
+submit through `submit_generation`, so that each request meets the same translation of Japanese
+prompts, model check, fair queue and the caller's limits whatever the client speaks. Refusals are `SubmitRefused` with an HTTP status;
 each API renders them in its own error shape.
 """
 
@@ -23,6 +23,7 @@ from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import IdempotencyConflict, Job, NewJob
 from kakumei.store.quotas import QueueFull, idempotent_replay
+from kakumei.translate import TranslatorUnavailable, translate_request, translator_for
 
 FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
 # How often a waiting request looks at its job's events: short enough that a finished job is
@@ -53,6 +54,17 @@ def _shown(name: str, most: int = 80) -> str:
     return text if len(text) <= most else text[: most - 3] + "..."
 
 
+def translated(svc: Services, request: GenerationRequest) -> GenerationRequest:
+    """The request with Japanese in its prompts in English (the originals recorded), as every
+    API submits it; `SubmitRefused` when Japanese needs a translator this server lacks."""
+    try:
+        return translate_request(request, translator_for(svc.settings.translator))
+    except TranslatorUnavailable as exc:
+        raise SubmitRefused(422, str(exc)) from None
+    except InvalidRequest as exc:
+        raise SubmitRefused(422, str(exc)) from None
+
+
 def submit_generation(
     svc: Services, who: Caller, request: GenerationRequest, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
@@ -62,6 +74,9 @@ def submit_generation(
         # A reference skips the image checks (it names an image the server stored after
         # checking it), so from outside only the images themselves are taken.
         raise SubmitRefused(422, "send input images (init_images, mask) as base64; sha256: references are not accepted")
+    # First, so that the checks, the blocklist, the cost and the idempotency hash all see the
+    # English that will be encoded (a retry translates to the same English).
+    request = translated(svc, request)
     known = svc.known_models()
     model = request.model or svc.settings.model
     if model not in known:

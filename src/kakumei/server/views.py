@@ -28,6 +28,7 @@ from kakumei.server.services import Services
 from kakumei.store.images import GalleryImage
 from kakumei.store.jobs import Job, JobEvent, JobState
 from kakumei.store.workers import WorkerRecord
+from kakumei.translate import untranslated_note
 
 
 def image_url(image_id: str) -> str:
@@ -64,6 +65,7 @@ def job_out(svc: Services, job: Job) -> JobOut:
         progress=progress,
         seed=job.seed,
         error=job.error,
+        notes=[untranslated_note(job.request.untranslated)] if job.request.untranslated else [],
         images=images,
         events_url=f"/api/v1/jobs/{job.id}/events",
         created_at=job.created_at,
@@ -158,7 +160,9 @@ def worker_list(svc: Services, owner_id: int | None = None) -> WorkerList:
 
 def options_out(svc: Services) -> Options:
     """Samplers, schedules, models and limits from the tables that validate requests."""
-    defaults = GenerationRequest().model_dump(exclude={"init_images", "mask", "model", "refiner_checkpoint"})
+    defaults = GenerationRequest().model_dump(
+        exclude={"init_images", "mask", "model", "refiner_checkpoint", "prompt_original", "negative_prompt_original", "untranslated"}
+    )
     return Options(
         samplers=[Sampler(name=n, sigma_schedules=s) for n, s in schemas.SAMPLERS.items()],
         schedules=list(schemas.SCHEDULE_NAMES),
@@ -168,6 +172,7 @@ def options_out(svc: Services) -> Options:
         default_model=svc.settings.model,
         allow_anonymous=svc.settings.allow_anonymous,
         signup=svc.settings.signup,
+        translator=svc.settings.translator if svc.settings.translator in ("dictionary", "off") else "model",
         limits={
             "min_side": schemas.MIN_SIDE,
             "max_side": schemas.MAX_SIDE,

@@ -14,6 +14,189 @@ const MAX_STREAMS = 3;
 const POLL_MS = 4000;
 const $ = (id) => document.getElementById(id);
 
+// ---- languages -----------------------------------------------------------------------------
+
+// The page's words live in /web/i18n/<lang>.json, one file per language: `strings` maps each
+// English text (as index.html and this file write it, with {name} for what is filled in) to
+// the language's, and `server_sentences` maps the server's usual sentences by pattern. A
+// missing string shows in English; a third language is one more file and one more entry here.
+const LANG_STORE = "kakumei.lang";
+const DRAFT_STORE = "kakumei.draft";
+const LANGUAGES = { en: "English", ja: "日本語" };
+let LANG = "en";
+let STRINGS = {};
+let SENTENCES = [];
+
+function t(text, vars = {}) {
+  const template = Object.prototype.hasOwnProperty.call(STRINGS, text) ? STRINGS[text] : text;
+  return template.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+}
+
+// A sentence from the server (refusals, reasons) in the page's language where the strings
+// file knows its pattern; as the server said it otherwise.
+function serverSentence(text) {
+  for (const [pattern, replacement] of SENTENCES) {
+    if (pattern.test(text)) return text.replace(pattern, replacement);
+  }
+  return text;
+}
+
+// The language chosen on this page before, else the one the server picked from the
+// browser's Accept-Language (it writes it into <html lang>), else English.
+function chosenLanguage() {
+  const stored = localStorage.getItem(LANG_STORE);
+  if (stored && LANGUAGES[stored]) return stored;
+  const served = document.documentElement.lang;
+  return LANGUAGES[served] ? served : "en";
+}
+
+async function loadLanguage() {
+  LANG = chosenLanguage();
+  try {
+    const res = await fetch(`/web/i18n/${LANG}.json`);
+    if (!res.ok) throw new Error(String(res.status));
+    const data = await res.json();
+    STRINGS = data.strings || {};
+    SENTENCES = (data.server_sentences || []).map(([pattern, replacement]) => [new RegExp(pattern), replacement]);
+  } catch (err) {
+    STRINGS = {};
+    SENTENCES = [];
+  }
+  document.documentElement.lang = LANG;
+  translateTree(document.body);
+  for (const template of document.querySelectorAll("template")) translateTree(template.content);
+  const select = $("lang");
+  select.value = LANG;
+  select.addEventListener("change", () => {
+    localStorage.setItem(LANG_STORE, select.value);
+    // What is typed survives the reload that redraws the page in the other language.
+    sessionStorage.setItem(DRAFT_STORE, JSON.stringify({ prompt: $("prompt").value, negative_prompt: $("negative_prompt").value }));
+    window.location.reload();
+  });
+}
+
+const TRANSLATED_ATTRIBUTES = ["placeholder", "title", "aria-label", "alt"];
+
+// index.html's words: each text and attribute whose English the strings file knows.
+function translateTree(root) {
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  const nodes = [];
+  while (walker.nextNode()) nodes.push(walker.currentNode);
+  for (const node of nodes) {
+    const key = node.nodeValue.replace(/\s+/g, " ").trim();
+    if (key && Object.prototype.hasOwnProperty.call(STRINGS, key)) {
+      const lead = node.nodeValue.match(/^\s*/)[0];
+      const tail = node.nodeValue.match(/\s*$/)[0];
+      node.nodeValue = lead + STRINGS[key] + tail;
+    }
+  }
+  for (const el of root.querySelectorAll("*")) {
+    for (const name of TRANSLATED_ATTRIBUTES) {
+      const value = el.getAttribute(name);
+      if (value && Object.prototype.hasOwnProperty.call(STRINGS, value)) el.setAttribute(name, STRINGS[value]);
+    }
+  }
+}
+
+// ---- Japanese prompts: the English that will be encoded --------------------------------------
+
+// What the server translates (kana, kanji, half-width katakana, CJK and full-width
+// punctuation); the same classes as kakumei/translate/text.py.
+const JAPANESE = /[\u3041-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u3000-\u303f\uff01-\uff65]/;
+const translation = { timer: null, seq: 0, source: {}, edited: {} };
+
+function wireTranslation() {
+  if (!state.options || state.options.translator === "off") return;
+  for (const name of TEXT_FIELDS) {
+    $(name).addEventListener("input", () => scheduleTranslation());
+    $(`${name}_english`).addEventListener("input", () => { translation.edited[name] = true; });
+  }
+  scheduleTranslation(0);
+}
+
+function scheduleTranslation(delay = 300) {
+  clearTimeout(translation.timer);
+  translation.timer = setTimeout(previewTranslation, delay);
+}
+
+function hideEnglish(name) {
+  $(`${name}-english-box`).hidden = true;
+  $(`${name}_english`).value = "";
+  translation.source[name] = null;
+  translation.edited[name] = false;
+}
+
+// The English of the prompts as they are now, from the server's own translator, shown under
+// each; English the user edited is kept until the Japanese above it changes.
+async function previewTranslation() {
+  const body = { prompt: $("prompt").value, negative_prompt: $("negative_prompt").value };
+  const needed = TEXT_FIELDS.filter((name) => JAPANESE.test(body[name]));
+  for (const name of TEXT_FIELDS) if (!needed.includes(name)) hideEnglish(name);
+  if (!needed.length) {
+    $("translation-note").textContent = "";
+    return;
+  }
+  const seq = ++translation.seq;
+  let out;
+  try {
+    out = await api("POST", "/api/v1/translate", body);
+  } catch (err) {
+    if (seq === translation.seq) $("translation-note").textContent = err.message;
+    return;
+  }
+  if (seq !== translation.seq) return; // a newer edit's translation is on its way
+  for (const name of needed) {
+    if (translation.source[name] !== body[name]) translation.edited[name] = false;
+    if (!translation.edited[name]) $(`${name}_english`).value = out[name];
+    translation.source[name] = body[name];
+    $(`${name}-english-box`).hidden = false;
+  }
+  $("translation-note").textContent = out.untranslated.length
+    ? t("Not in the dictionary, kept as written: {words}", { words: out.untranslated.join(", ") }) : "";
+}
+
+// The request's prompts: the English shown (maybe edited) with the Japanese as written, where
+// the preview is for what is in the prompt box now; else the text, which the server translates.
+function promptFields() {
+  const fields = {};
+  for (const name of TEXT_FIELDS) {
+    const written = $(name).value;
+    const english = $(`${name}_english`).value;
+    if (!$(`${name}-english-box`).hidden && translation.source[name] === written && english.trim()) {
+      fields[name] = english;
+      fields[`${name}_original`] = written;
+    } else {
+      fields[name] = written;
+    }
+  }
+  return fields;
+}
+
+// A request that recorded what was written shows that in the prompt box, and the English it
+// encoded under it, kept as it was (so reusing it draws the same picture).
+function setPromptFields(request) {
+  let refresh = false;
+  for (const name of TEXT_FIELDS) {
+    const original = request[`${name}_original`];
+    if (original) {
+      $(name).value = original;
+      $(`${name}_english`).value = request[name];
+      translation.source[name] = original;
+      translation.edited[name] = true;
+      $(`${name}-english-box`).hidden = false;
+    } else if (request[name] !== undefined) {
+      refresh = true;
+    }
+  }
+  if (refresh && state.options && state.options.translator !== "off") scheduleTranslation(0);
+}
+
+function showEnglish(el, request) {
+  if (!el || !request.prompt_original) return;
+  el.textContent = t("In English: {prompt}", { prompt: request.prompt });
+  el.hidden = false;
+}
+
 const state = {
   key: localStorage.getItem(KEY_STORE) || "",
   kind: localStorage.getItem(KIND_STORE) || (localStorage.getItem(KEY_STORE) ? "key" : ""),
@@ -61,7 +244,7 @@ async function api(method, path, body, extraHeaders = {}, key = state.key) {
   try {
     res = await fetch(path, init);
   } catch (err) {
-    throw new ApiError(0, "The server cannot be reached; check your connection and try again.");
+    throw new ApiError(0, t("The server cannot be reached; check your connection and try again."));
   }
   if (res.status === 204) return null;
   const text = await res.text();
@@ -72,19 +255,21 @@ async function api(method, path, body, extraHeaders = {}, key = state.key) {
     data = null;
   }
   if (!res.ok) {
-    throw new ApiError(res.status, errorSentence(res, data, text), data && data.errors);
+    const fieldErrors = data && Array.isArray(data.errors)
+      ? data.errors.map((e) => ({ ...e, message: e.message && serverSentence(e.message) })) : [];
+    throw new ApiError(res.status, errorSentence(res, data, text), fieldErrors);
   }
   return data;
 }
 
 function errorSentence(res, data, text) {
-  if (data && typeof data.detail === "string") return data.detail;
+  if (data && typeof data.detail === "string") return serverSentence(data.detail);
   if (data && Array.isArray(data.detail)) {
     return data.detail.map((e) => `${(e.loc || []).slice(1).join(".")}: ${e.msg}`).join("; ");
   }
   const retry = res.headers.get("Retry-After");
-  const suffix = retry ? ` Try again in ${retry} s.` : "";
-  return `The server answered ${res.status} ${res.statusText}.${suffix}`;
+  const suffix = retry ? ` ${t("Try again in {s} s.", { s: formatNumber(retry) })}` : "";
+  return t("The server answered {status} {text}.", { status: res.status, text: res.statusText }) + suffix;
 }
 
 function randomKey() {
@@ -191,6 +376,7 @@ function setForm(request) {
   for (const name of BOOL_FIELDS) {
     if (request[name] !== undefined) $(name).checked = Boolean(request[name]);
   }
+  setPromptFields(request);
   if (ADVANCED_FIELDS.some((n) => request[n] !== undefined && request[n] !== state.options.defaults[n])) {
     $("advanced").open = true;
   }
@@ -200,7 +386,8 @@ function setForm(request) {
 
 function readForm() {
   const request = {};
-  for (const name of [...TEXT_FIELDS, ...CHOICE_FIELDS]) request[name] = $(name).value;
+  for (const name of CHOICE_FIELDS) request[name] = $(name).value;
+  Object.assign(request, promptFields());
   // An empty or unreadable number goes to the server as null, which answers with the field
   // and what it allows; the form never substitutes a value the user did not choose.
   for (const name of INT_FIELDS) request[name] = $(name).value === "" ? null : Number.parseInt($(name).value, 10);
@@ -324,6 +511,11 @@ async function generate() {
     const kept = { ...request };
     delete kept.init_images;
     delete kept.mask;
+    // The prompt box is remembered as written; its English is made again when it is shown.
+    for (const name of TEXT_FIELDS) {
+      if (kept[`${name}_original`]) kept[name] = kept[`${name}_original`];
+      delete kept[`${name}_original`];
+    }
     if (request.init_images) {
       const hrStrength = $("denoising_strength").value;
       kept.denoising_strength = hrStrength === "" ? null : Number.parseFloat(hrStrength);
@@ -331,7 +523,7 @@ async function generate() {
     }
     localStorage.setItem(FORM_STORE, JSON.stringify(kept));
     trackJob(job);
-    announce(job.queue_position ? `Queued, ${plural(job.queue_position, "job")} ahead.` : "Queued.");
+    announce(job.queue_position ? t("Queued, {jobs} ahead.", { jobs: plural(job.queue_position, "job") }) : t("Queued."));
   } catch (err) {
     showFormError(err);
   } finally {
@@ -380,7 +572,7 @@ async function choosePicture(file) {
     url = await readAsDataUrl(file);
     img = await loadedImage(url);
   } catch (err) {
-    $("init-error").textContent = "This file is not a picture this browser can read.";
+    $("init-error").textContent = t("This file is not a picture this browser can read.");
     return;
   }
   if (!INPUT_TYPES.includes(file.type)) {
@@ -401,7 +593,7 @@ async function choosePicture(file) {
   $("width").value = String(suggestedSide(img.naturalWidth));
   $("height").value = String(suggestedSide(img.naturalHeight));
   $("init-part").hidden = false;
-  announce(`Picture of ${img.naturalWidth}×${img.naturalHeight} chosen: generating starts from it.`);
+  announce(t("Picture of {w}×{h} chosen: generating starts from it.", { w: img.naturalWidth, h: img.naturalHeight }));
 }
 
 function clearPicture() {
@@ -411,7 +603,7 @@ function clearPicture() {
   $("init-preview").removeAttribute("src");
   $("init-part").hidden = true;
   $("init-error").textContent = "";
-  announce("Picture cleared: back to text to image.");
+  announce(t("Picture cleared: back to text to image."));
   $("init-file").focus();
 }
 
@@ -473,7 +665,7 @@ function invertMask() {
   }
   ctx.putImageData(data, 0, 0);
   init.painted = hasPaint();
-  announce("Mask inverted.");
+  announce(t("Mask inverted."));
 }
 
 function hasPaint() {
@@ -580,7 +772,7 @@ function wireImg2img() {
   $("init-clear").addEventListener("click", clearPicture);
   $("mask-clear").addEventListener("click", () => {
     clearMask();
-    announce("Mask cleared.");
+    announce(t("Mask cleared."));
   });
   $("mask-invert").addEventListener("click", invertMask);
   const strength = $("img2img-strength");
@@ -623,7 +815,9 @@ function trackJob(job) {
   if (state.jobs.has(job.id)) return;
   const card = $("job-template").content.firstElementChild.cloneNode(true);
   card.dataset.jobId = job.id;
-  card.querySelector(".job-prompt").textContent = job.request.prompt || "(no prompt)";
+  card.querySelector(".job-prompt").textContent = job.request.prompt_original || job.request.prompt || t("(no prompt)");
+  showEnglish(card.querySelector(".job-english"), job.request);
+  if ((job.notes || []).length) card.querySelector(".job-notes").textContent = job.notes.map(serverSentence).join(" ");
   const abort = new AbortController();
   const entry = { card, abort, done: false };
   state.jobs.set(job.id, entry);
@@ -632,7 +826,7 @@ function trackJob(job) {
   $("jobs").prepend(card);
   $("jobs-section").hidden = false;
   if (job.state === "queued") showQueued(card, job);
-  else if (job.state === "leased" || job.state === "running") setJobState(card, "Generating…");
+  else if (job.state === "leased" || job.state === "running") setJobState(card, t("Generating…"));
   if (job.progress && job.progress.total) showProgress(card, job.progress);
   entry.eventsUrl = job.events_url;
   if (state.streams < MAX_STREAMS) openStream(job.id);
@@ -672,7 +866,7 @@ async function pollWaiting() {
     else if (job.state === "succeeded") onJobEvent(id, "succeeded", { images: job.images });
     else if (job.state === "failed") onJobEvent(id, "failed", { reason: job.error });
     else if (job.state === "cancelled") onJobEvent(id, "cancelled", { images: job.images });
-    else setJobState(entry.card, "Generating…");
+    else setJobState(entry.card, t("Generating…"));
   }
   state.waiting = state.waiting.filter((id) => state.jobs.has(id) && !state.jobs.get(id).done);
   if (state.waiting.length) setTimeout(pollWaiting, POLL_MS);
@@ -687,25 +881,25 @@ function onJobEvent(jobId, kind, data) {
       showQueued(card, data);
       return null;
     case "started":
-      setJobState(card, "Generating…");
+      setJobState(card, t("Generating…"));
       card.querySelector(".job-detail").textContent = "";
       return null;
     case "progress":
       showProgress(card, data);
       return null;
     case "succeeded":
-      finishJob(jobId, "Done.");
-      announce(`Finished: ${plural((data.images || []).length, "image")}.`);
+      finishJob(jobId, t("Done."));
+      announce(t("Finished: {images}.", { images: plural((data.images || []).length, "image") }));
       dismissJob(jobId);
       loadGallery();
       return "final";
     case "failed":
-      finishJob(jobId, `Failed: ${data.reason || data.error || "no reason given"}`, true);
-      announce("A job failed.");
+      finishJob(jobId, t("Failed: {reason}", { reason: serverSentence(data.reason || data.error || t("no reason given")) }), true);
+      announce(t("A job failed."));
       return "final";
     case "cancelled":
-      finishJob(jobId, "Cancelled.");
-      announce("Cancelled.");
+      finishJob(jobId, t("Cancelled."));
+      announce(t("Cancelled."));
       if ((data.images || []).length) loadGallery();
       return "final";
     case "error":
@@ -724,11 +918,11 @@ function setJobState(card, text) {
 
 function showQueued(card, data) {
   const ahead = data.queue_position;
-  if (ahead === 0) setJobState(card, "Queued: next in line.");
-  else if (typeof ahead === "number") setJobState(card, `Queued: ${plural(ahead, "job")} ahead.`);
-  else setJobState(card, "Queued.");
+  if (ahead === 0) setJobState(card, t("Queued: next in line."));
+  else if (typeof ahead === "number") setJobState(card, t("Queued: {jobs} ahead.", { jobs: plural(ahead, "job") }));
+  else setJobState(card, t("Queued."));
   card.querySelector(".job-detail").textContent =
-    typeof data.eta_seconds === "number" ? `Ready in about ${duration(data.eta_seconds)}.` : "";
+    typeof data.eta_seconds === "number" ? t("Ready in about {time}.", { time: duration(data.eta_seconds) }) : "";
 }
 
 function showProgress(card, data) {
@@ -737,7 +931,7 @@ function showProgress(card, data) {
     const bar = card.querySelector(".job-progress");
     bar.max = data.total;
     bar.value = data.step || 0;
-    card.querySelector(".job-detail").textContent = `Step ${data.step} of ${data.total}`;
+    card.querySelector(".job-detail").textContent = t("Step {step} of {total}", { step: formatNumber(data.step), total: formatNumber(data.total) });
   }
   const img = card.querySelector(".job-preview");
   if (img.hidden) card.querySelector(".job-placeholder").hidden = false;
@@ -759,7 +953,7 @@ async function showPreview(card, src) {
     if (card.dataset.preview !== src || !hasContent(frame)) return;
   }
   img.src = src;
-  img.alt = "preview of the image being generated";
+  img.alt = t("preview of the image being generated");
   img.hidden = false;
   card.querySelector(".job-placeholder").hidden = true;
 }
@@ -867,7 +1061,7 @@ async function loadGallery() {
 
 function summary(item) {
   const r = item.request;
-  const parts = [`seed ${item.seed}`, `${r.steps} steps`, r.sampler_name];
+  const parts = [t("seed {seed}", { seed: item.seed }), t("{n} steps", { n: formatNumber(r.steps) }), r.sampler_name];
   if (r.scheduler && r.scheduler !== "Automatic") parts.push(r.scheduler);
   parts.push(`CFG ${r.cfg_scale}`, `${r.width}×${r.height}`, item.model);
   return parts.join(" · ");
@@ -876,8 +1070,9 @@ function summary(item) {
 function imageCard(item) {
   const card = $("image-template").content.firstElementChild.cloneNode(true);
   card.dataset.imageId = item.id;
-  const prompt = item.request.prompt || "(no prompt)";
+  const prompt = item.request.prompt_original || item.request.prompt || t("(no prompt)");
   card.querySelector(".image-prompt").textContent = prompt;
+  showEnglish(card.querySelector(".image-english"), item.request);
   card.querySelector(".image-summary").textContent = summary(item);
   card.querySelector(".image-infotext").textContent = item.infotext;
   const img = card.querySelector(".image-img");
@@ -886,17 +1081,17 @@ function imageCard(item) {
   img.height = item.request.height;
   const download = card.querySelector(".image-download");
   download.download = `kakumei-${item.seed}.png`;
-  download.setAttribute("aria-label", `Download the image of seed ${item.seed}`);
+  download.setAttribute("aria-label", t("Download the image of seed {seed}", { seed: item.seed }));
   loadImage(item, [img], card.querySelector(".image-open"), download);
   card.querySelector(".image-reuse").addEventListener("click", () => {
     setForm({ ...item.request, seed: item.seed, model: item.model });
     $("prompt").focus();
-    announce("Settings copied into the form.");
+    announce(t("Settings copied into the form."));
   });
   card.querySelector(".image-same-seed").addEventListener("click", () => {
-    setForm({ ...item.request, seed: item.seed, model: item.model, prompt: "" });
+    setForm({ ...item.request, seed: item.seed, model: item.model, prompt: "", prompt_original: null });
     $("prompt").focus();
-    announce(`Seed ${item.seed} kept; write a new prompt.`);
+    announce(t("Seed {seed} kept; write a new prompt.", { seed: item.seed }));
   });
   card.querySelector(".image-delete").addEventListener("click", () => deleteImage(item, card));
   return card;
@@ -912,7 +1107,7 @@ async function loadImage(item, imgs, ...links) {
       url = URL.createObjectURL(await res.blob());
       state.imageUrls.set(item.id, url);
     } catch (err) {
-      for (const img of imgs) img.alt = `${img.alt} (could not be loaded)`;
+      for (const img of imgs) img.alt = `${img.alt} ${t("(could not be loaded)")}`;
       return;
     }
   }
@@ -921,7 +1116,7 @@ async function loadImage(item, imgs, ...links) {
 }
 
 async function deleteImage(item, card) {
-  if (!window.confirm("Delete this image? This cannot be undone.")) return;
+  if (!window.confirm(t("Delete this image? This cannot be undone."))) return;
   const next = card.nextElementSibling || card.previousElementSibling;
   try {
     await api("DELETE", `/api/v1/images/${encodeURIComponent(item.id)}`);
@@ -937,39 +1132,41 @@ async function deleteImage(item, card) {
   // Keep keyboard users in the gallery rather than dropping focus to the top of the page.
   if (next) next.querySelector("button").focus();
   else $("prompt").focus();
-  announce("Image deleted.");
+  announce(t("Image deleted."));
 }
 
 // ---- account: guest key, sign-up, sign-in, keys, /me, terms -----------------------------
 
 // Sentences of the account panels, in one place.
 const SAY = {
-  guest: "guest",
-  anonymous: "anonymous",
-  signedIn: "signed in",
-  enterName: "Enter your name.",
-  enterPassword: "Enter your password.",
-  enterKey: "Enter the API key the server's operator gave you.",
-  signedUp: (name) => `Welcome, ${name}: your account is ready.`,
-  signedInAs: (name) => `Signed in as ${name}.`,
-  signedOut: "Signed out.",
-  credits: (n) => `You have ${n} credits, earned by running a worker and spent as you generate.`,
-  noCredits: "No credits yet: you are served all the same, and running a worker for this server earns credits and a larger share.",
-  share: (pct) => `While you have images waiting, about ${pct} of the machine is yours.`,
-  sources: {
-    merit: "Your share grows with what your workers contribute.",
-    admin: "The operator set your share.",
-    anonymous: "Visitors without a key share one place in line.",
+  get guest() { return t("guest"); },
+  get anonymous() { return t("anonymous"); },
+  get signedIn() { return t("signed in"); },
+  get enterName() { return t("Enter your name."); },
+  get enterPassword() { return t("Enter your password."); },
+  get enterKey() { return t("Enter the API key the server's operator gave you."); },
+  signedUp: (name) => t("Welcome, {name}: your account is ready.", { name }),
+  signedInAs: (name) => t("Signed in as {name}.", { name }),
+  get signedOut() { return t("Signed out."); },
+  credits: (n) => t("You have {n} credits, earned by running a worker and spent as you generate.", { n }),
+  get noCredits() {
+    return t("No credits yet: you are served all the same, and running a worker for this server earns credits and a larger share.");
   },
-  freeCaps: (caps) => `Free tier for now: up to ${formatNumber(caps.max_pixels)} pixels, ${caps.max_steps} steps and ` +
-    `${plural(caps.max_images, "image")} per job.`,
-  unnamedKey: "unnamed key",
-  keyMade: (when) => `made ${when}`,
-  keyCreated: "Key created: copy it now.",
-  keyCopied: "Key copied.",
-  keyRevoked: "Key revoked.",
-  revokeKey: (label) => `Revoke the key ${label}`,
-  confirmRevoke: (label) => `Revoke the key "${label}"? Programs that use it stop working.`,
+  share: (pct) => t("While you have images waiting, about {pct} of the machine is yours.", { pct }),
+  sources: {
+    get merit() { return t("Your share grows with what your workers contribute."); },
+    get admin() { return t("The operator set your share."); },
+    get anonymous() { return t("Visitors without a key share one place in line."); },
+  },
+  freeCaps: (caps) => t("Free tier for now: up to {pixels} pixels, {steps} steps and {images} per job.", {
+    pixels: formatNumber(caps.max_pixels), steps: formatNumber(caps.max_steps), images: plural(caps.max_images, "image") }),
+  get unnamedKey() { return t("unnamed key"); },
+  keyMade: (when) => t("made {when}", { when }),
+  get keyCreated() { return t("Key created: copy it now."); },
+  get keyCopied() { return t("Key copied."); },
+  get keyRevoked() { return t("Key revoked."); },
+  revokeKey: (label) => t("Revoke the key {label}", { label }),
+  confirmRevoke: (label) => t("Revoke the key \"{label}\"? Programs that use it stop working.", { label }),
 };
 
 // Fields of the account forms, by the name the API gives them in its errors.
@@ -1190,7 +1387,7 @@ function keyItem(key) {
   item.dataset.keyId = key.id;
   item.querySelector(".key-label").textContent = label;
   const made = key.created_at ? whenOf(key.created_at) : null;
-  item.querySelector(".key-created").textContent = made && !Number.isNaN(made.getTime()) ? SAY.keyMade(made.toLocaleDateString()) : "";
+  item.querySelector(".key-created").textContent = made && !Number.isNaN(made.getTime()) ? SAY.keyMade(made.toLocaleDateString(LANG)) : "";
   if (!key.current) item.querySelector(".key-current").remove();
   const revoke = item.querySelector(".key-revoke");
   // The key this browser signs in with goes with "Sign out", not from this list.
@@ -1270,7 +1467,7 @@ async function loadMe() {
     $("who").textContent = me.name;
   }
   const member = isMember() && !me.anonymous;
-  const group = me.group && me.group.sentence ? me.group.sentence : "";
+  const group = me.group && me.group.sentence ? serverSentence(me.group.sentence) : "";
   $("me-group").textContent = group;
   let balance = "";
   if (member && typeof me.balance === "number") balance = me.balance > 0 ? SAY.credits(formatNumber(me.balance)) : SAY.noCredits;
@@ -1289,13 +1486,13 @@ async function loadMe() {
   $("me-standing").textContent = me.standing && me.standing.allowed === false ? me.standing.reason || "" : "";
 
   const figures = [
-    ["balance", "Credits", formatNumber],
-    ["weight", "Weight (how much your share counts)", formatNumber],
-    ["share", "Share of the machine", (v) => (v <= 1 ? `${formatNumber(v * 100)} %` : formatNumber(v))],
-    ["virtual_counter", "Fair-share counter (work served, divided by weight)", formatNumber],
+    ["balance", t("Credits"), formatNumber],
+    ["weight", t("Weight (how much your share counts)"), formatNumber],
+    ["share", t("Share of the machine"), (v) => (v <= 1 ? `${formatNumber(v * 100)} %` : formatNumber(v))],
+    ["virtual_counter", t("Fair-share counter (work served, divided by weight)"), formatNumber],
   ].filter(([key]) => typeof me[key] === "number");
-  if (me.group && me.group.network) figures.push(["network", "Network", String, me.group.network]);
-  if (me.group && typeof me.group.others === "number") figures.push(["others", "Others sharing your group", formatNumber, me.group.others]);
+  if (me.group && me.group.network) figures.push(["network", t("Network"), String, me.group.network]);
+  if (me.group && typeof me.group.others === "number") figures.push(["others", t("Others sharing your group"), formatNumber, me.group.others]);
   $("me-figures").replaceChildren(
     ...figures.map(([key, label, format, value]) => {
       const pair = document.createElement("div");
@@ -1358,15 +1555,23 @@ function announce(text) {
   $("status").textContent = text;
 }
 
+// "1 job", "3 jobs": each form is a string of its own, so a language without plurals (or
+// with more of them) says it its own way.
+const PLURALS = {
+  job: ["{n} job", "{n} jobs"],
+  image: ["{n} image", "{n} images"],
+};
+
 function plural(n, word) {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
+  const [one, many] = PLURALS[word];
+  return t(n === 1 ? one : many, { n: formatNumber(n) });
 }
 
 function duration(seconds) {
-  if (seconds < 1) return "a second";
-  if (seconds < 90) return `${Math.round(seconds)} s`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
-  return `${(seconds / 3600).toFixed(1)} h`;
+  if (seconds < 1) return t("a second");
+  if (seconds < 90) return t("{n} s", { n: formatNumber(Math.round(seconds)) });
+  if (seconds < 5400) return t("{n} min", { n: formatNumber(Math.round(seconds / 60)) });
+  return t("{n} h", { n: formatNumber(Number((seconds / 3600).toFixed(1))) });
 }
 
 // The API gives times as seconds since 1970 (or as ISO text).
@@ -1375,12 +1580,13 @@ function whenOf(value) {
 }
 
 function formatNumber(v) {
-  return Number(v).toLocaleString(undefined, { maximumFractionDigits: 2 });
+  return Number(v).toLocaleString(LANG, { maximumFractionDigits: 2 });
 }
 
 // ---- start -------------------------------------------------------------------------------
 
 async function start() {
+  await loadLanguage();
   try {
     state.options = await api("GET", "/api/v1/options");
   } catch (err) {
@@ -1439,6 +1645,17 @@ async function start() {
   // can hover suggests (not a phone or tablet).
   $("generate-hint").hidden = !window.matchMedia("(hover: hover) and (pointer: fine)").matches;
   wireAccount();
+  const draft = sessionStorage.getItem(DRAFT_STORE);
+  if (draft) {
+    sessionStorage.removeItem(DRAFT_STORE);
+    try {
+      const typed = JSON.parse(draft);
+      for (const name of TEXT_FIELDS) if (typeof typed[name] === "string") $(name).value = typed[name];
+    } catch (err) {
+      // a damaged draft is only lost typing
+    }
+  }
+  wireTranslation();
   await settleKey();
   document.body.dataset.ready = "true";
 }

@@ -309,6 +309,7 @@ def to_generation_request(
     values: dict[str, Any] = {
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
+        "translate": req.translate,
         "steps": req.steps,
         "cfg_scale": req.cfg_scale,
         "width": req.width,
@@ -388,6 +389,14 @@ def job_info(job: Job, request: GenerationRequest, images: list[StoredImage]) ->
         "state": job.state.value,
         "error": job.error,
     }
+    # What was written, where kakumei translated a Japanese prompt ("prompt" is the English
+    # that was encoded, as the infotexts say).
+    if request.prompt_original is not None:
+        info["prompt_original"] = request.prompt_original
+    if request.negative_prompt_original is not None:
+        info["negative_prompt_original"] = request.negative_prompt_original
+    if request.untranslated:
+        info["untranslated"] = list(request.untranslated)
     return json.dumps(info)
 
 

@@ -21,6 +21,8 @@ class _Processing(BaseModel):
 
     prompt: str = ""
     negative_prompt: str = ""
+    # kakumei's own: false sends Japanese in the prompts to the text encoder untranslated.
+    translate: bool = True
     styles: list[str] | None = None
     seed: int = -1
     subseed: int = -1

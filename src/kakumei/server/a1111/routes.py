@@ -98,7 +98,7 @@ async def _generate(
     if final == "failed":
         raise HTTPException(500, f"generation failed: {job.error}")
     encoded = await to_thread.run_sync(lambda: [image_b64(i) for i in images]) if body.send_images else []
-    return ImageResponse(images=encoded, parameters=mapping.echoed_parameters(body), info=mapping.job_info(job, gen, images))
+    return ImageResponse(images=encoded, parameters=mapping.echoed_parameters(body), info=mapping.job_info(job, job.request, images))
 
 
 def _finished(svc: Services, job_id: str) -> tuple[Any, list[Any]]:

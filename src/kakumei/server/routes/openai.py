@@ -131,13 +131,15 @@ async def _generate(request: Request, svc: Services, who: Caller, body: ImagesGe
         reason = finished.error if finished is not None and finished.error else final
         return openai_error(500, f"generation {final}: {reason}")
     images = await to_thread.run_sync(svc.images.for_job, job.id)
-    # 2. answer in OpenAI's shape
+    # 2. answer in OpenAI's shape. `revised_prompt` is the prompt that was encoded: the
+    # English of a Japanese one (OpenAI's models revise prompts too).
+    revised = finished.request.prompt
     if body.response_format == "b64_json":
-        data = await to_thread.run_sync(lambda: [{"b64_json": image_b64(i), "revised_prompt": body.prompt} for i in images])
+        data = await to_thread.run_sync(lambda: [{"b64_json": image_b64(i), "revised_prompt": revised} for i in images])
     else:
         # The native image URL: fetched with the same key (or, anonymous, from the same address).
         base = str(request.base_url).rstrip("/")
-        data = [{"url": f"{base}/api/v1/images/{i.id}", "revised_prompt": body.prompt} for i in images]
+        data = [{"url": f"{base}/api/v1/images/{i.id}", "revised_prompt": revised} for i in images]
     return JSONResponse({"created": int(finished.finished_at or time.time()), "data": data})
 
 
