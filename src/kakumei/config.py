@@ -68,7 +68,12 @@ class Settings(BaseModel):
     verify_sample_rate: float = Field(0.1, ge=0.0, le=1.0)
     verify_max_distance: float = Field(0.04, gt=0.0, le=1.0)
     verify_trust_after: int = Field(5, ge=1)
-    verify_quarantine_after: int = Field(2, ge=1)
+    verify_quarantine_after: int = Field(1, ge=1)
+    # A new worker's first results are all re-run (its credit waits in escrow until it is
+    # trusted); worker keys one person may hold, and new ones per network a day (0: no limit).
+    verify_check_first: int = Field(5, ge=0)
+    worker_keys_per_user: int = Field(5, ge=0)
+    worker_keys_per_network_day: int = Field(10, ge=0)
     # `kakumei worker`: the server to work for and this machine's worker key.
     worker_server: str | None = None
     worker_key: str | None = None
@@ -254,6 +259,9 @@ _ENV_FIELDS = {
     "KAKUMEI_VERIFY_MAX_DISTANCE": "verify_max_distance",
     "KAKUMEI_VERIFY_TRUST_AFTER": "verify_trust_after",
     "KAKUMEI_VERIFY_QUARANTINE_AFTER": "verify_quarantine_after",
+    "KAKUMEI_VERIFY_CHECK_FIRST": "verify_check_first",
+    "KAKUMEI_WORKER_KEYS_PER_USER": "worker_keys_per_user",
+    "KAKUMEI_WORKER_KEYS_PER_NETWORK_DAY": "worker_keys_per_network_day",
     "KAKUMEI_WORKER_SERVER": "worker_server",
     "KAKUMEI_WORKER_KEY": "worker_key",
     "KAKUMEI_A1111_AUTH": "a1111_auth",

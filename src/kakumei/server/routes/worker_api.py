@@ -28,6 +28,8 @@ from kakumei.protocol import (
 )
 from kakumei.server import job_source
 from kakumei.server.deps import Svc
+from kakumei.server.errors import Refused
+from kakumei.server.results import complete_from_worker
 from kakumei.server.services import Services
 from kakumei.server.worker_access import ActiveWorker, CurrentWorker, leased_to, lost, reporting_on
 from kakumei.server.openapi import problems
@@ -102,14 +104,10 @@ def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker
 
 @router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 422))
 def complete(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
-    """The job's images. Refused (409) if the lease is gone: each job completes once."""
+    """The job's images. Refused (409) if the lease is gone: each job completes once; refused
+    (422) if they fail the cheap checks (then the job goes back to the queue)."""
     job = reporting_on(svc, worker, job_id)
-    job_source.check_seed(job, body.seed)
-    pending = svc.images.write_files(job_id, job_source.checked_images(job, body.images))
-    done = svc.jobs.complete(
-        job_id, body.lease_id, pending, seed=body.seed, after=lambda tx: svc.workers.on_completed(tx, worker, job_id)
-    )
-    if not done:
+    if not complete_from_worker(svc, worker, job, body.lease_id, body.images, body.seed):
         raise lost(job_id)
     return Done()
 
@@ -129,7 +127,11 @@ def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Do
 def cancelled(job_id: str, body: ImagesReport, svc: Svc, worker: ActiveWorker) -> Done:
     """The worker stopped a job its owner cancelled; images finished before the stop are kept."""
     job = reporting_on(svc, worker, job_id)
-    pending = svc.images.write_files(job_id, job_source.checked_images(job, body.images, complete=False))
+    try:
+        checked = job_source.checked_images(job, body.images, complete=False)
+    except job_source.BadResult as bad:
+        raise Refused(422, f"{bad}; send the cancelled job's finished images, or none") from None
+    pending = svc.images.write_files(job_id, checked)
     if not svc.jobs.acknowledge_cancel(job_id, body.lease_id, pending):
         raise lost(job_id)
     return Done()
