@@ -15,6 +15,7 @@ from PIL import Image
 from kakumei.protocol import Capabilities, ImageReport
 from kakumei.server.verification import Verifier
 from kakumei.store.ledger import Ledger
+from kakumei.store.workers import WorkerStatus
 from kakumei.worker import Worker
 from kakumei.worker.perceptual import png_distance
 from kakumei.worker.remote import HttpJobSource, WorkerRefused
@@ -172,3 +173,35 @@ def test_worker_keys_are_capped_per_person_and_per_network(make_server) -> None:
         assert b.post("/api/v1/me/workers", json={"name": "b0"}).status_code == 201
         more = b.post("/api/v1/me/workers", json={"name": "b1"})
         assert more.status_code == 429 and "from your network 127.0.0.0/24" in more.json()["detail"], more.text
+
+
+def test_a_trusted_remote_worker_checks_others_on_a_server_without_a_gpu(make_server, engine) -> None:
+    server = make_server(local_worker=False, verify_sample_rate=0.0)
+    (job_id,) = submit(server, (31,))
+    owner_key, liar_key = worker_key(server, "mallory", "liar")
+    _, checker_key = worker_key(server, "volunteer", "checker")
+    assert server.services.workers.set_status("checker", WorkerStatus.TRUSTED)
+    liar = HttpJobSource(server.url, liar_key)
+    try:
+        lease = liar.claim("liar", CAPS)
+        wrong = engine.generate(lease.request_to_run().model_copy(update={"seed": lease.request.seed + 7}))
+        reports = [ImageReport.of_png(i.png, seed=lease.request.seed, index=i.index) for i in wrong.images]
+        assert liar.complete(lease.job_id, lease.lease_id, reports, lease.request.seed)
+        # the liar, not trusted, is offered no checks (and never its own)
+        with server.client(liar_key) as raw:
+            assert raw.post("/api/v1/worker/checks/claim", json={}).status_code == 403
+    finally:
+        liar.close()
+    source = HttpJobSource(server.url, checker_key)
+    try:
+        checker = Worker(source, engine, "checker", capabilities=CAPS)
+        assert checker.run_one()  # no job queued: it re-runs the liar's job instead
+        assert not checker.run_one()
+    finally:
+        source.close()
+    row = my_workers(server, owner_key)["liar"]
+    assert row["status"] == "quarantined" and row["credit_pending"] == 0 and row["verifications"] == {"failed": 1}
+    svc = server.services
+    job = svc.jobs.get(job_id)
+    truth = engine.generate(job.request.model_copy(update={"model": job.model, "seed": job.seed}))
+    assert png_distance(svc.images.for_job(job_id)[0].path.read_bytes(), truth.images[0].png) < 0.01

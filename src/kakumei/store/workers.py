@@ -122,7 +122,7 @@ _FROM = "FROM workers w JOIN users u ON u.id = w.user_id"
 # The oldest pending check; concurrent verifiers (several servers) skip each other's rows.
 CLAIM_VERIFICATION = """
 SELECT id, job_id, worker_id, units FROM verifications
-WHERE state = 'pending' ORDER BY id LIMIT 1 {skip_locked}
+WHERE state = 'pending' AND worker_id <> ? ORDER BY id LIMIT 1 {skip_locked}
 """
 
 # Worker ids seen within a window, for "workers connected" in /metrics.
@@ -309,9 +309,11 @@ class WorkerStore:
 
     # -- verification -------------------------------------------------------------------
 
-    def claim_verification(self, verifier: str) -> Verification | None:
+    def claim_verification(self, verifier: str, *, not_of: int | None = None) -> Verification | None:
+        """The oldest pending check, now `verifier`'s; `not_of`: skip that worker's own jobs
+        (a remote worker never checks itself)."""
         with self.db.transaction() as tx:
-            row = tx.one(CLAIM_VERIFICATION)
+            row = tx.one(CLAIM_VERIFICATION, (-1 if not_of is None else not_of,))
             if row is None:
                 return None
             tx.run(
@@ -319,6 +321,14 @@ class WorkerStore:
                 (verifier, self.clock(), row["id"]),
             )
         return Verification(int(row["id"]), row["job_id"], int(row["worker_id"]), float(row["units"]))
+
+    def running_check(self, check_id: int, verifier: str) -> Verification | None:
+        """A check `verifier` claimed and has not finished (None for anyone else's)."""
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT id, job_id, worker_id, units FROM verifications "
+                         "WHERE id = ? AND state = 'running' AND verifier = ?", (check_id, verifier))
+        return None if row is None else Verification(int(row["id"]), row["job_id"], int(row["worker_id"]),
+                                                     float(row["units"]))
 
     def recover_verifier(self, verifier: str) -> int:
         """At start: checks this verifier was running when it stopped go back to pending."""

@@ -16,6 +16,8 @@ import kakumei
 from kakumei.protocol import (
     BatchClaim,
     Capabilities,
+    CheckReport,
+    CheckTask,
     Done,
     FailureReport,
     HeartbeatReply,
@@ -29,6 +31,7 @@ from kakumei.protocol import (
 from kakumei.server import job_source
 from kakumei.server.deps import Svc
 from kakumei.server.errors import Refused
+from kakumei.server import verification
 from kakumei.server.results import complete_from_worker
 from kakumei.server.services import Services
 from kakumei.server.worker_access import ActiveWorker, CurrentWorker, leased_to, lost, reporting_on
@@ -143,4 +146,20 @@ def release(job_id: str, body: Lease, svc: Svc, worker: CurrentWorker) -> Done:
     reporting_on(svc, worker, job_id)
     if not svc.jobs.release(job_id, body.lease_id):
         raise lost(job_id)
+    return Done()
+
+
+@router.post("/checks/claim", response_model=CheckTask, responses={204: {"description": "no check waiting"}, **problems(400, 401, 403, 413)})
+def claim_check(body: Capabilities, svc: Svc, worker: ActiveWorker) -> Any:
+    """A trusted worker re-runs another worker's job to check it (server/verification.py);
+    204 when none is waiting, 403 for a worker that is not trusted."""
+    task = verification.claim_for_worker(svc.workers, svc.jobs, worker, _seen(body, svc, worker))
+    return Response(status_code=204) if task is None else task
+
+
+@router.post("/checks/{check_id}", response_model=Done, responses=problems(400, 401, 403, 409, 413, 422))
+def report_check(check_id: int, body: CheckReport, svc: Svc, worker: ActiveWorker) -> Done:
+    """The re-run's images; the server compares them with the checked result."""
+    verification.report_from_worker(svc.workers, svc.images, worker, check_id, body.images,
+                                    max_distance=svc.settings.verify_max_distance)
     return Done()
