@@ -76,7 +76,8 @@ def main() -> None:
                                       "another model": []}
     flat_honest = 0
     skipped: list[str] = []
-    for request in cases:
+    for n, request in enumerate(cases, 1):
+        print(f"case {n} of {len(cases)}", file=sys.stderr, flush=True)
         reference = run("float32", request)
         flat_honest += flat(Image.open(io.BytesIO(reference)))
         honest["fp32, 1 thread"].append(png_distance(reference, run("float32", request, 1)))
