@@ -70,12 +70,18 @@ class Settings(BaseModel):
     fairness_slack: float = Field(1.0, ge=0)
     # Remote workers: share of an untrusted worker's jobs re-run by a trusted worker
     # (trusted ones are spot-checked at a tenth of it), the perceptual distance a re-run may
-    # differ by (bf16 and fp32 machines differ slightly; wrong pictures differ by 0.08 or more),
+    # differ by (benchmarks/verification.py: bf16 and fp16 differ from fp32 by 0.003 at most,
+    # half the steps or another prompt by 0.008 or more, another seed or model by 0.12 or more),
     # matching re-runs in a row that make a worker trusted, and mismatches that quarantine it.
     verify_sample_rate: float = Field(0.1, ge=0.0, le=1.0)
-    verify_max_distance: float = Field(0.04, gt=0.0, le=1.0)
+    verify_max_distance: float = Field(0.006, gt=0.0, le=1.0)
     verify_trust_after: int = Field(5, ge=1)
-    verify_quarantine_after: int = Field(2, ge=1)
+    verify_quarantine_after: int = Field(1, ge=1)
+    # A new worker's first results are all re-run (its credit waits in escrow until it is
+    # trusted); worker keys one person may hold, and new ones per network a day (0: no limit).
+    verify_check_first: int = Field(5, ge=0)
+    worker_keys_per_user: int = Field(5, ge=0)
+    worker_keys_per_network_day: int = Field(10, ge=0)
     # `kakumei worker`: the server to work for and this machine's worker key.
     worker_server: str | None = None
     worker_key: str | None = None
@@ -263,6 +269,9 @@ _ENV_FIELDS = {
     "KAKUMEI_VERIFY_MAX_DISTANCE": "verify_max_distance",
     "KAKUMEI_VERIFY_TRUST_AFTER": "verify_trust_after",
     "KAKUMEI_VERIFY_QUARANTINE_AFTER": "verify_quarantine_after",
+    "KAKUMEI_VERIFY_CHECK_FIRST": "verify_check_first",
+    "KAKUMEI_WORKER_KEYS_PER_USER": "worker_keys_per_user",
+    "KAKUMEI_WORKER_KEYS_PER_NETWORK_DAY": "worker_keys_per_network_day",
     "KAKUMEI_WORKER_SERVER": "worker_server",
     "KAKUMEI_WORKER_KEY": "worker_key",
     "KAKUMEI_A1111_AUTH": "a1111_auth",

@@ -80,6 +80,24 @@ class LeasedJobs(_Message):
     leases: list[LeasedJob]
 
 
+class CheckTask(_Message):
+    """A re-run a trusted worker does to check another worker's result: the job's request
+    with the seed that worker reported. The server compares the images, not the worker."""
+
+    check_id: int
+    model: str
+    request: GenerationRequest
+
+    def request_to_run(self) -> GenerationRequest:
+        return self.request.model_copy(update={"model": self.model})
+
+
+class CheckReport(_Message):
+    """The re-run's images, by the index of the job's images."""
+
+    images: list[ImageReport]
+
+
 class Progress(_Message):
     """How far a running job is; no step means the heartbeat only keeps the lease."""
 

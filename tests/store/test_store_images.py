@@ -71,7 +71,7 @@ def test_a_report_whose_transaction_fails_deletes_its_files(stores, monkeypatch,
 def mismatched(stores) -> tuple[WorkerStore, Verification, list[StoredImage]]:
     """A remote worker's completed job, sampled for a check, and its image row."""
     owner = stores.users.add("owner")[0]
-    workers = WorkerStore(stores.db, TrustPolicy(sample_rate=1.0), random=lambda: 0.5)
+    workers = WorkerStore(stores.db, TrustPolicy(sample_rate=1.0, quarantine_after=2), random=lambda: 0.5)
     worker, _ = workers.add(owner.id, "gpu-1")
     user = stores.users.anonymous()
     job, _ = stores.jobs.submit(NewJob(user.id, REQUEST, "m", request_cost(REQUEST, "m")))

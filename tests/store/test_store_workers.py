@@ -36,14 +36,19 @@ def test_worker_keys_are_distinct_from_user_keys(stores) -> None:
         assert tx.scalar("SELECT key_hash FROM workers WHERE id = ?", (record.id,)) == hash_key(key)
 
 
-def test_unsampled_work_is_paid_and_counted(stores) -> None:
+def test_a_new_workers_unchecked_work_waits_in_escrow_a_trusted_ones_is_paid(stores) -> None:
     owner, _ = stores.users.add("alice")
-    workers = WorkerStore(stores.db, TrustPolicy(sample_rate=0.0), random=lambda: 0.5)
+    workers = WorkerStore(stores.db, TrustPolicy(sample_rate=0.0, check_first=0), random=lambda: 0.5)
     worker, _ = workers.add(owner.id, "gpu-1")
     complete_one(stores, workers, worker)
     record = workers.get(worker.id)
     assert record.jobs_done == 1 and record.units_done > 0
-    assert Ledger(stores.db).balance(owner.id) == record.units_done
+    assert Ledger(stores.db).balance(owner.id) == 0 and workers.pending_credit(worker.id) == record.units_done
+    assert workers.verification_counts(worker.id) == {}  # not sampled: nothing to check
+    workers.set_status("gpu-1", WorkerStatus.TRUSTED)
+    complete_one(stores, workers, worker)
+    record = workers.get(worker.id)
+    assert Ledger(stores.db).balance(owner.id) == record.units_paid == record.units_done / 2
 
 
 def test_mismatches_make_suspect_then_quarantine_and_earn_nothing(stores) -> None:
@@ -69,9 +74,27 @@ def test_matching_checks_pay_and_build_trust(stores) -> None:
     check = workers.claim_verification("v")
     assert workers.claim_verification("v") is None  # one check, one verifier
     assert workers.finish_verification(check, distance=0.001, passed=True) == WorkerStatus.NEW
-    assert Ledger(stores.db).balance(owner.id) == check.units
+    assert Ledger(stores.db).balance(owner.id) == 0  # in escrow until the worker is trusted
+    assert workers.pending_credit(worker.id) == check.units
     complete_one(stores, workers, worker)
     assert workers.finish_verification(workers.claim_verification("v"), distance=0.0, passed=True) == WorkerStatus.TRUSTED
+    assert Ledger(stores.db).balance(owner.id) == 2 * check.units and workers.pending_credit(worker.id) == 0
+
+
+def test_a_failed_check_voids_escrow_and_queues_every_affected_job_again(stores) -> None:
+    owner, _ = stores.users.add("mallory")
+    workers = WorkerStore(stores.db, TrustPolicy(sample_rate=0.0, check_first=1), random=lambda: 0.5)
+    worker, _ = workers.add(owner.id, "cheat")
+    for _ in range(3):
+        complete_one(stores, workers, worker)
+    assert workers.verification_counts(worker.id) == {"pending": 1}  # the first, then a sample of none
+    check = workers.claim_verification("v")
+    assert workers.finish_verification(check, distance=0.3, passed=False) == WorkerStatus.QUARANTINED
+    assert workers.pending_credit(worker.id) == 0
+    assert workers.verification_counts(worker.id) == {"failed": 1, "pending": 2}  # re-run the other two
+    while (check := workers.claim_verification("v")) is not None:
+        workers.finish_verification(check, distance=0.0, passed=True)
+    assert Ledger(stores.db).balance(owner.id) == 0  # a quarantined worker's credit stays void
 
 
 def test_a_suspect_worker_has_every_job_checked(stores) -> None:

@@ -222,18 +222,21 @@ def cmd_workers_list(args: argparse.Namespace, settings: Settings) -> int:
     db = _open(settings, args.database)
     try:
         store = WorkerStore(db)
-        rows = [(w, store.verification_counts(w.id)) for w in store.list()]
+        rows = [(w, store.verification_counts(w.id), store.pending_credit(w.id)) for w in store.list()]
     finally:
         db.close()
+    # "held" is credit waiting in escrow, "paid" what the owner has been paid; "queued" the
+    # re-run checks still to come.
     print(f"{'name':<20} {'owner':<16} {'status':<12} {'jobs':>6} {'failed':>6} {'units':>8} {'units/s':>8} "
-          f"{'checked':>7} {'bad':>4} {'pending':>7} {'last seen':>10}")
+          f"{'held':>8} {'paid':>8} {'checked':>7} {'bad':>4} {'queued':>6} {'last seen':>10}")
     now = time.time()
-    for w, checks in rows:
+    for w, checks, held in rows:
         speed = f"{w.units_per_second:.3f}" if w.units_per_second is not None else "-"
         seen = f"{now - w.last_seen_at:.0f}s ago" if w.last_seen_at else "never"
         print(f"{w.name:<20} {w.owner:<16} {w.status.value:<12} {w.jobs_done:>6} {w.jobs_failed:>6} "
-              f"{w.units_done:>8.2f} {speed:>8} {checks.get('passed', 0) + checks.get('failed', 0):>7} "
-              f"{checks.get('failed', 0):>4} {checks.get('pending', 0):>7} {seen:>10}")
+              f"{w.units_done:>8.2f} {speed:>8} {held:>8.2f} {w.units_paid:>8.2f} "
+              f"{checks.get('passed', 0) + checks.get('failed', 0):>7} "
+              f"{checks.get('failed', 0) + w.results_refused:>4} {checks.get('pending', 0):>6} {seen:>10}")
     return 0
 
 

@@ -33,7 +33,7 @@ def me_out(svc: Services, who: Caller) -> Me:
     counts = admission.queue_state(user, who.client_addr)
     group_weight, other_groups, person_weight, others = group_shares(svc.db, user.id, counts.group_id)
     free = admission.free(user)
-    caps = admission.caps_now(counts.total) if free else None
+    caps = None if admission.exempt(user) else admission.caps_now(counts.total)
     refusal = admission.standing(user, who.client_addr)
     version = terms_version(svc.settings)
     addr = who.scope_addr

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from kakumei.config import Settings
+from kakumei.fairness.cost import request_cost, work_size
 from kakumei.fairness.credits import MeritPolicy, is_free_tier
 from kakumei.fairness.groups import NETWORK, GroupPolicy, group_key, network_of
 from kakumei.fairness.limits import FreeCaps, Refusal, TimeoutPolicy, TokenBuckets, free_caps, over_free_caps
@@ -26,6 +27,7 @@ from kakumei.store.quotas import (
     FREE_IN_GROUP,
     FREE_USERS_IN_GROUP,
     OWN,
+    NotCovered,
     QueueCounts,
     QueueFull,
     QueueLimits,
@@ -144,8 +146,9 @@ class Admission:
 
     # -- the whole check --------------------------------------------------------------
 
-    def check(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
-        """None when the job may be queued; otherwise why not."""
+    def check(self, user: User, addr: str | None, request: GenerationRequest, cost: float | None = None) -> Refusal | None:
+        """None when the job may be queued; otherwise why not. `cost`: the job's compute units
+        (by default computed for the request's model)."""
         refusal = self.standing(user, addr)
         if refusal is not None:
             return refusal
@@ -179,7 +182,7 @@ class Admission:
             return self._rate_refusal(ignored, user, addr, Refusal(
                 429, f"too many requests from {where}: {self.settings.ip_rate_per_minute:g} a minute "
                 f"(bursts of {self.settings.ip_burst}); retry in {_wait(ip_wait)}", ip_wait))
-        refusal = self._queue_rules(user, addr, request)
+        refusal = self._queue_rules(user, addr, request, self._cost(request, cost))
         if refusal is not None:
             # A refused request should not also use up the caller's allowance.
             if key:
@@ -227,46 +230,87 @@ class Admission:
         return is_free_tier(is_anonymous=user.is_anonymous, balance=user.balance,
                             override=user.weight_override, is_admin=user.is_admin)
 
+    def exempt(self, user: User) -> bool:
+        """Admins and users with an admin-set weight: the free-tier caps are not theirs."""
+        return user.is_admin or user.weight_override is not None
+
+    def _cost(self, request: GenerationRequest, cost: float | None) -> float:
+        return request_cost(request, request.model or self.settings.model) if cost is None else cost
+
+    def beyond_free(self, user: User, request: GenerationRequest, queued: int) -> str | None:
+        """The free-tier cap the request breaks now (as a sentence), or None; None always for
+        exempt users. The hires output size and second-pass steps count (cost.work_size)."""
+        if self.exempt(user):
+            return None
+        size = work_size(request)
+        return over_free_caps(size.width, size.height, size.steps, size.images, self.caps_now(queued))
+
     def caps_now(self, queued: int) -> FreeCaps:
         return free_caps(self.idle_caps, queued, self.settings.free_busy_queue)
 
-    def queue_limits(self, user: User, addr: str | None) -> QueueLimits:
+    def queue_limits(self, user: User, addr: str | None, request: GenerationRequest | None = None) -> QueueLimits:
         """The queue caps for this caller: checked first here, then again by `JobStore.submit`
         in the transaction that queues the job, so concurrent submits cannot all pass. The
-        free-tier caps count the caller's group: a network's people without merit together."""
+        free-tier caps count the caller's group: a network's people without merit together.
+        With `request`: whether its cost must be covered by the balance (beyond the free tier),
+        held in that transaction too."""
         s = self.settings
         free = self.free(user)
+        cover = request is not None and self.beyond_free(user, request, self.queue_state(user, addr).total) is not None
         return QueueLimits(
             own=s.max_queued_jobs,
             anonymous_group=s.anonymous_max_queued if user.is_anonymous else None,
             free_in_group=s.free_queued_per_ip if free else None,
             free_users_in_group=s.free_users_per_ip if free else None,
+            cover=cover,
         )
 
-    def when_full(self, user: User, addr: str | None, full: QueueFull) -> Refusal:
-        """The refusal for a cap `JobStore.submit` found reached: the same as `check` gives,
-        and the rate-limit tokens `check` took are given back."""
+    def when_not_covered(self, user: User, addr: str | None, request: GenerationRequest, short: NotCovered) -> Refusal:
+        """The refusal for a job `JobStore.submit` found the balance short for (another submit
+        spent it meanwhile); the rate-limit tokens `check` took are given back."""
+        self._give_back(user, addr)
+        counts = self.queue_state(user, addr)
+        broken = self.beyond_free(user, request, counts.total) or "the job is beyond the free tier"
+        return self._short_refusal(user, broken, short.cost, short.balance)
+
+    def _short_refusal(self, user: User, broken: str, cost: float, balance: float) -> Refusal:
+        if user.is_anonymous:
+            return Refusal(403, f"{broken}; with credit (an account that runs a worker) larger jobs are allowed")
+        missing = cost - max(0.0, balance)
+        return Refusal(
+            403,
+            f"{broken}; a job beyond the free tier needs credit for all of it: it costs {cost:.2f} credits, "
+            f"your balance is {balance:.2f}, {missing:.2f} credits are missing (run a worker to earn them, "
+            f"or make the job smaller)",
+        )
+
+    def _give_back(self, user: User, addr: str | None) -> None:
         now = self.clock()
         if user.id != self.shared_anonymous_id(user):
             self.by_key.give_back(f"user:{user.id}", now)
         bucket = self.address_bucket(user, addr)
         if bucket:
             self.by_ip.give_back(bucket, now)
+
+    def when_full(self, user: User, addr: str | None, full: QueueFull) -> Refusal:
+        """The refusal for a cap `JobStore.submit` found reached: the same as `check` gives,
+        and the rate-limit tokens `check` took are given back."""
+        self._give_back(user, addr)
         return self._full_refusal(user, addr, full.cap, full.counts)
 
-    def _queue_rules(self, user: User, addr: str | None, request: GenerationRequest) -> Refusal | None:
+    def _queue_rules(self, user: User, addr: str | None, request: GenerationRequest, cost: float) -> Refusal | None:
         counts = self.queue_state(user, addr)
-        if self.free(user):
-            caps = self.caps_now(counts.total)
-            broken = over_free_caps(request.width, request.height, request.steps, request.image_count, caps)
-            if broken is not None:
-                if over_free_caps(request.width, request.height, request.steps, request.image_count,
-                                  self.idle_caps) is None:
-                    # Allowed when the queue is shorter: say so, and when to look again.
-                    wait = 60.0  # queues drain and fill quickly; look again in a minute
-                    return Refusal(429, f"the queue is busy: {broken}; a smaller job is accepted now, "
-                                        f"or retry when the queue is shorter", wait)
-                return Refusal(403, f"{broken}; with credit (run a worker) larger jobs are allowed")
+        broken = self.beyond_free(user, request, counts.total)
+        # Beyond the free tier a job needs a balance that covers all of it: a balance lifts
+        # the caps only for what it pays for (the cost is then reserved at submit).
+        if broken is not None and (user.is_anonymous or user.balance + 1e-9 < cost):
+            size = work_size(request)
+            if over_free_caps(size.width, size.height, size.steps, size.images, self.idle_caps) is None:
+                # Allowed when the queue is shorter: say so, and when to look again.
+                wait = 60.0  # queues drain and fill quickly; look again in a minute
+                return Refusal(429, f"the queue is busy: {broken}; a smaller job is accepted now, "
+                                    f"or retry when the queue is shorter", wait)
+            return self._short_refusal(user, broken, cost, user.balance)
         cap = first_full(counts, self.queue_limits(user, addr), user.id)
         return None if cap is None else self._full_refusal(user, addr, cap, counts)
 

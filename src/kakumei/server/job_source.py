@@ -11,6 +11,7 @@ import binascii
 import io
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
 from kakumei.protocol import Capabilities, HeartbeatReply, ImageReport, LeasedJob, Progress
@@ -44,9 +45,26 @@ def check_seed(job: Job, seed: int | None) -> None:
         raise Refused(422, f"job {job.id!r} asks for seed {job.request.seed}, the result says {seed}")
 
 
+class BadResult(Exception):
+    """A readable result that is not the picture asked for (wrong size, one flat colour): the
+    worker's work is refused, which counts against it as a failed check."""
+
+
+# A picture whose every channel spans at most this many levels of 255 is one flat colour:
+# what a fake worker's blank image, or a NaN turned black, looks like. Real generations,
+# the random-weight test model's included, span far more (benchmarks/verification.py).
+FLAT_LEVELS = 2
+
+
+def flat(decoded: Image.Image) -> bool:
+    pixels = np.asarray(decoded.convert("RGB"), dtype=np.int16)
+    return bool(int(pixels.max()) - int(pixels.min()) <= FLAT_LEVELS)
+
+
 def checked_images(job: Job, images: Sequence[ImageReport], *, complete: bool = True) -> list[ImageResult]:
     """Worker-sent images, checked to be PNGs of the requested size, each index once (and
-    all of them for a completed job)."""
+    all of them for a completed job), none of them one flat colour. A wrong size or a flat
+    image raises BadResult; other faults of the report Refused (the worker may send again)."""
     expected = job.request.image_count
     indexes = sorted(i.index for i in images)
     if len(set(indexes)) != len(indexes) or any(i >= expected for i in indexes) or (
@@ -60,10 +78,16 @@ def checked_images(job: Job, images: Sequence[ImageReport], *, complete: bool = 
             png = image.png()
             with Image.open(io.BytesIO(png)) as decoded:
                 fmt, got = decoded.format, decoded.size
+                if fmt == "PNG" and got == size:
+                    is_flat = flat(decoded)  # decodes the pixels: a truncated file fails here
         except (binascii.Error, ValueError, OSError):
             raise Refused(422, f"image {image.index} is not a readable base64 PNG") from None
-        if fmt != "PNG" or got != size:
-            raise Refused(422, f"image {image.index} is a {fmt} of {got[0]}x{got[1]}; the job asks for a PNG of {size[0]}x{size[1]}")
+        if fmt != "PNG":
+            raise Refused(422, f"image {image.index} is a {fmt}; the job asks for a PNG")
+        if got != size:
+            raise BadResult(f"image {image.index} is {got[0]}x{got[1]}; the job asks for {size[0]}x{size[1]}")
+        if is_flat:
+            raise BadResult(f"image {image.index} is one flat colour, not a generated picture")
         out.append(image_result(image, png))
     return out
 

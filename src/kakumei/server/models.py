@@ -82,6 +82,9 @@ class WorkerOut(BaseModel):
     jobs_failed: int
     units_done: float = Field(description="compute units delivered")
     units_per_second: float | None = Field(None, description="speed over its completed jobs")
+    credit_pending: float = Field(0.0, description="credit earned that waits in escrow until the worker is trusted")
+    credit_settled: float = Field(0.0, description="credit paid to the owner for this worker's work")
+    results_refused: int = Field(0, description="results refused by the cheap checks (blank, wrong size)")
     verifications: dict[str, int] = Field(description="re-run checks by outcome: pending, passed, failed, ...")
     capabilities: dict | None = None
     last_seen_at: float | None = None

@@ -80,6 +80,9 @@ class Services:
             trusted_sample_rate=settings.verify_sample_rate / 10,
             trust_after=settings.verify_trust_after,
             quarantine_after=settings.verify_quarantine_after,
+            check_first=settings.verify_check_first,
+            max_keys_per_user=settings.worker_keys_per_user,
+            max_new_per_network_day=settings.worker_keys_per_network_day,
         )
         workers = WorkerStore(db, policy, ledger=jobs.ledger)  # the server's merit policy
         return cls(settings, db, UserStore(db), jobs, images, engine, workers=workers)

@@ -22,7 +22,7 @@ from kakumei.server.deps import Caller, as_person
 from kakumei.server.services import Services
 from kakumei.store.images import StoredImage
 from kakumei.store.jobs import IdempotencyConflict, Job, NewJob
-from kakumei.store.quotas import QueueFull, idempotent_replay
+from kakumei.store.quotas import NotCovered, QueueFull, idempotent_replay
 from kakumei.translate import TranslatorUnavailable, translate_request, translator_for
 
 FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
@@ -97,8 +97,9 @@ def submit_generation(
     # user among them), so that one visitor's key can never answer with another's job.
     who = as_person(svc, who)
     scope = who.scope_addr or ""
+    cost = request_cost(request, model)
     if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, scope, idempotency_key):
-        refusal = svc.admission.check(who.user, who.client_addr, request)
+        refusal = svc.admission.check(who.user, who.client_addr, request, cost)
         if refusal is not None:
             raise SubmitRefused(refusal.status, refusal.message, refusal.retry_after)
     # The row keeps references and the image files go in once, in the same transaction, so
@@ -108,7 +109,7 @@ def submit_generation(
         user_id=who.user.id,
         request=stored,
         model=model,
-        cost=request_cost(request, model),
+        cost=cost,
         idempotency_key=idempotency_key,
         idempotency_scope=scope,
         client_addr=who.client_addr,
@@ -118,12 +119,16 @@ def submit_generation(
     try:
         # The queue caps again, in the transaction that queues the job: the check above
         # answers most refusals cheaply, this one holds when submits race.
-        return svc.jobs.submit(new, svc.admission.queue_limits(who.user, who.client_addr))
+        return svc.jobs.submit(new, svc.admission.queue_limits(who.user, who.client_addr, request))
     except IdempotencyConflict as exc:
         raise SubmitRefused(409, str(exc)) from None
     except QueueFull as full:
         refusal = svc.admission.when_full(who.user, who.client_addr, full)
         raise SubmitRefused(refusal.status, refusal.message, refusal.retry_after) from None
+    except NotCovered as short:
+        # Concurrent submits spent the balance first: the reservation holds in the transaction.
+        refusal = svc.admission.when_not_covered(who.user, who.client_addr, request, short)
+        raise SubmitRefused(refusal.status, refusal.message) from None
 
 
 async def wait_finished(

@@ -42,8 +42,9 @@ def active_worker(worker: Annotated[WorkerRecord, Depends(current_worker)]) -> W
     if worker.status == WorkerStatus.QUARANTINED:
         raise HTTPException(
             403,
-            f"worker {worker.name!r} is quarantined: {worker.mismatches} of its results did not match a "
-            "re-run on a trusted worker; ask the server's operator to review it",
+            f"worker {worker.name!r} is quarantined: {worker.mismatches} of its results failed the server's "
+            "checks (refused as blank or wrong, or unlike a re-run on a trusted worker); ask the server's "
+            "operator to review it",
         )
     return worker
 

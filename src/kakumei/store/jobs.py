@@ -25,8 +25,8 @@ from kakumei.schemas import STORED, GenerationRequest
 from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
-from kakumei.store.ledger import SPEND_GENERATION, Ledger
-from kakumei.store.quotas import QueueLimits, hold_queue_limits, lock_shared_caps
+from kakumei.store.ledger import REFUND, SPEND_GENERATION, Ledger
+from kakumei.store.quotas import QueueLimits, hold_credit, hold_queue_limits, lock_shared_caps
 from kakumei.fairness.groups import OWN
 from kakumei.store.users import UserStore
 
@@ -210,19 +210,21 @@ FROM fair_groups g JOIN jobs j ON j.group_id = g.id WHERE j.id = ?
 # report on a lost lease (expired and re-queued, or already finished) finds nothing.
 HELD_JOB = """
 SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost,
-    started_at, claimed_at, image_count, worker_id FROM jobs
+    started_at, claimed_at, image_count, worker_id, reserved FROM jobs
 WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}
 """
 
 EXPIRED_LEASES = """
-SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost FROM jobs
+SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost,
+    reserved FROM jobs
 WHERE state IN ('leased', 'running') AND lease_expires_at < ?
 ORDER BY lease_expires_at
 LIMIT 100 {skip_locked}
 """
 
 JOBS_OF_WORKER = """
-SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost FROM jobs
+SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost,
+    reserved FROM jobs
 WHERE state IN ('leased', 'running') AND worker_id = ?
 {skip_locked}
 """
@@ -387,20 +389,27 @@ class JobStore:
         if limits is not None:
             # A replay (above) is answered whatever the caps; a new job must fit under them.
             hold_queue_limits(tx, placement, limits)
+            # A job beyond the free tier must be covered by the balance, read after the row
+            # lock: concurrent submits spend one balance one after another.
+            hold_credit(tx, new.user_id, new.cost, limits)
         group_id = UserStore.enqueue(tx, new.user_id, new.cost, placement=placement, network_weight=self.network_weight)
         job_id = uuid.uuid4().hex
         InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
         tx.execute(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "idempotency_scope, model, pixels, steps, image_count, cost, priority, max_attempts, created_at, "
-            "batch_key, group_id) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "batch_key, group_id, reserved) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
                 new.idempotency_key, new.idempotency_scope, new.model, new.request.width * new.request.height,
                 new.request.steps, new.request.image_count, new.cost, new.priority,
-                self.max_attempts, now, new.request.batch_key(new.model), group_id,
+                self.max_attempts, now, new.request.batch_key(new.model), group_id, max(0.0, new.cost),
             ),
         )
+        if new.cost > 0:
+            # The cost is held from the balance now, in the transaction that queues the job;
+            # what the job does not generate comes back when it ends (_settle).
+            self.ledger.add(new.user_id, -new.cost, SPEND_GENERATION, job_id=job_id, conn=tx)
         add_event(tx, job_id, "queued", {"attempts": 0}, now)
         row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         assert row is not None
@@ -639,14 +648,24 @@ class JobStore:
 
     def _spend(self, tx: Transaction, job_id: str, row: dict, state: JobState, delivered: int) -> None:
         # A cancelled job pays for the images it delivered; a failed one pays nothing.
-        cost = float(row["cost"])
+        share = 1.0 if state == JobState.SUCCEEDED else 0.0
         if state == JobState.CANCELLED:
-            cost *= delivered / max(1, int(row["image_count"]))
-        elif state != JobState.SUCCEEDED:
+            share = min(1.0, delivered / max(1, int(row["image_count"])))
+        self._settle(tx, job_id, row, share)
+
+    def _settle(self, tx: Transaction, job_id: str, row: dict, share: float) -> None:
+        """The job ended having generated `share` of its images: the reservation made at
+        submit gives back the rest. A job accepted before reservations pays its share now."""
+        if row.get("reserved") is None:
+            cost = float(row["cost"]) * share
+            if cost > 0:
+                self.ledger.add(int(row["user_id"]), -cost, SPEND_GENERATION, job_id=job_id,
+                                worker_id=row.get("worker_id"), conn=tx)
             return
-        if cost > 0:
-            self.ledger.add(int(row["user_id"]), -cost, SPEND_GENERATION, job_id=job_id,
-                            worker_id=row["worker_id"], conn=tx)
+        back = float(row["reserved"]) * (1.0 - share)
+        if back > 0:
+            self.ledger.add(int(row["user_id"]), back, REFUND, job_id=job_id, worker_id=row.get("worker_id"),
+                            note=f"{1.0 - share:.0%} of the job was not generated", conn=tx)
 
     def extend_lease(self, job_id: str, lease_id: str, seconds: float) -> bool:
         """Hold a lease for `seconds` from now without a heartbeat: for workers whose protocol
@@ -723,8 +742,10 @@ class JobStore:
             tx.run("UPDATE jobs SET group_id = ? WHERE seq = ?", (group_id, row["seq"]))
             add_event(tx, row["id"], "queued", {"attempts": attempts, "reason": reason}, now)
         elif state == JobState.FAILED:
+            self._settle(tx, row["id"], row, 0.0)
             add_event(tx, row["id"], "failed", {"reason": error}, now)
         else:
+            self._settle(tx, row["id"], row, 0.0)
             add_event(tx, row["id"], "cancelled", {"image_ids": []}, now)
 
     # -- owner actions ------------------------------------------------------------------
@@ -735,7 +756,7 @@ class JobStore:
         now = self.clock()
         with self.db.transaction() as tx:
             row = tx.one(
-                "SELECT seq, user_id, group_id, state, cost FROM jobs WHERE id = ? {for_update}", (job_id,)
+                "SELECT seq, user_id, group_id, state, cost, reserved FROM jobs WHERE id = ? {for_update}", (job_id,)
             )
             if row is None:
                 return None
@@ -745,6 +766,7 @@ class JobStore:
                     (now, row["seq"]),
                 )
                 UserStore.dequeue(tx, int(row["user_id"]), int(row["group_id"]), float(row["cost"]))
+                self._settle(tx, job_id, row, 0.0)
                 add_event(tx, job_id, "cancelled", {"image_ids": []}, now)
             elif row["state"] in (JobState.LEASED, JobState.RUNNING):
                 tx.run("UPDATE jobs SET cancel_requested = 1 WHERE seq = ?", (row["seq"],))

@@ -21,9 +21,9 @@ from kakumei.store.users import UserStore
 
 # Reasons: what a row is for.
 EARN_WORK = "work"  # a worker owned by the user delivered compute units
-SPEND_GENERATION = "generation"  # the user's job completed
+SPEND_GENERATION = "generation"  # the user's job was accepted: its cost is held (reserved)
 GRANT = "grant"  # an admin gave (or, negative, took back) credit
-REFUND = "refund"  # money back for a job that was paid but not delivered
+REFUND = "refund"  # money back for what a job reserved but did not generate
 PENALTY = "penalty"  # a worker's result failed verification
 REASONS = frozenset({EARN_WORK, SPEND_GENERATION, GRANT, REFUND, PENALTY})
 
@@ -93,7 +93,8 @@ class Ledger:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (user_id, amount, reason, job_id, worker_id, note, self.clock()),
         )
-        row = UserStore.add_to_totals(tx, user_id, amount)
+        # A refund undoes spending: it lowers `spent`, it is not earned.
+        row = UserStore.add_to_totals(tx, user_id, amount, undo_spend=reason == REFUND)
         if row is None:
             raise ValueError(f"no user with id {user_id}")
         self.apply_weight(tx, user_id, row)

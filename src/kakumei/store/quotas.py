@@ -87,6 +87,8 @@ class QueueLimits:
     anonymous_group: int | None = None  # all keyless callers together
     free_in_group: int | None = None  # free-tier jobs in the caller's group
     free_users_in_group: int | None = None  # free-tier people with jobs queued in it
+    # The job is beyond the free tier: the balance must cover all of its cost.
+    cover: bool = False
 
 
 # The names `first_full` answers with, one per cap.
@@ -145,6 +147,31 @@ def hold_queue_limits(tx: Transaction, placement: Placement, limits: QueueLimits
     cap = first_full(counts, limits, placement.user_id)
     if cap is not None:
         raise QueueFull(cap, counts)
+
+
+class NotCovered(Exception):
+    """A job beyond the free tier costs more than the balance holds; nothing was queued."""
+
+    def __init__(self, cost: float, balance: float) -> None:
+        super().__init__(f"the job costs {cost:.2f} credits, the balance is {balance:.2f}")
+        self.cost = cost
+        self.balance = balance
+
+    @property
+    def missing(self) -> float:
+        return self.cost - max(0.0, self.balance)
+
+
+def hold_credit(tx: Transaction, user_id: int, cost: float, limits: QueueLimits) -> None:
+    """Raise NotCovered when `limits.cover` and the user's balance is below `cost`. Call it
+    after UserStore.place (which holds the user's row), in the transaction that reserves the
+    cost: the balance read here is the one the reservation spends."""
+    if not limits.cover:
+        return
+    balance = float(tx.scalar("SELECT balance FROM users WHERE id = ?", (user_id,)) or 0.0)
+    # A thousandth of a credit of slack: the same sum computed twice may differ in its last bits.
+    if balance + 1e-9 < cost:
+        raise NotCovered(cost, balance)
 
 
 def next_queued(

@@ -403,9 +403,11 @@ class UserStore:
         return UserStore._join(tx, user_id, target, cost, None, own_weight=False, lift=target != group_id)
 
     @staticmethod
-    def add_to_totals(tx: Transaction, user_id: int, amount: float) -> dict | None:
+    def add_to_totals(tx: Transaction, user_id: int, amount: float, *, undo_spend: bool = False) -> dict | None:
         """Move the running totals by one ledger row; the row the weight is computed from
-        (None: no such user)."""
+        (None: no such user). `undo_spend`: the row gives back spending (a refund)."""
+        if undo_spend:
+            return tx.one(ADD_TO_TOTALS, (amount, 0.0, -amount, user_id))
         return tx.one(ADD_TO_TOTALS, (amount, max(0.0, amount), max(0.0, -amount), user_id))
 
     @staticmethod

@@ -1,10 +1,16 @@
-"""Remote workers: their keys, their record, trust, and the re-run checks of their results.
+"""Remote workers: their keys, their record, trust, escrow, and the re-run checks of their results.
 
 A worker key belongs to a user (who earns the credits for the work). Each worker has a
-status: `new` until enough of its results have been re-run and matched, then `trusted`;
-a mismatch makes it `suspect` (every result checked, credits withheld until each passes),
-and `quarantine_after` mismatches make it `quarantined` (it can claim nothing). A sampled
-job's credit waits in `verifications` until a trusted worker has re-run it.
+status: `new` until `trust_after` of its results in a row have been re-run and matched, then
+`trusted`; a mismatch makes it `suspect` (every result checked), and `quarantine_after`
+mismatches make it `quarantined` (it can claim nothing).
+
+Escrow: what an untrusted worker earns waits in `worker_escrow` (pending) and is paid to its
+owner when the worker becomes trusted; a trusted worker's sampled job waits there until its
+check passes. A new worker's first `check_first` results are all re-run, later ones sampled.
+A failed check (a re-run mismatch, or a result the cheap checks refused) voids every pending
+row of the worker and queues a re-run of each of those jobs, so that their owners get the
+picture they asked for from a trusted machine.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ class TrustPolicy:
     sample_rate: float = 0.1  # share of a new worker's jobs re-run
     trusted_sample_rate: float = 0.01  # spot checks of trusted workers: trust can be lost
     trust_after: int = 5  # matching re-runs in a row that make a worker trusted
-    quarantine_after: int = 2  # mismatches that quarantine a worker
+    quarantine_after: int = 1  # failed checks that quarantine a worker
+    check_first: int = 5  # a new worker's first results, all re-run
+    max_keys_per_user: int = 5  # worker keys one user may hold (0: no limit)
+    max_new_per_network_day: int = 10  # worker keys created from one network in a day (0: no limit)
 
     def rate(self, status: WorkerStatus) -> float:
         if status == WorkerStatus.SUSPECT:
@@ -63,6 +72,8 @@ class WorkerRecord:
     verified_ok: int
     mismatches: int
     streak: int
+    units_paid: float
+    results_refused: int
     capabilities: dict[str, Any] | None
     last_seen_at: float | None
     created_at: float
@@ -93,16 +104,25 @@ class WorkerExists(ValueError):
     pass
 
 
+class TooManyWorkers(ValueError):
+    """A limit on worker keys (per user, or new ones per network a day) was reached."""
+
+
+DAY = 86400.0
+PENDING_ESCROW = "SELECT id, job_id, user_id, units FROM worker_escrow WHERE worker_id = ? AND state = 'pending' ORDER BY id"
+
+
 _COLUMNS = (
     "w.id, w.name, w.user_id, u.name AS owner, w.status, w.jobs_done, w.jobs_failed, w.units_done, "
-    "w.run_seconds, w.verified_ok, w.mismatches, w.streak, w.capabilities, w.last_seen_at, w.created_at"
+    "w.run_seconds, w.verified_ok, w.mismatches, w.streak, w.units_paid, w.results_refused, w.capabilities, "
+    "w.last_seen_at, w.created_at"
 )
 _FROM = "FROM workers w JOIN users u ON u.id = w.user_id"
 
 # The oldest pending check; concurrent verifiers (several servers) skip each other's rows.
 CLAIM_VERIFICATION = """
 SELECT id, job_id, worker_id, units FROM verifications
-WHERE state = 'pending' ORDER BY id LIMIT 1 {skip_locked}
+WHERE state = 'pending' AND worker_id <> ? ORDER BY id LIMIT 1 {skip_locked}
 """
 
 # Worker ids seen within a window, for "workers connected" in /metrics.
@@ -123,6 +143,8 @@ def _record(row: dict) -> WorkerRecord:
         verified_ok=int(row["verified_ok"]),
         mismatches=int(row["mismatches"]),
         streak=int(row["streak"]),
+        units_paid=float(row["units_paid"]),
+        results_refused=int(row["results_refused"]),
         capabilities=json.loads(row["capabilities"]) if row["capabilities"] else None,
         last_seen_at=row["last_seen_at"],
         created_at=float(row["created_at"]),
@@ -153,17 +175,26 @@ class WorkerStore:
 
     # -- keys and records ---------------------------------------------------------------
 
-    def add(self, user_id: int, name: str) -> tuple[WorkerRecord, str]:
-        """A worker key for `user_id`'s machine; return its record and key (shown once)."""
+    def add(self, user_id: int, name: str, *, network: str | None = None, limited: bool = False) -> tuple[WorkerRecord, str]:
+        """A worker key for `user_id`'s machine; return its record and key (shown once).
+
+        `limited` (a user asking over the API, from `network`): refuse with TooManyWorkers
+        past the policy's keys per user and new keys per network a day, counted in the
+        transaction that adds the key (the user's row is locked first, so one user's
+        concurrent requests count one after another)."""
         name = name.strip()
         if not name or len(name) > 64:
             raise ValueError(f"invalid worker name {name!r}: 1 to 64 characters")
         key = WORKER_KEY_PREFIX + secrets.token_urlsafe(32)
+        now = self.clock()
         try:
             with self.db.transaction() as tx:
+                if limited:
+                    self._hold_limits(tx, user_id, network, now)
                 row = tx.one(
-                    "INSERT INTO workers (name, user_id, key_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                    (name, user_id, hash_key(key), self.clock()),
+                    "INSERT INTO workers (name, user_id, key_hash, created_at, created_from) "
+                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    (name, user_id, hash_key(key), now, network),
                 )
         except self.db.integrity_errors:
             raise WorkerExists(f"a worker named {name!r} already exists") from None
@@ -171,6 +202,21 @@ class WorkerStore:
         record = self.get(int(row["id"]))
         assert record is not None
         return record, key
+
+    def _hold_limits(self, tx: Transaction, user_id: int, network: str | None, now: float) -> None:
+        tx.one("SELECT id FROM users WHERE id = ? {for_update}", (user_id,))
+        most = self.policy.max_keys_per_user
+        held = int(tx.scalar("SELECT COUNT(*) AS n FROM workers WHERE user_id = ?", (user_id,)) or 0)
+        if most and held >= most:
+            raise TooManyWorkers(f"you have {held} worker keys, the most this server allows one person; "
+                                 "reuse one of them for another machine or ask the operator")
+        per_day = self.policy.max_new_per_network_day
+        if per_day and network is not None:
+            made = int(tx.scalar("SELECT COUNT(*) AS n FROM workers WHERE created_from = ? AND created_at >= ?",
+                                 (network, now - DAY)) or 0)
+            if made >= per_day:
+                raise TooManyWorkers(f"{made} worker keys were created from your network {network} in the last "
+                                     "24 hours, the most this server allows; try again tomorrow")
 
     def by_key(self, key: str) -> WorkerRecord | None:
         return self._one(f"SELECT {_COLUMNS} {_FROM} WHERE w.key_hash = ?", (hash_key(key),))
@@ -211,23 +257,51 @@ class WorkerStore:
     # -- results ------------------------------------------------------------------------
 
     def on_completed(self, tx: Transaction, worker: WorkerRecord, job_id: str) -> None:
-        """In the completing transaction: count the work, then pay it or hold it for a check."""
+        """In the completing transaction: count the work, then pay it (a trusted worker's
+        unchecked job) or hold it in escrow, and queue its check where one is due."""
         row = tx.one("SELECT cost, run_seconds FROM jobs WHERE id = ?", (job_id,))
         assert row is not None
         units, seconds = float(row["cost"]), float(row["run_seconds"] or 0.0)
+        current = tx.one("SELECT status, jobs_done FROM workers WHERE id = ? {for_update}", (worker.id,))
+        assert current is not None
         tx.run(
             "UPDATE workers SET jobs_done = jobs_done + 1, units_done = units_done + ?, "
             "run_seconds = run_seconds + ?, last_seen_at = ? WHERE id = ?",
             (units, seconds, self.clock(), worker.id),
         )
-        status = WorkerStatus(tx.scalar("SELECT status FROM workers WHERE id = ?", (worker.id,)))
-        if self.random() < self.policy.rate(status):
+        status = WorkerStatus(current["status"])
+        first = status != WorkerStatus.TRUSTED and int(current["jobs_done"]) < self.policy.check_first
+        checked = first or self.random() < self.policy.rate(status)
+        if checked:
+            self._queue_check(tx, job_id, worker.id, units)
+        if status == WorkerStatus.TRUSTED and not checked:
+            self._pay(tx, worker.user_id, units, job_id, worker.id)
+        elif units > 0:
+            tx.run(
+                "INSERT INTO worker_escrow (job_id, worker_id, user_id, units, created_at) VALUES (?, ?, ?, ?, ?)",
+                (job_id, worker.id, worker.user_id, units, self.clock()),
+            )
+
+    def _queue_check(self, tx: Transaction, job_id: str, worker_id: int, units: float) -> None:
+        if tx.one("SELECT id FROM verifications WHERE job_id = ?", (job_id,)) is None:
             tx.run(
                 "INSERT INTO verifications (job_id, worker_id, units, created_at) VALUES (?, ?, ?, ?)",
-                (job_id, worker.id, units, self.clock()),
+                (job_id, worker_id, units, self.clock()),
             )
-        else:
-            self._pay(tx, worker.user_id, units, job_id, worker.id)
+
+    def refuse_result(self, worker_id: int, job_id: str) -> WorkerStatus:
+        """A result the cheap checks refused (blank, wrong size): a failed check, without a
+        re-run. Returns the worker's status after it."""
+        with self.db.transaction() as tx:
+            tx.run("UPDATE workers SET results_refused = results_refused + 1 WHERE id = ?", (worker_id,))
+            return self._failed(tx, worker_id)
+
+    def pending_credit(self, worker_id: int) -> float:
+        """Credit the worker earned that waits in escrow."""
+        with self.db.transaction(write=False) as tx:
+            value = tx.scalar("SELECT COALESCE(SUM(units), 0) AS u FROM worker_escrow "
+                              "WHERE worker_id = ? AND state = 'pending'", (worker_id,))
+        return float(value or 0.0)
 
     def on_failed(self, worker_id: int) -> None:
         with self.db.transaction() as tx:
@@ -235,9 +309,11 @@ class WorkerStore:
 
     # -- verification -------------------------------------------------------------------
 
-    def claim_verification(self, verifier: str) -> Verification | None:
+    def claim_verification(self, verifier: str, *, not_of: int | None = None) -> Verification | None:
+        """The oldest pending check, now `verifier`'s; `not_of`: skip that worker's own jobs
+        (a remote worker never checks itself)."""
         with self.db.transaction() as tx:
-            row = tx.one(CLAIM_VERIFICATION)
+            row = tx.one(CLAIM_VERIFICATION, (-1 if not_of is None else not_of,))
             if row is None:
                 return None
             tx.run(
@@ -245,6 +321,14 @@ class WorkerStore:
                 (verifier, self.clock(), row["id"]),
             )
         return Verification(int(row["id"]), row["job_id"], int(row["worker_id"]), float(row["units"]))
+
+    def running_check(self, check_id: int, verifier: str) -> Verification | None:
+        """A check `verifier` claimed and has not finished (None for anyone else's)."""
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT id, job_id, worker_id, units FROM verifications "
+                         "WHERE id = ? AND state = 'running' AND verifier = ?", (check_id, verifier))
+        return None if row is None else Verification(int(row["id"]), row["job_id"], int(row["worker_id"]),
+                                                     float(row["units"]))
 
     def recover_verifier(self, verifier: str) -> int:
         """At start: checks this verifier was running when it stopped go back to pending."""
@@ -301,25 +385,47 @@ class WorkerStore:
             (state, distance, self.clock(), check.id),
         )
         status = WorkerStatus(worker["status"])
-        if passed:
-            if distance is not None:
-                status = self._passed(tx, worker, status)
+        if not passed:
+            return self._failed(tx, check.worker_id)
+        if distance is not None:
+            status = self._passed(tx, worker, status)
+        escrowed = tx.one("SELECT state FROM worker_escrow WHERE job_id = ?", (check.job_id,))
+        if escrowed is None and status != WorkerStatus.QUARANTINED:
+            # A check queued before escrow held the job's credit itself.
             self._pay(tx, int(worker["user_id"]), check.units, check.job_id, check.worker_id)
-        else:
-            mismatches = int(worker["mismatches"]) + 1
-            status = (
-                WorkerStatus.QUARANTINED if mismatches >= self.policy.quarantine_after else WorkerStatus.SUSPECT
-            )
-            tx.run(
-                "UPDATE workers SET mismatches = ?, streak = 0, status = ? WHERE id = ?",
-                (mismatches, status.value, check.worker_id),
-            )
+        if status == WorkerStatus.TRUSTED:
+            self._release(tx, check.worker_id)
+        return status
+
+    def _release(self, tx: Transaction, worker_id: int) -> None:
+        """A trusted worker's escrow is paid, except jobs whose own check is still to come."""
+        for row in tx.all(PENDING_ESCROW, (worker_id,)):
+            waiting = tx.one("SELECT id FROM verifications WHERE job_id = ? AND state IN ('pending', 'running')",
+                             (row["job_id"],))
+            if waiting is not None:
+                continue
+            tx.run("UPDATE worker_escrow SET state = 'paid', settled_at = ? WHERE id = ?", (self.clock(), row["id"]))
+            self._pay(tx, int(row["user_id"]), float(row["units"]), row["job_id"], worker_id)
+
+    def _failed(self, tx: Transaction, worker_id: int) -> WorkerStatus:
+        """A failed check: the worker's status moves, its pending credit is void, and each job
+        that credit was for is re-run by a trusted machine (its check is queued)."""
+        worker = tx.one("SELECT mismatches FROM workers WHERE id = ? {for_update}", (worker_id,))
+        assert worker is not None
+        mismatches = int(worker["mismatches"]) + 1
+        status = WorkerStatus.QUARANTINED if mismatches >= self.policy.quarantine_after else WorkerStatus.SUSPECT
+        tx.run("UPDATE workers SET mismatches = ?, streak = 0, status = ? WHERE id = ?",
+               (mismatches, status.value, worker_id))
+        for row in tx.all(PENDING_ESCROW, (worker_id,)):
+            tx.run("UPDATE worker_escrow SET state = 'void', settled_at = ? WHERE id = ?", (self.clock(), row["id"]))
+            self._queue_check(tx, row["job_id"], worker_id, float(row["units"]))
         return status
 
     def _pay(self, tx: Transaction, user_id: int, units: float, job_id: str, worker_id: int) -> None:
         # Credit per compute unit delivered; the ledger's (job, reason) index pays a job once.
         if units > 0:
             self.ledger.add(user_id, units, EARN_WORK, job_id=job_id, worker_id=worker_lease_owner(worker_id), conn=tx)
+            tx.run("UPDATE workers SET units_paid = units_paid + ? WHERE id = ?", (units, worker_id))
 
     def _passed(self, tx: Transaction, worker: dict, status: WorkerStatus) -> WorkerStatus:
         streak = int(worker["streak"]) + 1

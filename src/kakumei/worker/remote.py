@@ -23,6 +23,8 @@ from kakumei.protocol import (
     MAX_REASON,
     BatchClaim,
     Capabilities,
+    CheckReport,
+    CheckTask,
     FailureReport,
     HeartbeatReply,
     HeartbeatReport,
@@ -193,6 +195,24 @@ class HttpJobSource:
 
     def acknowledge_cancel(self, job_id: str, lease_id: str, images: Sequence[ImageReport]) -> bool:
         return self._report(job_id, "cancelled", ImagesReport(lease_id=lease_id, seed=None, images=list(images)))
+
+    def claim_check(self, caps: Capabilities) -> CheckTask | None:
+        """A re-run to check another worker's result, if this worker is trusted and one waits."""
+        try:
+            reply = self._retrying("POST", "/checks/claim", caps, for_seconds=5.0)
+        except WorkerRefused:
+            return None  # not trusted (yet); a revoked key is refused at its next claim
+        if reply is None or reply.status_code != 200:
+            return None  # 204: none waiting; 403: this worker is not trusted (yet)
+        return CheckTask.model_validate(reply.json(), context=STORED)
+
+    def report_check(self, check_id: int, images: Sequence[ImageReport]) -> bool:
+        reply = self._retrying("POST", f"/checks/{check_id}", CheckReport(images=list(images)), for_seconds=self.lease_seconds)
+        if reply is None or reply.status_code != 200:
+            if reply is not None:
+                log.warning("check %d: report refused: %s", check_id, _detail(reply))
+            return False
+        return True
 
     def release(self, job_id: str, lease_id: str) -> bool:
         return self._report(job_id, "release", Lease(lease_id=lease_id), patient=False)

@@ -33,10 +33,17 @@ def recheck(
     image index. A KakumeiError from the engine (say it lacks the model) means the check
     cannot be made here, and is left to the caller."""
     result = engine.generate(request)
-    fresh = {image.index: image for image in result.images}
-    distances = [png_distance(png, fresh[index].png) if index in fresh else 1.0 for index, png in reported.items()]
+    return compare(reported, {g.index: (g.png, g.infotext, g.metadata) for g in result.images},
+                   max_distance=max_distance)
+
+
+def compare(
+    reported: Mapping[int, bytes], fresh: Mapping[int, tuple[bytes, str, dict[str, Any]]], *, max_distance: float
+) -> Verdict:
+    """The verdict on `reported` PNGs against a trusted re-run's images (index -> png,
+    infotext, metadata), wherever the re-run was made (here, or on a trusted remote worker)."""
+    distances = [png_distance(png, fresh[index][0]) if index in fresh else 1.0 for index, png in reported.items()]
     # Missing images count as a mismatch as much as wrong ones do.
     distance = max(distances) if distances and len(reported) == len(fresh) else 1.0
     passed = distance <= max_distance
-    corrected = None if passed else {i: (g.png, g.infotext, g.metadata) for i, g in fresh.items()}
-    return Verdict(distance=distance, passed=passed, corrected=corrected)
+    return Verdict(distance=distance, passed=passed, corrected=None if passed else dict(fresh))

@@ -16,6 +16,8 @@ import kakumei
 from kakumei.protocol import (
     BatchClaim,
     Capabilities,
+    CheckReport,
+    CheckTask,
     Done,
     FailureReport,
     HeartbeatReply,
@@ -29,6 +31,9 @@ from kakumei.protocol import (
 from kakumei.server import job_source
 from kakumei.server.bodies import documented, json_body
 from kakumei.server.deps import Svc
+from kakumei.server.errors import Refused
+from kakumei.server import verification
+from kakumei.server.results import complete_from_worker
 from kakumei.server.services import Services
 from kakumei.server.worker_access import ActiveWorker, CurrentWorker, leased_to, lost, reporting_on
 from kakumei.server.openapi import problems
@@ -109,21 +114,17 @@ def heartbeat(job_id: str, body: HeartbeatReport, svc: Svc, worker: ActiveWorker
 @router.post("/jobs/{job_id}/complete", response_model=Done, responses=problems(400, 401, 403, 404, 409, 413, 415, 422),
              openapi_extra=documented(ImagesReport))
 def complete(job_id: str, svc: Svc, worker: ActiveWorker, body: ImagesBody) -> Done:
-    """The job's images. Refused (409) if the lease is gone: each job completes once."""
+    """The job's images. Refused (409) if the lease is gone: each job completes once; refused
+    (422) if they fail the cheap checks (then the job goes back to the queue)."""
     complete_reported(svc, worker, job_id, body)
     return Done()
 
 
 def complete_reported(svc: Services, worker: WorkerRecord, job_id: str, body: ImagesReport) -> None:
-    """A remote worker's finished job: the one completion path of every worker protocol (this
-    one and the AI Horde's), with its checks, its record and its pay or verification."""
+    """A remote worker's finished job, for every worker protocol (this one and the AI Horde's):
+    the job must be this worker's, then server/results.py's one completion path."""
     job = reporting_on(svc, worker, job_id)
-    job_source.check_seed(job, body.seed)
-    pending = svc.images.write_files(job_id, job_source.checked_images(job, body.images))
-    done = svc.jobs.complete(
-        job_id, body.lease_id, pending, seed=body.seed, after=lambda tx: svc.workers.on_completed(tx, worker, job_id)
-    )
-    if not done:
+    if not complete_from_worker(svc, worker, job, body.lease_id, body.images, body.seed):
         raise lost(job_id)
 
 
@@ -143,7 +144,11 @@ def fail(job_id: str, body: FailureReport, svc: Svc, worker: ActiveWorker) -> Do
 def cancelled(job_id: str, svc: Svc, worker: ActiveWorker, body: ImagesBody) -> Done:
     """The worker stopped a job its owner cancelled; images finished before the stop are kept."""
     job = reporting_on(svc, worker, job_id)
-    pending = svc.images.write_files(job_id, job_source.checked_images(job, body.images, complete=False))
+    try:
+        checked = job_source.checked_images(job, body.images, complete=False)
+    except job_source.BadResult as bad:
+        raise Refused(422, f"{bad}; send the cancelled job's finished images, or none") from None
+    pending = svc.images.write_files(job_id, checked)
     if not svc.jobs.acknowledge_cancel(job_id, body.lease_id, pending):
         raise lost(job_id)
     return Done()
@@ -155,4 +160,20 @@ def release(job_id: str, body: Lease, svc: Svc, worker: CurrentWorker) -> Done:
     reporting_on(svc, worker, job_id)
     if not svc.jobs.release(job_id, body.lease_id):
         raise lost(job_id)
+    return Done()
+
+
+@router.post("/checks/claim", response_model=CheckTask, responses={204: {"description": "no check waiting"}, **problems(400, 401, 403, 413)})
+def claim_check(body: Capabilities, svc: Svc, worker: ActiveWorker) -> Any:
+    """A trusted worker re-runs another worker's job to check it (server/verification.py);
+    204 when none is waiting, 403 for a worker that is not trusted."""
+    task = verification.claim_for_worker(svc.workers, svc.jobs, worker, _seen(body, svc, worker))
+    return Response(status_code=204) if task is None else task
+
+
+@router.post("/checks/{check_id}", response_model=Done, responses=problems(400, 401, 403, 409, 413, 422))
+def report_check(check_id: int, body: CheckReport, svc: Svc, worker: ActiveWorker) -> Done:
+    """The re-run's images; the server compares them with the checked result."""
+    verification.report_from_worker(svc.workers, svc.images, worker, check_id, body.images,
+                                    max_distance=svc.settings.verify_max_distance)
     return Done()

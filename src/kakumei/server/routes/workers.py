@@ -11,7 +11,8 @@ from kakumei.server.deps import Svc, Who, WorkersAdmin, registered
 from kakumei.server.models import WorkerList, WorkerOut
 from kakumei.server.views import worker_list, worker_out
 from kakumei.server.openapi import problems
-from kakumei.store.workers import WorkerExists, WorkerStatus
+from kakumei.fairness.groups import network_of
+from kakumei.store.workers import TooManyWorkers, WorkerExists, WorkerStatus
 
 router = APIRouter(prefix="/api/v1", tags=["workers"])
 
@@ -29,11 +30,18 @@ class StatusIn(BaseModel):
     status: WorkerStatus
 
 
-@router.post("/me/workers", status_code=201, response_model=NewWorkerKey, responses=problems(400, 401, 403, 409, 413))
+@router.post("/me/workers", status_code=201, response_model=NewWorkerKey, responses=problems(400, 401, 403, 409, 413, 429))
 def add_worker(body: NewWorker, svc: Svc, who: Who) -> NewWorkerKey:
     """A worker key for one of your machines; the credits for its work go to you."""
+    user = registered(who).user
+    # Keys are counted per person and per network a day: one person cannot mint fleets of
+    # new workers to farm the unchecked share of their jobs.
+    addr = who.client_addr
+    network = (network_of(addr, svc.admission.groups) if svc.admission.groups.enabled else None) if addr else None
     try:
-        record, key = svc.workers.add(registered(who).user.id, body.name)
+        record, key = svc.workers.add(user.id, body.name, network=network or addr, limited=not user.is_admin)
+    except TooManyWorkers as exc:
+        raise HTTPException(429, str(exc)) from None
     except (WorkerExists, ValueError) as exc:
         raise HTTPException(409, str(exc)) from None
     return NewWorkerKey(name=record.name, key=key)
