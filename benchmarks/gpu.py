@@ -179,11 +179,18 @@ def serve_throughput(folder: Path, size: int, steps: int, seconds: float) -> Non
         while not stop.is_set():
             while len(pending) < 2:  # one running or next, one queued behind it
                 answer = client.post("/api/v1/jobs", json=body)
+                if answer.status_code == 429:
+                    time.sleep(1.0)
+                    continue
                 if answer.status_code != 201:
                     errors.append(f"user {i}: {answer.status_code} {answer.text[:200]}")
                     return
                 pending.append(answer.json()["id"])
-            state = client.get(f"/api/v1/jobs/{pending[0]}").json()
+            answer = client.get(f"/api/v1/jobs/{pending[0]}")
+            if answer.status_code == 429:  # the server's per-address rate limit: poll slower
+                time.sleep(1.0)
+                continue
+            state = answer.json()
             if state["state"] == "succeeded":
                 done.append(time.monotonic())
                 pending.pop(0)
@@ -191,7 +198,7 @@ def serve_throughput(folder: Path, size: int, steps: int, seconds: float) -> Non
                 errors.append(f"user {i}: job {state['state']}: {state.get('error')}")
                 return
             else:
-                time.sleep(0.05)
+                time.sleep(0.2)
 
     try:
         deadline = time.monotonic() + 300
