@@ -64,3 +64,37 @@ def psnr(a, b) -> float:
     y = np.asarray(b, dtype=np.float64)
     mse = float(((x - y) ** 2).mean())
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def sdxl_random(seed: int = 0) -> Path:
+    """A diffusers folder with the SDXL base architecture (kakumei's bundled single-file
+    config) and random weights, saved in float16 (5 GB instead of 10)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from kakumei.engine.single_file import bundled_config
+    from kakumei.engine.tiny import clip_tokenizer
+
+    folder = bench_cache() / "sdxl-random"
+    if (folder / "model_index.json").is_file():
+        return folder
+    parts = bundled_config("sdxl")["parts"]
+    torch.manual_seed(seed)
+
+    def config_of(part: str) -> dict:
+        return {k: v for k, v in parts[part].items() if not k.startswith("_") and k != "architectures"}
+
+    unet = UNet2DConditionModel.from_config(config_of("unet"))
+    vae = AutoencoderKL.from_config(config_of("vae"))
+    te = CLIPTextModel(CLIPTextConfig(**config_of("text_encoder")))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**config_of("text_encoder_2")))
+    with torch.no_grad():  # as in sd15_random: keep random sampling in a realistic range
+        unet.conv_out.weight.mul_(0.05)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(open_clip=True),
+        unet=unet, scheduler=EulerDiscreteScheduler.from_config(parts["scheduler"]), force_zeros_for_empty_prompt=False,
+    ).to(torch.float16)
+    tmp = Path(tempfile.mkdtemp(dir=bench_cache()))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(folder)
+    return folder

@@ -10,17 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kakumei.engine.speed import apply_fast_path, compile_unet
+from kakumei.engine.speed import apply_fast_path, compile_unet, wants_channels_last, wants_cpu_bf16
 from kakumei.engine.tiny import TINY_NAME, TINY_REF, ensure_tiny_model
 from kakumei.engine.single_file import SINGLE_FILE_SUFFIXES, load_single_file
 from kakumei.errors import InvalidRequest, KakumeiError, ModelLoadError, ModelNotFound
@@ -229,9 +231,10 @@ def _without_paths(text: str, location: str, models_dir: Path) -> str:
     return text.replace(str(Path.home()), "~")
 
 
-def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool) -> Any:
+def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool, streamed: dict[str, Any] | None = None) -> Any:
     # DiffusionPipeline picks the class model_index.json names (an inpainting or refiner
-    # model is not a text-to-image pipeline).
+    # model is not a text-to-image pipeline). Components given in `streamed` (weights.py)
+    # are taken as they are; the library loads the rest.
     from diffusers import DiffusionPipeline
 
     return DiffusionPipeline.from_pretrained(
@@ -240,7 +243,33 @@ def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool) -> Any:
         local_files_only=local_only,
         safety_checker=None,
         requires_safety_checker=False,
+        **(streamed or {}),
     )
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, channels_last: bool) -> Any:
+    """A local diffusers folder, its UNet and VAE read straight into `dtype` and layout."""
+    from kakumei.engine.weights import streamed_components
+
+    return _load_pipeline(str(folder), dtype, local_only=True, streamed=streamed_components(folder, dtype, channels_last))
+
+
+def _unet_parameters(source: ModelSource, location: str, allow_pickle: bool) -> int | None:
+    """The UNet's parameter count read from the files' headers, before loading anything;
+    None where that is not cheap (hub ids, pickle files)."""
+    if source.kind in ("folder", "tiny"):
+        from kakumei.engine.weights import folder_unet_parameters
+
+        return folder_unet_parameters(Path(location))
+    if source.kind == "file" and Path(location).suffix.lower() == ".safetensors":
+        from kakumei.engine.single_file import checkpoint_shapes
+
+        try:
+            shapes = checkpoint_shapes(Path(location), allow_pickle)
+        except (KakumeiError, OSError, ValueError):
+            return None  # load_single_file says what is wrong with it
+        return sum(math.prod(s) for k, s in shapes.items() if k.startswith("model.diffusion_model."))
+    return None
 
 
 def load_model(
@@ -260,16 +289,28 @@ def load_model(
     location = source.location
     if source.kind == "tiny":
         location = str(ensure_tiny_model(models_dir))
+    auto = auto_dtype and not low_memory
+    # Decided before loading, from the files' headers, so that the weights are read once
+    # into the dtype and layout the run computes in (no fp32 copy beside the bf16 one).
+    if wants_cpu_bf16(device, dtype, auto, _unet_parameters(source, location, allow_pickle)):
+        dtype = torch.bfloat16
+    layout = wants_channels_last(device)
     try:
         if source.kind == "hub":
             pipe = _load_hub(source, dtype, offline)
             sha = _hub_sha256(source.location, hashes)
         elif source.kind == "file":
-            pipe, _ = load_single_file(Path(location), models_dir.parent / "cache", dtype, allow_pickle)
-            sha = hashes.file_sha256(Path(location))
+            # The first run hashes the file while the weights load (hashlib and file reads
+            # release the GIL); later runs find the hash in the cache by (path, size, mtime).
+            with ThreadPoolExecutor(1) as pool:
+                hashing = pool.submit(hashes.file_sha256, Path(location))
+                pipe, _ = load_single_file(Path(location), models_dir.parent / "cache", dtype, allow_pickle)
+                sha = hashing.result()
         else:
-            pipe = _load_pipeline(location, dtype, local_only=True)
-            sha = hashes.folder_sha256(Path(location))
+            with ThreadPoolExecutor(1) as pool:
+                hashing = pool.submit(hashes.folder_sha256, Path(location))
+                pipe = _load_folder(Path(location), dtype, layout)
+                sha = hashing.result()
     except KakumeiError:
         raise
     except Exception as exc:  # diffusers/safetensors/torch raise many types for bad files
@@ -288,7 +329,7 @@ def load_model(
             pipe.to(device)
     else:
         pipe.to(device)
-    dtype = apply_fast_path(pipe, device, dtype, auto_dtype and not low_memory)
+    dtype = apply_fast_path(pipe, device, dtype, auto)
     if compile_model:
         compile_unet(pipe, device)
     pipe.set_progress_bar_config(disable=True)

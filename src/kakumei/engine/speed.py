@@ -36,6 +36,23 @@ def cpu_has_native_bf16() -> bool:
 BF16_MIN_UNET_PARAMS = 100_000_000
 
 
+def wants_cpu_bf16(device: torch.device, dtype: torch.dtype, auto_dtype: bool, unet_params: int | None) -> bool:
+    """Whether a model whose UNet has `unet_params` parameters runs in bf16 here: on a CPU
+    with native bf16, when the dtype was left to kakumei, for full-size models."""
+    return (
+        device.type == "cpu"
+        and auto_dtype
+        and dtype == torch.float32
+        and unet_params is not None
+        and unet_params >= BF16_MIN_UNET_PARAMS
+        and cpu_has_native_bf16()
+    )
+
+
+def wants_channels_last(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda")
+
+
 def apply_fast_path(pipe: Any, device: torch.device, dtype: torch.dtype, auto_dtype: bool) -> torch.dtype:
     """Speed-ups that keep the image; returns the dtype the pipeline ends up in.
 
@@ -43,18 +60,16 @@ def apply_fast_path(pipe: Any, device: torch.device, dtype: torch.dtype, auto_dt
       to bf16 (PSNR against fp32 is reported by benchmarks/engine_vs_diffusers.py).
     - Channels-last for the convolution-heavy modules: oneDNN (CPU) and cuDNN (GPU) pick
       faster kernels for NHWC; on 2 CPU cores it alone halves the UNet's step time at 256x256.
+
+    models.load_model decides both before loading where it can (`wants_cpu_bf16` from the
+    file's header) and reads the weights in that form (weights.py); what is already in the
+    target dtype and layout is not copied again here.
     """
-    if device.type not in ("cpu", "cuda"):
+    if not wants_channels_last(device):
         return dtype
     unet = getattr(pipe, "unet", None)
-    if (
-        device.type == "cpu"
-        and auto_dtype
-        and dtype == torch.float32
-        and isinstance(unet, torch.nn.Module)
-        and sum(p.numel() for p in unet.parameters()) >= BF16_MIN_UNET_PARAMS
-        and cpu_has_native_bf16()
-    ):
+    params = sum(p.numel() for p in unet.parameters()) if isinstance(unet, torch.nn.Module) else None
+    if wants_cpu_bf16(device, dtype, auto_dtype, params):
         pipe.to(torch.bfloat16)
         dtype = torch.bfloat16
     for name in ("unet", "vae"):
