@@ -226,16 +226,16 @@ def read_events(lines: Iterator[str], until_kinds: set[str], seen: list[tuple[in
 def test_events_progress_and_interrupt_through_any_server_and_a_killed_one(cluster: Cluster) -> None:
     for name in NAMES:
         cluster.start(name)
-    if True:  # a remote worker attached to c, too
-        owner = UserStore(cluster.db).add("owner")[0]
-        key = WorkerStore(cluster.db).add(owner.id, "w-c")[1]
-        env = {**os.environ, **SERVER_ENV, "KAKUMEI_HOME": str(cluster.homes["c"]), "KAKUMEI_WORKER_KEY": key}
-        cluster.others.append(spawn(
-            [sys.executable, "-m", "kakumei.cli", "worker", "--server", cluster.url("c"), "--model", "kakumei:tiny"],
-            env, cluster.root / "worker.log"))
+    # a remote worker attached to c, besides a's local worker
+    owner = UserStore(cluster.db).add("owner")[0]
+    key = WorkerStore(cluster.db).add(owner.id, "w-c")[1]
+    env = {**os.environ, **SERVER_ENV, "KAKUMEI_HOME": str(cluster.homes["c"]), "KAKUMEI_WORKER_KEY": key}
+    cluster.others.append(spawn(
+        [sys.executable, "-m", "kakumei.cli", "worker", "--server", cluster.url("c"), "--model", "kakumei:tiny"],
+        env, cluster.root / "worker.log"))
     a, b, c = (cluster.url(n) for n in NAMES)
     carol = cluster.user("carol")
-    job_id = submit(a, carol, {**JOB, "steps": 30, "n_iter": 2, "seed": 3}).json()["id"]
+    job_id = submit(a, carol, {**JOB, "steps": 150, "n_iter": 2, "seed": 3}).json()["id"]
 
     # the stream starts on b; b is killed mid-job; the client resumes on c with Last-Event-ID
     seen: list[tuple[int, str]] = []
