@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -39,6 +38,8 @@ SERVER_ENV = {
     "KAKUMEI_ANONYMOUS_MAX_QUEUED": "1000",
     "KAKUMEI_FREE_QUEUED_PER_IP": "1000",
     "KAKUMEI_FREE_BUSY_QUEUE": "1000",
+    "KAKUMEI_FREE_MAX_STEPS": "500",
+    "KAKUMEI_FREE_MAX_IMAGES": "8",
     "KAKUMEI_IP_RATE_PER_MINUTE": "100000",
     "KAKUMEI_IP_BURST": "1000",
     # A key's burst, refilled slowly enough that a test's quick submits cannot refill it.
