@@ -253,7 +253,9 @@ def test_events_progress_and_interrupt_through_any_server_and_a_killed_one(clust
     assert seen[-1][1] == "succeeded"
 
     # A1111: the caller's running job, the same through a and c; interrupted through a
-    slow = httpx.post(f"{c}/api/v1/jobs", json={**JOB, "steps": 200, "seed": 4}, headers=carol, timeout=30).json()["id"]
+    queued = submit(c, carol, {**JOB, "steps": 200, "seed": 4})
+    assert queued.status_code == 201, queued.text
+    slow = queued.json()["id"]
 
     def running() -> dict | None:
         reply = httpx.get(f"{c}/sdapi/v1/progress", params={"skip_current_image": "true"}, headers=carol, timeout=30).json()
