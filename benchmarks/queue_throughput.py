@@ -273,8 +273,10 @@ def http_run(url: str, servers: int, workers: int, seconds: float, png: bytes | 
         with httpx.Client(base_url=urls[n % len(urls)], timeout=60) as client:
             user = {"Authorization": f"Bearer {user_keys[n]}"}
             worker = {"Authorization": f"Bearer {worker_keys[n]}"}
-            cycle(client, user, worker)  # not timed: connections and the server's caches warm
-            start.wait()
+            try:
+                cycle(client, user, worker)  # not timed: connections and the server's caches warm
+            finally:
+                start.wait()  # a worker that failed still lets the others start
             while time.perf_counter() < deadline[0]:
                 took, completed = cycle(client, user, worker)
                 mine.append(took)

@@ -253,7 +253,7 @@ def test_events_progress_and_interrupt_through_any_server_and_a_killed_one(clust
     assert seen[-1][1] == "succeeded"
 
     # A1111: the caller's running job, the same through a and c; interrupted through a
-    queued = submit(c, carol, {**JOB, "steps": 200, "seed": 4})
+    queued = submit(c, carol, {**JOB, "steps": 150, "n_iter": 4, "seed": 4})
     assert queued.status_code == 201, queued.text
     slow = queued.json()["id"]
 
