@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# benchmarks/queue.py shares its name with the standard library's `queue`, which psycopg
-# imports: the benchmarks folder goes last on the import path, after the standard library
-# (its helpers, such as _claims.py, are still found).
+# The benchmarks folder goes last on the import path, after the standard library, so that
+# no file here shadows a standard-library module (its helpers, such as _claims.py, are
+# still found).
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-# Python puts this folder first on sys.path, where benchmarks/queue.py would shadow the
-# standard library's queue; move it to the end so only _models is found here.
+# Python puts this folder first on sys.path, where a file named like a standard-library
+# module would shadow it; move it to the end so only _models is found here.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 

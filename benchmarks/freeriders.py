@@ -33,7 +33,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# benchmarks/queue.py shadows the standard library's `queue` (which psycopg imports).
+# No file in this folder may shadow a standard-library module.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402

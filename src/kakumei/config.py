@@ -53,6 +53,9 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 7860
     database: str | None = None
+    # Where generated images' bytes live: "database" (every server sharing it reaches them),
+    # "files" (the data folder, one machine), "auto": the database on PostgreSQL, files on SQLite.
+    image_store: Literal["auto", "files", "database"] = "auto"
     local_worker: bool = True
     allow_anonymous: bool = True
     # A worker that sends no heartbeat for this long has lost its job back to the queue.
@@ -227,6 +230,7 @@ _ENV_FIELDS = {
     "KAKUMEI_HOST": "host",
     "KAKUMEI_PORT": "port",
     "KAKUMEI_DATABASE": "database",
+    "KAKUMEI_IMAGE_STORE": "image_store",
     "KAKUMEI_LOCAL_WORKER": "local_worker",
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",

@@ -1,5 +1,6 @@
-"""Image files and their rows on both databases: a file exists before the transaction whose
-row names it commits, and a report that does not commit leaves no file behind."""
+"""Image bytes and their rows on both databases, in files and in the database's chunks: the
+bytes exist before the transaction whose row names them commits, and a report that does not
+commit leaves no bytes behind."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from kakumei.schemas import GenerationRequest
 from kakumei.store.images import ImageResult, ImageStore, StoredImage
 from kakumei.store.jobs import JobState, NewJob
 from kakumei.store.workers import TrustPolicy, Verification, WorkerStatus, WorkerStore
+
+# Every test runs with images in files and with images in the database.
+pytestmark = pytest.mark.parametrize("stores", ["files", "database"], indirect=True)
 
 REQUEST = GenerationRequest(prompt="a fox", width=64, height=64, steps=2, seed=1)
 PNG = ImageResult(png=b"worker png", seed=1, index=0, infotext="worker")
@@ -121,3 +125,4 @@ def test_a_failed_verification_transaction_keeps_the_old_image(stores, monkeypat
     [after] = stores.images.for_job(check.job_id)
     assert after == before and after.path.read_bytes() == b"worker png"
     assert written and not any(p.exists() for p in written)
+

@@ -26,8 +26,9 @@ class TokenBuckets:
     bucket's key; an address's bucket is shared by everyone there, so its refusals are
     remembered per user or keyless address), to tell an offence from a client that waits.
 
-    In memory: limits are per server process, which is what protects that process; queue
-    caps, bans and timeouts live in the database and hold across servers and restarts.
+    In memory, per server process: what SQLite servers use. On PostgreSQL the server uses
+    `store.buckets.SharedBuckets`, the same rules in the database, so they hold across servers;
+    queue caps, bans and timeouts live in the database on both.
     """
 
     # Buckets that have refilled completely carry no information; drop them past this size.

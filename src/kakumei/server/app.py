@@ -45,6 +45,7 @@ from kakumei.server.routes import (
     workers,
 )
 from kakumei.server.services import Services
+from kakumei.store.buckets import SharedSlots
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -72,10 +73,15 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
         return_big_buffers_to_the_system()
         svc = Services.open(settings, engine)
         app.state.services = svc
+        if svc.db.dialect == "postgresql":
+            # Servers sharing the database share each user's open-stream allowance.
+            app.state.event_streams = SharedSlots(svc.db, settings.max_event_streams_per_user)
         svc.start(local_worker=run_worker)
         try:
             yield
         finally:
+            if isinstance(app.state.event_streams, SharedSlots):
+                app.state.event_streams.stop()
             svc.close()
 
     app = FastAPI(

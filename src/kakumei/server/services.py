@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from kakumei.config import Settings
 from kakumei.server.passwords import Passwords
@@ -19,10 +19,19 @@ from kakumei.store.jobs import JobStore
 from kakumei.store.ledger import Ledger
 from kakumei.store.migrate import migrate
 from kakumei.store.moderation import Moderation
+from kakumei.store.notify import JobChanges
 from kakumei.store.users import UserStore
 from kakumei.store.workers import TrustPolicy, WorkerStore
 
 log = logging.getLogger(__name__)
+
+
+def image_store_kind(settings: Settings, db: Database) -> Literal["files", "database"]:
+    """Where new images go: `image_store`, with "auto" the database on PostgreSQL (every server
+    sharing it must reach every image) and files on SQLite (one machine)."""
+    if settings.image_store == "auto":
+        return "database" if db.dialect == "postgresql" else "files"
+    return settings.image_store
 
 
 def local_worker_id(settings: Settings) -> str:
@@ -52,6 +61,8 @@ class Services:
     accounts: AccountStore = field(init=False)
     passwords: Passwords = field(init=False)
     key_use: KeyUse = field(init=False)
+    # New job events announced by the database (PostgreSQL), for the event streams.
+    job_changes: JobChanges = field(init=False)
 
     def __post_init__(self) -> None:
         from kakumei.server.admission import Admission
@@ -63,12 +74,13 @@ class Services:
         self.ledger = self.jobs.ledger
         self.moderation = Moderation(self.db)
         self.admission = Admission(self.settings, self.db, self.jobs, self.moderation)
+        self.job_changes = JobChanges(self.db)
 
     @classmethod
     def open(cls, settings: Settings, engine: Any | None) -> Services:
         db = Database(settings.database_url)
         migrate(db)
-        images = ImageStore(db, settings.home / "images")
+        images = ImageStore(db, settings.home / "images", image_store_kind(settings, db))
         from kakumei.server.admission import merit_policy
 
         jobs = JobStore(
@@ -108,6 +120,10 @@ class Services:
                 log.info("requeued %d job(s) the local worker held before a restart", recovered)
             self.workers.recover_verifier(local_worker_id(self.settings))
         self.jobs.expire_leases()
+        if self.images.where == "database":
+            # Files of this server's data folder move in, so that every server can serve them.
+            self.images.move_files_in()
+        self.job_changes.start()
         self._spawn("lease-reaper", self._reap)
         if local_worker:
             self._spawn("local-worker", self._work)
@@ -167,6 +183,7 @@ class Services:
 
     def close(self) -> None:
         self.stop.set()
+        self.job_changes.stop()
         for thread in self.threads:
             thread.join(timeout=60)
         self.db.close()

@@ -1,9 +1,12 @@
-"""Generated images: PNG files under the data dir, one row each in `images`.
+"""Generated images: one row each in `images`, the bytes in a PNG file under the data dir or
+in chunks in the database (`image_blobs`, migration 0012; setting image_store).
 
-A file is always written before the transaction whose row names it commits, and under a
-fresh name, so a row never points at a missing or half-written file: a completion that
-loses its race leaves no row and its files are deleted (`discard`), and a verifier's
-replacement is a new file that its row names from the commit on (`write_replacements`).
+A row's `path` says where its bytes are: "db:<key>" for chunks, else a file. Bytes are always
+written before the transaction whose row names them commits, and under a fresh name, so a row
+never points at missing or half-written bytes: a completion that loses its race leaves no row
+and its bytes are deleted (`discard`), and a verifier's replacement is a new blob that its row
+names from the commit on (`write_replacements`). Both kinds are reached through the same few
+Path methods (`read_bytes`, `is_file`, `exists`, `unlink`), so callers do not care which.
 """
 
 from __future__ import annotations
@@ -11,12 +14,103 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 from kakumei.store.db import Database, Transaction
+
+log = logging.getLogger(__name__)
+
+# One chunk row: a read or a write holds about this much of an image in memory at a time.
+CHUNK_BYTES = 256 * 1024
+DB_PREFIX = "db:"
+
+
+class DbBlob:
+    """An image's bytes in `image_blobs`, with the Path methods the callers use."""
+
+    def __init__(self, db: Database, key: str) -> None:
+        self.db = db
+        self.key = key
+
+    def __str__(self) -> str:
+        return DB_PREFIX + self.key
+
+    def __repr__(self) -> str:
+        return f"DbBlob({self.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DbBlob) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes, one chunk per query (each its own short read)."""
+        seq = 0
+        while True:
+            with self.db.transaction(write=False) as tx:
+                row = tx.one("SELECT data FROM image_blobs WHERE blob_key = ? AND seq = ?", (self.key, seq))
+            if row is None:
+                return
+            yield bytes(row["data"])
+            seq += 1
+
+    def read_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def size(self) -> int | None:
+        """Bytes stored, or None when there are none."""
+        with self.db.transaction(write=False) as tx:
+            row = tx.one(
+                "SELECT count(*) AS n, sum(length(data)) AS size FROM image_blobs WHERE blob_key = ?", (self.key,)
+            )
+        return None if row is None or not row["n"] else int(row["size"])
+
+    def is_file(self) -> bool:
+        with self.db.transaction(write=False) as tx:
+            return tx.one("SELECT 1 AS one FROM image_blobs WHERE blob_key = ? AND seq = 0", (self.key,)) is not None
+
+    exists = is_file
+
+    def unlink(self, missing_ok: bool = True) -> None:
+        with self.db.transaction() as tx:
+            delete_blob(tx, self.key)
+
+
+Blob = Union[Path, DbBlob]
+
+
+def blob_at(db: Database | None, location: str) -> Blob:
+    """What a row's `path` names."""
+    if location.startswith(DB_PREFIX):
+        if db is None:
+            raise ValueError("an image in the database needs the database to be read")
+        return DbBlob(db, location.removeprefix(DB_PREFIX))
+    return Path(location)
+
+
+def write_chunks(tx: Transaction, key: str, data: bytes) -> None:
+    view = memoryview(data)
+    for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
+        tx.execute(
+            "INSERT INTO image_blobs (blob_key, seq, data) VALUES (?, ?, ?)",
+            (key, seq, bytes(view[start:start + CHUNK_BYTES])),
+        )
+
+
+def delete_blob(tx: Transaction, key: str) -> None:
+    tx.run("DELETE FROM image_blobs WHERE blob_key = ?", (key,))
+
+
+def _write_blob(db: Database, png: bytes) -> DbBlob:
+    key = uuid.uuid4().hex
+    with db.transaction() as tx:
+        write_chunks(tx, key, png)
+    return DbBlob(db, key)
 
 
 @dataclass(frozen=True)
@@ -37,7 +131,7 @@ class StoredImage:
     user_id: int
     index: int
     seed: int
-    path: Path
+    path: Blob
     infotext: str
     metadata: dict[str, Any]
     created_at: float
@@ -45,12 +139,12 @@ class StoredImage:
 
 @dataclass(frozen=True)
 class PendingImage:
-    """An image written to disk, waiting for its row."""
+    """An image's bytes written, waiting for its row."""
 
     id: str
     index: int
     seed: int
-    path: Path
+    path: Blob
     infotext: str
     metadata: dict[str, Any]
 
@@ -60,8 +154,8 @@ class Replacement:
     """A new file for an existing image (same id, so same URL), waiting for its row."""
 
     image_id: str
-    old_path: Path
-    path: Path
+    old_path: Blob
+    path: Blob
     infotext: str
     metadata: dict[str, Any]
 
@@ -77,14 +171,14 @@ REPLACE_IMAGE = "UPDATE images SET path = ?, infotext = ?, metadata = ? WHERE id
 _COLUMNS = "id, job_id, user_id, idx, seed, path, infotext, metadata, created_at"
 
 
-def _stored(row: dict) -> StoredImage:
+def _stored(row: dict, db: Database | None) -> StoredImage:
     return StoredImage(
         id=row["id"],
         job_id=row["job_id"],
         user_id=int(row["user_id"]),
         index=int(row["idx"]),
         seed=int(row["seed"]),
-        path=Path(row["path"]),
+        path=blob_at(db, row["path"]),
         infotext=row["infotext"],
         metadata=json.loads(row["metadata"]),
         created_at=float(row["created_at"]),
@@ -92,19 +186,25 @@ def _stored(row: dict) -> StoredImage:
 
 
 class ImageStore:
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, where: Literal["files", "database"] = "files") -> None:
         self.db = db
         self.root = root
+        self.where = where
 
     def write_files(self, job_id: str, images: Sequence[ImageResult]) -> list[PendingImage]:
         """Write a job's PNGs before the transaction that completes it (`insert_rows`)."""
         folder = self.root / job_id[:2]
-        folder.mkdir(parents=True, exist_ok=True)
+        if self.where == "files":
+            folder.mkdir(parents=True, exist_ok=True)
         pending = []
         for image in images:
             image_id = uuid.uuid4().hex
-            path = folder / f"{image_id}.png"
-            _write_atomically(path, image.png)
+            path: Blob
+            if self.where == "database":
+                path = _write_blob(self.db, image.png)
+            else:
+                path = folder / f"{image_id}.png"
+                _write_atomically(path, image.png)
             pending.append(
                 PendingImage(image_id, image.index, image.seed, path, image.infotext, image.metadata)
             )
@@ -137,8 +237,12 @@ class ImageStore:
         for image in current:
             if image.index in corrected:
                 png, infotext, metadata = corrected[image.index]
-                path = image.path.parent / f"{uuid.uuid4().hex}.png"
-                _write_atomically(path, png)
+                path: Blob
+                if isinstance(image.path, DbBlob):
+                    path = _write_blob(image.path.db, png)
+                else:
+                    path = image.path.parent / f"{uuid.uuid4().hex}.png"
+                    _write_atomically(path, png)
                 written.append(Replacement(image.id, image.path, path, infotext, metadata))
         return written
 
@@ -163,12 +267,12 @@ class ImageStore:
     @staticmethod
     def job_images(tx: Transaction, job_id: str) -> list[StoredImage]:
         rows = tx.all(f"SELECT {_COLUMNS} FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [_stored(r) for r in rows]
+        return [_stored(r, tx.db) for r in rows]
 
     def get(self, image_id: str) -> StoredImage | None:
         with self.db.transaction(write=False) as tx:
             row = tx.one(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (image_id,))
-        return None if row is None else _stored(row)
+        return None if row is None else _stored(row, self.db)
 
     def for_job(self, job_id: str) -> list[StoredImage]:
         with self.db.transaction(write=False) as tx:
@@ -193,10 +297,11 @@ class ImageStore:
         params.append(limit)
         with self.db.transaction(write=False) as tx:
             rows = tx.all(sql, params)
-        return [GalleryImage(_stored(r), json.loads(r["request"]), r["model"]) for r in rows]
+        return [GalleryImage(_stored(r, self.db), json.loads(r["request"]), r["model"]) for r in rows]
 
     def delete(self, image_id: str) -> bool:
-        """Remove an image's row, then its file; False when there was no such image.
+        """Remove an image's row and its bytes (chunks in the same transaction, a file right
+        after it); False when there was no such image.
 
         The job row stays (who asked for what, and when), so the record survives the file.
         """
@@ -205,8 +310,50 @@ class ImageStore:
             if row is None:
                 return False
             tx.run("DELETE FROM images WHERE id = ?", (image_id,))
-        Path(row["path"]).unlink(missing_ok=True)
+            blob = blob_at(self.db, row["path"])
+            if isinstance(blob, DbBlob):
+                delete_blob(tx, blob.key)
+        if isinstance(blob, Path):
+            blob.unlink(missing_ok=True)
         return True
+
+    def move_files_in(self, batch: int = 100) -> int:
+        """Move the images whose file this server can read into the database; return how many.
+
+        Run at start when images go to the database: each server moves what is in its own data
+        folder, a batch per transaction; a file goes only after the row naming its copy commits.
+        A row changed meanwhile (deleted, replaced) keeps its state and the copy is dropped.
+        """
+        moved = 0
+        after = ""
+        while True:
+            with self.db.transaction(write=False) as tx:
+                rows = tx.all(
+                    "SELECT id, path FROM images WHERE path NOT LIKE 'db:%' AND id > ? ORDER BY id LIMIT ?",
+                    (after, batch),
+                )
+            if not rows:
+                return moved
+            after = rows[-1]["id"]
+            done: list[Path] = []
+            with self.db.transaction() as tx:
+                for row in rows:
+                    path = Path(row["path"])
+                    try:
+                        data = path.read_bytes()
+                    except OSError:
+                        continue  # another server's file, or gone: that server moves its own
+                    key = uuid.uuid4().hex
+                    write_chunks(tx, key, data)
+                    if tx.run("UPDATE images SET path = ? WHERE id = ? AND path = ?", (DB_PREFIX + key, row["id"], row["path"])):
+                        done.append(path)
+                    else:
+                        delete_blob(tx, key)
+            for path in done:
+                path.unlink(missing_ok=True)
+            moved += len(done)
+            if done:
+                log.info("moved %d image file(s) into the database", len(done))
 
 
 def _write_atomically(path: Path, png: bytes) -> None:

@@ -8,6 +8,7 @@ from importlib import resources
 
 from kakumei.store.db import Database, Transaction, render
 from kakumei.store.jobs import move_inline_inputs
+from kakumei.store.notify import add_notify_trigger
 
 # Any constant: PostgreSQL servers starting together take turns migrating.
 _MIGRATION_LOCK = 7_363_001
@@ -23,7 +24,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 # Data moves that SQL alone cannot make: version -> a step run after that version's SQL,
 # in the same transaction (so a failed step leaves the migration unapplied).
-AFTER_SQL: dict[int, Callable[[Database, Transaction], None]] = {5: move_inline_inputs}
+AFTER_SQL: dict[int, Callable[[Database, Transaction], None]] = {5: move_inline_inputs, 12: add_notify_trigger}
 
 
 def migration_files() -> list[tuple[int, str, str]]:

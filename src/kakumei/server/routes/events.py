@@ -1,7 +1,10 @@
 """/api/v1/jobs/{id}/events: a job's life as Server-Sent Events.
 
 Events come from the job_events table, so they survive restarts, reach every server that
-shares a PostgreSQL database, and a client can resume with Last-Event-ID.
+shares a PostgreSQL database, and a client can resume with Last-Event-ID on any of them. On
+PostgreSQL a stream sleeps until the database announces a new event of its job
+(store/notify.py), waking at least every WAKE_SECONDS for positions, keep-alives and a client
+gone; on SQLite, or while the announcements are down, it polls every POLL_SECONDS.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from kakumei.fairness.limits import Slots
+from kakumei.store.buckets import SharedSlots
 from kakumei.server.deps import Caller, Svc, Who, owned_job
 from kakumei.server.services import Services
 from kakumei.server.views import public_event, queued_event
@@ -24,6 +28,7 @@ from kakumei.server.openapi import problems
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
 POLL_SECONDS = 0.2
+WAKE_SECONDS = 1.0
 # A queued job's position is recomputed this often; a new position is sent as `queued`.
 POSITION_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
@@ -52,10 +57,27 @@ def _format(kind: str, data: dict[str, Any], event_id: int | None = None) -> str
 
 async def _stream(svc: Services, request: Request, job_id: str, after: int) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
+    changes = svc.job_changes
+    wake = asyncio.Event()
+    unsubscribe = changes.subscribe(job_id, lambda: loop.call_soon_threadsafe(wake.set)) if changes.available else None
+    try:
+        async for chunk in _events(svc, request, job_id, after, wake if unsubscribe else None):
+            yield chunk
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+
+
+async def _events(
+    svc: Services, request: Request, job_id: str, after: int, wake: asyncio.Event | None
+) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
     last_sent = last_position_check = loop.time()
     state_kind = None
     last_position = None
     while True:
+        if wake is not None:
+            wake.clear()  # before reading: an announcement from now on wakes the next wait
         events = await to_thread.run_sync(svc.jobs.events, job_id, after)
         for event in events:
             after = event.id
@@ -81,7 +103,13 @@ async def _stream(svc: Services, request: Request, job_id: str, after: int) -> A
             last_sent = now
         if await request.is_disconnected():
             return
-        await asyncio.sleep(POLL_SECONDS)
+        if wake is not None and svc.job_changes.listening.is_set():
+            try:
+                await asyncio.wait_for(wake.wait(), WAKE_SECONDS)
+            except TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(POLL_SECONDS)
 
 
 @router.get(
@@ -99,7 +127,7 @@ def job_events(
     """queued (queue_position, eta_seconds), started, progress (step, total, preview every few
     steps), then succeeded (images with URLs and metadata), failed (reason) or cancelled."""
     owned_job(svc, who, job_id)
-    slots: Slots = request.app.state.event_streams
+    slots: Slots | SharedSlots = request.app.state.event_streams
     holder = _stream_holder(who)
     if not slots.acquire(holder):
         raise HTTPException(
@@ -126,7 +154,7 @@ def _stream_holder(who: Caller) -> str:
 class _HeldStream(StreamingResponse):
     """A stream that gives its place back however it ends: finished, the client gone, or
     cancelled before the first byte (a generator's own `finally` would not run then).
-    Counted per process: each server limits the connections it holds itself."""
+    Counted per process on SQLite, in the database on PostgreSQL (across servers)."""
 
     def __init__(self, release: Callable[[], None], content: AsyncIterator[str], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
