@@ -17,6 +17,12 @@ ONE_UNIT = GenerationRequest(prompt="a fox", width=512, height=512, steps=20)
 REF, XL = "sd15", "my-sdxl"
 
 
+def trust(stores, *worker_ids: int) -> None:
+    with stores.db.transaction() as tx:
+        for wid in worker_ids:
+            tx.run("UPDATE workers SET status = 'trusted' WHERE id = ?", (wid,))
+
+
 def run_job(stores, user_id: int, model: str, seconds: float, worker: str = "w", *, cancel: bool = False) -> str:
     job = stores.jobs.submit(NewJob(user_id=user_id, request=ONE_UNIT, model=model,
                                     cost=request_cost(ONE_UNIT, model)))[0]
@@ -67,6 +73,10 @@ def test_a_remote_worker_counts_in_the_class_of_its_device(stores) -> None:
     record, _ = workers.add(alice.id, "gpu-box")
     workers.seen(record.id, Capabilities(device="cuda").model_dump(mode="json"))
     plain, _ = workers.add(alice.id, "other-box")
+    # A new worker's seconds are not believed yet: it could report any time it likes.
+    run_job(stores, alice.id, REF, 50.0, worker=f"worker:{record.id}")
+    assert speeds.observed(stores.db) == {}
+    trust(stores, record.id, plain.id)
     run_job(stores, alice.id, REF, 2.0, worker=f"worker:{record.id}")
     run_job(stores, alice.id, REF, 6.0, worker=f"worker:{plain.id}")
     observed = speeds.observed(stores.db)
@@ -111,6 +121,7 @@ def test_the_eta_uses_the_busy_workers_class_else_the_fastest(stores) -> None:
     workers.seen(gpu.id, Capabilities(device="cuda").model_dump(mode="json"))
     cpu, _ = workers.add(alice.id, "cpu-box")
     workers.seen(cpu.id, Capabilities(device="cpu").model_dump(mode="json"))
+    trust(stores, gpu.id, cpu.id)
     for _ in range(2):
         run_job(stores, alice.id, REF, 1.0, worker=f"worker:{gpu.id}")
         run_job(stores, alice.id, REF, 10.0, worker=f"worker:{cpu.id}")

@@ -41,30 +41,40 @@ REMOTE_CLASS = "remote"
 def worker_class(tx: Transaction, worker_id: str | None) -> str:
     """The class a job's worker is counted in: a remote worker's reported device when its
     capabilities name one, else "remote"; the server's own worker is "local"."""
-    if not worker_id:
-        return LOCAL_CLASS
-    if not worker_id.startswith("worker:"):
-        return LOCAL_CLASS
+    return _worker(tx, worker_id)[0]
+
+
+def _worker(tx: Transaction, worker_id: str | None) -> tuple[str, bool]:
+    """The worker's class and whether its seconds are believed: the server's own worker's and
+    trusted remote workers' (a new or suspect worker could report any time it likes)."""
+    if not worker_id or not worker_id.startswith("worker:"):
+        return LOCAL_CLASS, True
     try:
         wid = int(worker_id.split(":", 1)[1])
     except ValueError:
-        return REMOTE_CLASS
-    caps = tx.scalar("SELECT capabilities FROM workers WHERE id = ?", (wid,))
-    device = json.loads(caps).get("device") if caps else None
-    return f"{REMOTE_CLASS}:{device}" if isinstance(device, str) and device else REMOTE_CLASS
+        return REMOTE_CLASS, False
+    row = tx.one("SELECT status, capabilities FROM workers WHERE id = ?", (wid,))
+    if row is None:
+        return REMOTE_CLASS, False
+    device = json.loads(row["capabilities"]).get("device") if row["capabilities"] else None
+    name = f"{REMOTE_CLASS}:{device}" if isinstance(device, str) and device else REMOTE_CLASS
+    return name, row["status"] == "trusted"
 
 
 def record(tx: Transaction, row: dict[str, Any], run_seconds: float, now: float) -> None:
     """Add the completed job `row` (request, model, worker_id, cancel_requested) as a sample.
-    Jobs cut short by a cancel, instant runs and refiner jobs (two models in one run) are not
-    samples."""
+    Jobs cut short by a cancel, instant runs, refiner jobs (two models in one run) and the
+    runs of workers not trusted yet are not samples."""
     if run_seconds < MIN_RUN_SECONDS or row.get("cancel_requested"):
+        return
+    name, believed = _worker(tx, row.get("worker_id"))
+    if not believed:
         return
     request = GenerationRequest.model_validate_json(row["request"], context=STORED)
     units = base_units(request, row["model"])
     if units is None or units <= 0:
         return
-    tx.run(_UPSERT, (row["model"], worker_class(tx, row.get("worker_id")), run_seconds / units, now))
+    tx.run(_UPSERT, (row["model"], name, run_seconds / units, now))
 
 
 def observed(db: Database) -> Observed:
