@@ -133,6 +133,11 @@ class Settings(BaseModel):
     free_max_steps: int = Field(50, ge=1)
     free_max_images: int = Field(4, ge=1)
     free_busy_queue: int = Field(100, ge=1)
+    # Cost factors calibrated from workers' run seconds: the samples a model (and the SD 1.5
+    # reference) needs on one worker class before its observed factor replaces the fixed one,
+    # and how far from the fixed factor it may go (a factor of `clamp` either way).
+    cost_calibration_min_samples: int = Field(20, ge=1)
+    cost_calibration_clamp: float = Field(4.0, ge=1.0)
     # Regular expressions (case-insensitive) a prompt may not match; one per line in the env.
     prompt_blocklist: list[str] = Field(default_factory=list)
     # Rule breaks by one address within the window before timeouts start; the first timeout,
@@ -262,6 +267,8 @@ _ENV_FIELDS = {
     "KAKUMEI_FREE_MAX_STEPS": "free_max_steps",
     "KAKUMEI_FREE_MAX_IMAGES": "free_max_images",
     "KAKUMEI_FREE_BUSY_QUEUE": "free_busy_queue",
+    "KAKUMEI_COST_CALIBRATION_MIN_SAMPLES": "cost_calibration_min_samples",
+    "KAKUMEI_COST_CALIBRATION_CLAMP": "cost_calibration_clamp",
     "KAKUMEI_PROMPT_BLOCKLIST": "prompt_blocklist",
     "KAKUMEI_OFFENCE_THRESHOLD": "offence_threshold",
     "KAKUMEI_OFFENCE_WINDOW_SECONDS": "offence_window_seconds",

@@ -46,6 +46,10 @@ class Capabilities(_Message):
     max_images: int | None = Field(
         None, ge=1, le=MAX_COUNT, alias="max_batch", description="most images in one job it takes"
     )
+    # The class its run seconds are counted in when cost factors and ETAs are calibrated.
+    device: str | None = Field(
+        None, max_length=16, pattern=r"^[a-z0-9_]+$", description="the device type it runs on (cpu, cuda, mps)"
+    )
 
 
 class BatchClaim(Capabilities):

@@ -104,7 +104,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             quiet_libraries()
         engine = Engine(settings)
         try:  # the protocol's limits, checked here rather than refused by the server
-            caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
+            caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch,
+                                device=engine_device_type(engine))
         except ValueError as exc:
             raise ConfigError(f"invalid worker capabilities: {exc}") from None
         worker = Worker(

@@ -17,6 +17,7 @@ pass them with a small first pass and a large second one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kakumei.schemas import GenerationRequest
@@ -55,7 +56,15 @@ class Pass:
 
     @property
     def units(self) -> float:
-        return (self.steps / REFERENCE_STEPS) * (self.width * self.height / REFERENCE_PIXELS) * model_factor(self.model)
+        return self.units_with(model_factor)
+
+    @property
+    def base_units(self) -> float:
+        """Units before the model factor: steps x pixels relative to the reference image."""
+        return (self.steps / REFERENCE_STEPS) * (self.width * self.height / REFERENCE_PIXELS)
+
+    def units_with(self, factor: Callable[[str], float]) -> float:
+        return self.base_units * factor(self.model)
 
 
 def passes(request: GenerationRequest, model: str) -> list[Pass]:
@@ -75,9 +84,73 @@ def passes(request: GenerationRequest, model: str) -> list[Pass]:
     return [Pass(request.steps, w, h, model)]
 
 
-def request_cost(request: GenerationRequest, model: str) -> float:
-    """Compute units of `request` run on `model` (the resolved model name)."""
-    return sum(p.units for p in passes(request, model)) * request.image_count
+def request_cost(request: GenerationRequest, model: str, factor: Callable[[str], float] = model_factor) -> float:
+    """Compute units of `request` run on `model` (the resolved model name); `factor` gives each
+    pass's model factor (the fixed ones, or `calibrated_factors`)."""
+    return sum(p.units_with(factor) for p in passes(request, model)) * request.image_count
+
+
+def base_units(request: GenerationRequest, model: str) -> float | None:
+    """Units of `request` before any model factor, or None when its passes run on more than one
+    model (a refiner): such a run's seconds cannot be told apart per model."""
+    runs = passes(request, model)
+    if any(p.model != model for p in runs):
+        return None
+    return sum(p.base_units for p in runs) * request.image_count
+
+
+# -- calibration ------------------------------------------------------------------------------
+#
+# Workers' run seconds per base unit, per (model, worker class), say what a model really costs
+# relative to SD 1.5 on the same hardware. The fixed factors stay until a model and the
+# reference have enough samples on a common worker class; the calibrated factor is clamped
+# around the fixed one, so that a worker reporting false seconds cannot move prices far.
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Observed run seconds per base unit (moving average) and how many samples made it."""
+
+    seconds_per_unit: float
+    samples: int
+
+
+# (model, worker class) -> its observed speed.
+Observed = Mapping[tuple[str, str], Speed]
+
+
+def reference_speeds(observed: Observed, min_samples: int) -> dict[str, float]:
+    """Seconds per unit of the reference class (models whose fixed factor is 1, SD 1.5) per
+    worker class, weighted by samples, over the models with at least `min_samples`."""
+    totals: dict[str, tuple[float, int]] = {}
+    for (model, worker_class), speed in observed.items():
+        if model_factor(model) != 1.0 or speed.samples < min_samples or speed.seconds_per_unit <= 0:
+            continue
+        weighted, n = totals.get(worker_class, (0.0, 0))
+        totals[worker_class] = (weighted + speed.seconds_per_unit * speed.samples, n + speed.samples)
+    return {wc: weighted / n for wc, (weighted, n) in totals.items()}
+
+
+def calibrated_factor(model: str, observed: Observed, *, min_samples: int, clamp: float) -> float:
+    """`model`'s factor: its seconds per unit over the reference's on each worker class where
+    both have `min_samples`, averaged over those classes and clamped to [fixed / clamp,
+    fixed x clamp]; the fixed factor until then."""
+    fixed = model_factor(model)
+    refs = reference_speeds(observed, min_samples)
+    ratios = [
+        speed.seconds_per_unit / refs[wc]
+        for (m, wc), speed in observed.items()
+        if m == model and wc in refs and speed.samples >= min_samples and speed.seconds_per_unit > 0
+    ]
+    if not ratios:
+        return fixed
+    ratio = sum(ratios) / len(ratios)
+    return min(fixed * clamp, max(fixed / clamp, ratio))
+
+
+def calibrated_factors(observed: Observed, *, min_samples: int, clamp: float) -> Callable[[str], float]:
+    """A `factor` for request_cost that reads `observed`."""
+    return lambda model: calibrated_factor(model, observed, min_samples=min_samples, clamp=clamp)
 
 
 @dataclass(frozen=True)

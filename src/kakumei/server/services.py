@@ -7,9 +7,11 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 from kakumei.config import Settings
+from kakumei.fairness.cost import calibrated_factors
 from kakumei.server.passwords import Passwords
 from kakumei.store.accounts import AccountStore, KeyUse
 from kakumei.store.db import Database
@@ -20,6 +22,7 @@ from kakumei.store.ledger import Ledger
 from kakumei.store.migrate import migrate
 from kakumei.store.moderation import Moderation
 from kakumei.store.notify import JobChanges
+from kakumei.store.speeds import observed
 from kakumei.store.users import UserStore
 from kakumei.store.workers import TrustPolicy, WorkerStore
 
@@ -86,6 +89,7 @@ class Services:
         jobs = JobStore(
             db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
             ledger=Ledger(db, merit_policy(settings)),
+            calibration_min_samples=settings.cost_calibration_min_samples,
         )
         policy = TrustPolicy(
             sample_rate=settings.verify_sample_rate,
@@ -98,6 +102,12 @@ class Services:
         )
         workers = WorkerStore(db, policy, ledger=jobs.ledger)  # the server's merit policy
         return cls(settings, db, UserStore(db), jobs, images, engine, workers=workers)
+
+    def cost_factor(self) -> Callable[[str], float]:
+        """The per-model cost factors now: the fixed ones, calibrated from the observed run
+        seconds once there are enough (fairness/cost.py calibrated_factor)."""
+        return calibrated_factors(observed(self.db), min_samples=self.settings.cost_calibration_min_samples,
+                                  clamp=self.settings.cost_calibration_clamp)
 
     def known_models(self) -> list[str]:
         """Models a job may name: the configured default plus what the engine has loaded."""

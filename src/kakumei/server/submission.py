@@ -97,7 +97,8 @@ def submit_generation(
     # user among them), so that one visitor's key can never answer with another's job.
     who = as_person(svc, who)
     scope = who.scope_addr or ""
-    cost = request_cost(request, model)
+    # The factors calibrated from observed run seconds: the reservation holds what the job costs.
+    cost = request_cost(request, model, svc.cost_factor())
     if idempotency_key is None or not idempotent_replay(svc.db, who.user.id, scope, idempotency_key):
         refusal = svc.admission.check(who.user, who.client_addr, request, cost)
         if refusal is not None:

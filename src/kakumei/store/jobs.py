@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from kakumei.fairness import cost as cost_rule
 from kakumei.fairness import shares
 from kakumei.protocol import Capabilities, HeartbeatReply, Progress
 from kakumei.schemas import STORED, GenerationRequest
@@ -26,6 +27,7 @@ from kakumei.store.db import Database, Transaction
 from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import REFUND, SPEND_GENERATION, Ledger
+from kakumei.store import speeds
 from kakumei.store.quotas import QueueLimits, hold_credit, hold_queue_limits, lock_shared_caps
 from kakumei.fairness.groups import OWN
 from kakumei.store.users import UserStore
@@ -210,7 +212,7 @@ FROM fair_groups g JOIN jobs j ON j.group_id = g.id WHERE j.id = ?
 # report on a lost lease (expired and re-queued, or already finished) finds nothing.
 HELD_JOB = """
 SELECT seq, id, user_id, group_id, attempts, max_attempts, cancel_requested, charged, group_charged, cost,
-    started_at, claimed_at, image_count, worker_id, reserved FROM jobs
+    started_at, claimed_at, image_count, worker_id, reserved, request, model FROM jobs
 WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running') {for_update}
 """
 
@@ -333,8 +335,11 @@ class JobStore:
         clock: Callable[[], float] = time.time,
         ledger: Ledger | None = None,
         network_weight: float = 1.0,
+        calibration_min_samples: int = 20,
     ) -> None:
         self.db = db
+        # Samples a model needs on a worker class before its observed speed is used.
+        self.calibration_min_samples = calibration_min_samples
         self.images = images
         # Generating spends credit, once, inside the transaction that completes the job.
         self.ledger = ledger if ledger is not None else Ledger(db, clock=clock)
@@ -621,11 +626,15 @@ class JobStore:
                 if row is None:
                     return False  # the lease is lost: another report or the reaper won
                 started = row["started_at"] or row["claimed_at"] or now
+                run_seconds = max(0.0, now - started)
                 tx.run(
                     "UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
                     "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
-                    (state.value, now, max(0.0, now - started), seed, error, job_id),
+                    (state.value, now, run_seconds, seed, error, job_id),
                 )
+                if state == JobState.SUCCEEDED:
+                    # Only whole runs calibrate: a cancelled or failed job stopped early.
+                    speeds.record(tx, row, run_seconds, now)
                 self.images.insert_rows(tx, job_id, int(row["user_id"]), images)
                 self._spend(tx, job_id, row, state, len(images))
                 data: dict[str, Any] = {}
@@ -808,6 +817,7 @@ class JobStore:
                 return None
             rate = tx.one(RECENT_THROUGHPUT)
             workers = int(tx.scalar(BUSY_WORKERS) or 0)
+            observed_rate = self._observed_rate(tx)
             cost = float(row["cost"])
             if row["state"] != JobState.QUEUED:
                 place = shares.Place(0, 0.0)
@@ -835,10 +845,27 @@ class JobStore:
                     groups=backlogs(GROUP_BACKLOGS), members=backlogs(MEMBER_BACKLOGS, (group["id"],)),
                 )
         assert rate is not None
-        units_per_second = (
-            float(rate["cost"]) / float(rate["seconds"]) if rate["seconds"] else DEFAULT_UNITS_PER_SECOND
-        )
+        if observed_rate is not None:
+            units_per_second = observed_rate
+        elif rate["seconds"]:
+            units_per_second = float(rate["cost"]) / float(rate["seconds"])
+        else:
+            units_per_second = DEFAULT_UNITS_PER_SECOND
         return place, shares.eta_seconds(place.cost_ahead, cost, units_per_second, workers)
+
+    def _observed_rate(self, tx: Transaction) -> float | None:
+        """Units a second one worker runs, from the reference model's observed seconds per
+        unit (the figures the calibrated cost factors use, so a unit of any model takes that
+        long): over the classes of the workers busy now, else the fastest class observed.
+        None before the reference has enough samples anywhere."""
+        refs = cost_rule.reference_speeds(speeds.observed_in(tx), self.calibration_min_samples)
+        if not refs:
+            return None
+        busy = {speeds.worker_class(tx, r["worker_id"])
+                for r in tx.all("SELECT DISTINCT worker_id FROM jobs WHERE state IN ('leased', 'running')")}
+        known = [refs[c] for c in busy if c in refs]
+        seconds = sum(known) / len(known) if known else min(refs.values())
+        return 1.0 / seconds if seconds > 0 else None
 
 
 # The jobs of an older schema, oldest first: their inline images move to input_images.

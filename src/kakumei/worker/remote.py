@@ -145,8 +145,8 @@ class HttpJobSource:
         """Several compatible jobs in one claim (the server applies its own fairness slack;
         `slack` is the in-process protocol's and unused here)."""
         body = BatchClaim(
-            models=caps.models, max_pixels=caps.max_pixels, max_images=caps.max_images, max_jobs=max_jobs,
-            prefer_model=prefer_model,
+            models=caps.models, max_pixels=caps.max_pixels, max_images=caps.max_images, device=caps.device,
+            max_jobs=max_jobs, prefer_model=prefer_model,
         )
         reply = self._claim_call("/claim-batch", body)
         return [] if reply is None else [
