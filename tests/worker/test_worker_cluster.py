@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from kakumei.store.db import Database
+from kakumei.store.images import blob_at
 from kakumei.store.ledger import Ledger
 from kakumei.store.migrate import migrate
 from kakumei.store.users import UserStore
@@ -201,7 +202,7 @@ def test_a_cheating_worker_is_caught_quarantined_and_unpaid(cluster: Cluster) ->
     cheat = cluster.worker("cheat", url, cluster.worker_key("mallory", "cheat"), script=HERE / "cheating_worker.py")
     job_ids = [submit(url, {**JOB, "seed": 100 + n}) for n in range(3)]
     assert {j["state"] for j in finished([url], job_ids).values()} == {"succeeded"}
-    before = {r["id"]: Path(r["path"]).read_bytes() for r in cluster.rows("SELECT id, path FROM images")}
+    before = {r["id"]: blob_at(cluster.db, r["path"]).read_bytes() for r in cluster.rows("SELECT id, path FROM images")}
 
     # A server with a local worker joins: its trusted worker re-runs the pending checks.
     cluster.server("verifier", local_worker=True)
@@ -214,5 +215,5 @@ def test_a_cheating_worker_is_caught_quarantined_and_unpaid(cluster: Cluster) ->
     assert Ledger(cluster.db).balance(owner.id) == 0
     # The users got the pictures they asked for: the verifier's images replaced the wrong ones.
     wait_for(lambda: WorkerStore(cluster.db).verification_counts(record.id).get("failed") == 3, "all three checks")
-    after = {r["id"]: Path(r["path"]).read_bytes() for r in cluster.rows("SELECT id, path FROM images")}
+    after = {r["id"]: blob_at(cluster.db, r["path"]).read_bytes() for r in cluster.rows("SELECT id, path FROM images")}
     assert set(after) == set(before) and all(after[i] != before[i] for i in before)
