@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -108,8 +109,25 @@ class Transaction:
         return None if row is None else next(iter(dict(row).values()))
 
 
+class _Held:
+    """A thread's connection, kept in that thread's local storage only: when the thread ends
+    (a server's thread pool ends idle threads and starts new ones) this goes with it and
+    closes the connection, so connections never outnumber live threads."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # a connection already broken or closed: nothing to keep
+            pass
+
+
 class Database:
-    """A database URL, one connection per thread, and transactions on them."""
+    """A database URL, one connection per live thread, and transactions on them."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -130,7 +148,7 @@ class Database:
         else:
             raise ConfigError(f"unsupported database URL {redact(url)!r}; use sqlite:///PATH or postgresql://...")
         self._local = threading.local()
-        self._all: list[Any] = []
+        self._all: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._lock = threading.Lock()
         if self.dialect == "postgresql":
             import psycopg
@@ -155,25 +173,26 @@ class Database:
             from psycopg.rows import dict_row
 
             conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
-        with self._lock:
-            self._all.append(conn)
         return conn
 
     def connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+        held = getattr(self._local, "held", None)
+        conn = None if held is None else held.conn
         if conn is not None and self.dialect == "postgresql" and conn.closed:
             conn = None
         if conn is None:
             conn = self._connect()
-            self._local.conn = conn
+            held = self._local.held = _Held(conn)
+            with self._lock:
+                self._all.add(held)
         return conn
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
+            helds, self._all = list(self._all), weakref.WeakSet()
+        for held in helds:
             try:
-                conn.close()
+                held.conn.close()
             except Exception:  # closing a connection another thread broke: nothing to keep
                 pass
         self._local = threading.local()
@@ -212,7 +231,7 @@ class Database:
                     yield Transaction(conn, self.dialect, self)
             except Exception:
                 if conn.broken:
-                    self._local.conn = None
+                    self._local.held = None
                 raise
 
     def ping(self) -> None:
