@@ -187,6 +187,11 @@ class Database:
                 self._all.add(held)
         return conn
 
+    def open_connections(self) -> int:
+        """Connections this object holds open now (one per live thread that used it)."""
+        with self._lock:
+            return sum(1 for held in list(self._all) if not getattr(held.conn, "closed", False))
+
     def close(self) -> None:
         with self._lock:
             helds, self._all = list(self._all), weakref.WeakSet()
