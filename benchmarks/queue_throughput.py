@@ -12,7 +12,9 @@ server keeps images: in the database on PostgreSQL; --no-image completes with no
   as threads each with its own HTTP client: native API submit (a registered user's key), then
   the worker API's claim, heartbeat and complete, alternating between the servers.
 
-Prints jobs/s and the claim's p50 and p99 (ms) per mode and worker count. --scaling prints the
+Prints jobs/s and the claim's p50 and p99 (ms) per mode and worker count, and under each row
+every step's p50/p99 (submit, claim, heartbeat, complete) and how many claims found no job
+(a claim answered "nothing" while work is queued shows there, not as a slow claim). --scaling prints the
 older table instead: one worker's jobs/s on SQLite and PostgreSQL and the claim's latency with
 a small and a large queue. The PostgreSQL URL names a maintenance database; the benchmark
 creates and drops its own.
