@@ -12,7 +12,9 @@ server keeps images: in the database on PostgreSQL; --no-image completes with no
   as threads each with its own HTTP client: native API submit (a registered user's key), then
   the worker API's claim, heartbeat and complete, alternating between the servers.
 
-Prints jobs/s and the claim's p50 and p99 (ms) per mode and worker count. --scaling prints the
+Prints jobs/s and the claim's p50 and p99 (ms) per mode and worker count, and under each row
+every step's p50/p99 (submit, claim, heartbeat, complete) and how many claims found no job
+(a claim answered "nothing" while work is queued shows there, not as a slow claim). --scaling prints the
 older table instead: one worker's jobs/s on SQLite and PostgreSQL and the claim's latency with
 a small and a large queue. The PostgreSQL URL names a maintenance database; the benchmark
 creates and drops its own.
@@ -133,8 +135,9 @@ def claim_latency(
 
 
 def tiny_png() -> bytes:
+    """A 64x64 PNG of noise: the server refuses a flat one as not a generated picture."""
     out = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(out, format="PNG")
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(out, format="PNG")
     return out.getvalue()
 
 
@@ -144,8 +147,30 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def store_run(url: str, workers: int, seconds: float, png: bytes | None) -> tuple[float, list[float]]:
-    """(jobs/s, sorted claim seconds) of `workers` threads on the store for `seconds`."""
+PHASES = ("submit", "claim", "heartbeat", "complete")
+
+
+def new_phases() -> dict[str, list[float]]:
+    return {phase: [] for phase in PHASES}
+
+
+def merge_phases(into: dict[str, list[float]], more: dict[str, list[float]]) -> None:
+    for phase, times in more.items():
+        into[phase].extend(times)
+
+
+def phase_line(phases: dict[str, list[float]]) -> str:
+    """p50/p99 in ms of each step of a job, so the slow one shows."""
+    parts = []
+    for phase in PHASES:
+        times = sorted(phases[phase])
+        parts.append(f"{phase} {percentile(times, 0.5) * 1000:.1f}/{percentile(times, 0.99) * 1000:.1f}")
+    empty = len(phases["claim"]) - len(phases["complete"])
+    return "p50/p99 ms: " + ", ".join(parts) + f"; {empty} of {len(phases['claim'])} claims found no job"
+
+
+def store_run(url: str, workers: int, seconds: float, png: bytes | None) -> tuple[float, list[float], dict[str, list[float]]]:
+    """(jobs/s, sorted claim seconds, seconds per phase) of `workers` threads on the store for `seconds`."""
     db = Database(url)
     migrate(db)
     users = UserStore(db)
@@ -153,6 +178,7 @@ def store_run(url: str, workers: int, seconds: float, png: bytes | None) -> tupl
     images = ImageStore(db, Path(tempfile.mkdtemp(prefix="kakumei-bench-")), "database")
     store = JobStore(db, images)
     claims: list[float] = []
+    phases = new_phases()
     done = [0]
     lock = threading.Lock()
     deadline = [0.0]
@@ -161,21 +187,30 @@ def store_run(url: str, workers: int, seconds: float, png: bytes | None) -> tupl
 
     def work(n: int) -> None:
         mine: list[float] = []
+        own = new_phases()
         count = 0
         start.wait()
         while time.perf_counter() < deadline[0]:
-            store.submit(NewJob(user_ids[n], REQUEST, "m", COST))
             t0 = time.perf_counter()
+            store.submit(NewJob(user_ids[n], REQUEST, "m", COST))
+            t1 = time.perf_counter()
             lease = store.claim(f"w{n}")
-            mine.append(time.perf_counter() - t0)
+            t2 = time.perf_counter()
+            mine.append(t2 - t1)
+            own["submit"].append(t1 - t0)
+            own["claim"].append(t2 - t1)
             if lease is None:
                 continue
             store.heartbeat(lease.job.id, lease.lease_id)
+            t3 = time.perf_counter()
             pending = images.write_files(lease.job.id, [ImageResult(png=png, seed=0, index=0)]) if png else []
             store.complete(lease.job.id, lease.lease_id, pending, seed=0)
+            own["heartbeat"].append(t3 - t2)
+            own["complete"].append(time.perf_counter() - t3)
             count += 1
         with lock:
             claims.extend(mine)
+            merge_phases(phases, own)
             done[0] += count
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
@@ -187,7 +222,7 @@ def store_run(url: str, workers: int, seconds: float, png: bytes | None) -> tupl
         t.join()
     elapsed = time.perf_counter() - began
     db.close()
-    return done[0] / elapsed, sorted(claims)
+    return done[0] / elapsed, sorted(claims), phases
 
 
 SERVER_ENV = {
@@ -229,8 +264,10 @@ def start_servers(url: str, count: int, home: Path) -> tuple[list[str], list[sub
     return urls, procs, socks
 
 
-def http_run(url: str, servers: int, workers: int, seconds: float, png: bytes | None, home: Path) -> tuple[float, list[float]]:
-    """(jobs/s, sorted claim seconds) of `workers` HTTP workers against `servers` servers."""
+def http_run(
+    url: str, servers: int, workers: int, seconds: float, png: bytes | None, home: Path
+) -> tuple[float, list[float], dict[str, list[float]]]:
+    """(jobs/s, sorted claim seconds, seconds per phase) of `workers` HTTP workers against `servers` servers."""
     db = Database(url)
     migrate(db)
     users, worker_store = UserStore(db), WorkerStore(db)
@@ -248,41 +285,51 @@ def http_run(url: str, servers: int, workers: int, seconds: float, png: bytes | 
     # The clock starts when every worker is ready (set before any of them is released).
     start = threading.Barrier(workers + 1, action=lambda: deadline.__setitem__(0, time.perf_counter() + seconds))
 
-    def cycle(client: httpx.Client, user: dict, worker: dict) -> tuple[float, bool]:
+    phases = new_phases()
+
+    def cycle(client: httpx.Client, user: dict, worker: dict, own: dict[str, list[float]]) -> tuple[float, bool]:
         """One job through the server: (claim seconds, whether a job was completed)."""
+        t0 = time.perf_counter()
         reply = client.post("/api/v1/jobs", json=request, headers=user)
         assert reply.status_code == 201, reply.text
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         reply = client.post("/api/v1/worker/claim", json={}, headers=worker)
-        took = time.perf_counter() - t0
+        t2 = time.perf_counter()
+        own["submit"].append(t1 - t0)
+        own["claim"].append(t2 - t1)
         if reply.status_code == 204:
-            return took, False
+            return t2 - t1, False
         assert reply.status_code == 200, reply.text
         lease = reply.json()
         job_id, lease_id = lease["job_id"], lease["lease_id"]
         reply = client.post(f"/api/v1/worker/jobs/{job_id}/heartbeat", json={"lease_id": lease_id}, headers=worker)
         assert reply.status_code == 200, reply.text
+        t3 = time.perf_counter()
         body = {"lease_id": lease_id, "seed": 0, "images": images}
         reply = client.post(f"/api/v1/worker/jobs/{job_id}/complete", json=body, headers=worker)
         assert reply.status_code == 200, reply.text
-        return took, True
+        own["heartbeat"].append(t3 - t2)
+        own["complete"].append(time.perf_counter() - t3)
+        return t2 - t1, True
 
     def work(n: int) -> None:
         mine: list[float] = []
+        own = new_phases()
         count = 0
         with httpx.Client(base_url=urls[n % len(urls)], timeout=60) as client:
             user = {"Authorization": f"Bearer {user_keys[n]}"}
             worker = {"Authorization": f"Bearer {worker_keys[n]}"}
             try:
-                cycle(client, user, worker)  # not timed: connections and the server's caches warm
+                cycle(client, user, worker, new_phases())  # not timed: connections and the server's caches warm
             finally:
                 start.wait()  # a worker that failed still lets the others start
             while time.perf_counter() < deadline[0]:
-                took, completed = cycle(client, user, worker)
+                took, completed = cycle(client, user, worker, own)
                 mine.append(took)
                 count += completed
         with lock:
             claims.extend(mine)
+            merge_phases(phases, own)
             done[0] += count
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
@@ -301,7 +348,7 @@ def http_run(url: str, servers: int, workers: int, seconds: float, png: bytes | 
             proc.wait(timeout=60)
         for sock in socks:
             sock.close()
-    return done[0] / elapsed, sorted(claims)
+    return done[0] / elapsed, sorted(claims), phases
 
 
 def main() -> None:
@@ -336,11 +383,12 @@ def main() -> None:
                     conn.execute(f"CREATE SCHEMA {schema}")
                 url = f"{base}/{name}?options=-csearch_path%3D{schema}"
                 if mode == "store":
-                    rate, claims = store_run(url, workers, args.seconds, png)
+                    rate, claims, phases = store_run(url, workers, args.seconds, png)
                 else:
-                    rate, claims = http_run(url, int(mode.removeprefix("http")), workers, args.seconds, png, home)
+                    rate, claims, phases = http_run(url, int(mode.removeprefix("http")), workers, args.seconds, png, home)
                 row = (mode, workers, rate, percentile(claims, 0.5) * 1000, percentile(claims, 0.99) * 1000)
                 print(f"{row[0]:<6} {row[1]:>3} workers: {row[2]:8.1f} jobs/s, claim p50 {row[3]:6.2f} ms, p99 {row[4]:7.2f} ms", flush=True)
+                print(f"       {phase_line(phases)}", flush=True)
                 rows.append(row)
     finally:
         with psycopg.connect(args.postgres, autocommit=True) as admin:

@@ -57,6 +57,9 @@ class Settings(BaseModel):
     # "files" (the data folder, one machine), "auto": the database on PostgreSQL, files on SQLite.
     image_store: Literal["auto", "files", "database"] = "auto"
     local_worker: bool = True
+    # Threads serving blocking requests at once; each holds at most one database connection,
+    # so servers sharing one PostgreSQL need servers x (this + a few) under its max_connections.
+    request_threads: int = Field(40, ge=1)
     allow_anonymous: bool = True
     # A worker that sends no heartbeat for this long has lost its job back to the queue.
     lease_seconds: float = Field(30.0, gt=0)
@@ -237,6 +240,7 @@ _ENV_FIELDS = {
     "KAKUMEI_DATABASE": "database",
     "KAKUMEI_IMAGE_STORE": "image_store",
     "KAKUMEI_LOCAL_WORKER": "local_worker",
+    "KAKUMEI_REQUEST_THREADS": "request_threads",
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",
     "KAKUMEI_LEASE_SECONDS": "lease_seconds",
     "KAKUMEI_HORDE_LEASE_SECONDS": "horde_lease_seconds",

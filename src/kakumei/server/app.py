@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -71,6 +72,9 @@ def create_app(settings: Settings, engine: Any | None = None, *, local_worker: b
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         return_big_buffers_to_the_system()
+        # Sync routes and dependencies run in this loop's default thread pool: its size bounds
+        # this server's database connections (one per live thread).
+        to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         svc = Services.open(settings, engine)
         app.state.services = svc
         if svc.db.dialect == "postgresql":

@@ -519,6 +519,12 @@ class JobStore:
         for _ in range(5):
             with self.db.transaction() as tx:
                 group = tx.one(group_sql, group_params)
+                if group is None and self.db.dialect == "postgresql" and "{lock_group_skip}" in group_sql:
+                    # Every runnable group was skipped because a concurrent submit or claim
+                    # held its row (with one busy group, nearly always): wait for that lock
+                    # rather than tell the worker there is nothing to run. Groups are locked
+                    # before people everywhere, so waiting here cannot deadlock.
+                    group = tx.one(group_sql.replace("{lock_group_skip}", "{lock_group}"), group_params)
                 if group is None:
                     return None
                 if person is None:
