@@ -66,8 +66,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from kakumei.protocol import Capabilities
-    from kakumei.worker.loop import Worker, batch_jobs_for, engine_device_type
+    from kakumei.worker.loop import batch_jobs_for, engine_device_type
     from kakumei.worker.remote import HttpJobSource, WorkerRefused
 
     settings = with_overrides(
@@ -103,19 +102,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         if not args.verbose:
             quiet_libraries()
         engine = Engine(settings)
-        try:  # the protocol's limits, checked here rather than refused by the server
-            caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch,
-                                device=engine_device_type(engine))
-        except ValueError as exc:
-            raise ConfigError(f"invalid worker capabilities: {exc}") from None
-        worker = Worker(
-            source, engine, info["name"], capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
-            max_batch_jobs=batch_jobs_for(engine_device_type(engine), args.batch_jobs),
-        )
-        running.append(worker)
-        while not stop.is_set():
-            if not worker.run_one(stop):
-                stop.wait(worker.poll_seconds)
+        batch_jobs = batch_jobs_for(engine_device_type(engine), args.batch_jobs)
+        _work(source, engine, info["name"], _capabilities(args, models, engine), batch_jobs, stop, running)
     except WorkerRefused as exc:
         raise ConfigError(str(exc)) from None
     finally:
@@ -128,9 +116,7 @@ def _horde_worker(args: argparse.Namespace, settings: Settings) -> int:
     """`kakumei worker --horde URL --key KEY`: pop the horde's jobs, run them on this engine."""
     import socket
 
-    from kakumei.protocol import Capabilities
     from kakumei.worker.horde import HordeJobSource, HordeRefused
-    from kakumei.worker.loop import Worker
 
     if args.server:
         raise ConfigError("use either --server (a kakumei server's worker protocol) or --horde (the AI Horde's), not both")
@@ -152,24 +138,41 @@ def _horde_worker(args: argparse.Namespace, settings: Settings) -> int:
         if not args.verbose:
             quiet_libraries()
         engine = Engine(settings)
-        try:
-            caps = Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch)
-        except ValueError as exc:
-            raise ConfigError(f"invalid worker capabilities: {exc}") from None
+        caps = _capabilities(args, models, engine)
         print(f"worker {name!r} working for the horde at {args.horde}; models: {', '.join(models)}; "
               "Ctrl-C gives the running job back and stops", file=sys.stderr, flush=True)
-        worker = Worker(source, engine, name, capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
-                        max_batch_jobs=1)
-        running.append(worker)
-        while not stop.is_set():
-            if not worker.run_one(stop):
-                stop.wait(worker.poll_seconds)
+        _work(source, engine, name, caps, 1, stop, running)
     except HordeRefused as exc:
         raise ConfigError(str(exc)) from None
     finally:
         source.close()
     print("worker stopped", file=sys.stderr)
     return 0
+
+
+def _capabilities(args: argparse.Namespace, models: tuple[str, ...], engine: Any) -> Any:
+    """What this worker can run; the protocol's limits, checked here rather than refused by
+    the server."""
+    from kakumei.protocol import Capabilities
+    from kakumei.worker.loop import engine_device_type
+
+    try:
+        return Capabilities(models=models, max_pixels=args.max_pixels, max_images=args.max_batch,
+                            device=engine_device_type(engine))
+    except ValueError as exc:
+        raise ConfigError(f"invalid worker capabilities: {exc}") from None
+
+
+def _work(source: Any, engine: Any, name: str, caps: Any, batch_jobs: int, stop: threading.Event, running: list[Any]) -> None:
+    """Run jobs from `source` until `stop`; the worker goes into `running` for Ctrl-C to ask."""
+    from kakumei.worker.loop import Worker
+
+    worker = Worker(source, engine, name, capabilities=caps, lease_seconds=source.lease_seconds, poll_seconds=1.0,
+                    max_batch_jobs=batch_jobs)
+    running.append(worker)
+    while not stop.is_set():
+        if not worker.run_one(stop):
+            stop.wait(worker.poll_seconds)
 
 
 def _on_ctrl_c(stop: threading.Event, busy: Callable[[], bool], *also: threading.Event) -> None:
