@@ -121,7 +121,9 @@ async def generate_async(request: Request, svc: Svc) -> JSONResponse:
         body, gen = mapped
         model = gen.model or svc.settings.model
         if body.get("dry_run"):
-            return JSONResponse({"kudos": request_cost(gen, model)}, status_code=200)
+            # the price the submit would reserve: the same calibrated factors (a database read)
+            factor = await to_thread.run_sync(svc.cost_factor)
+            return JSONResponse({"kudos": request_cost(gen, model, factor)}, status_code=200)
         try:
             job, _ = await to_thread.run_sync(submit_generation, svc, who, gen)
         except SubmitRefused as exc:
