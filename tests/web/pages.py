@@ -93,10 +93,21 @@ def choose_picture(page: Any, path: Any) -> None:
     expect(page.get_by_role("img", name="The picture to start from")).to_be_visible()
 
 
+def stable_box(element: Any) -> dict[str, float]:
+    """The element's box once it is in view and has stopped moving: the page lays itself out
+    again as a chosen picture's preview and the model list arrive, and raw mouse or touch
+    coordinates taken before that land beside the element."""
+    element.scroll_into_view_if_needed()
+    element.hover(trial=True)  # waits until the element is visible, stable and hit by events
+    box = element.bounding_box()
+    assert box is not None
+    return box
+
+
 def drag_on_mask(page: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
     """Paint on the mask with the mouse from `start` to `end`, as fractions of the canvas."""
-    box = page.get_by_role("img", name=re.compile("^Mask")).bounding_box()
-    assert box is not None
+    mask = page.get_by_role("img", name=re.compile("^Mask"))
+    box = stable_box(mask)
     page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
     page.mouse.down()
     for i in range(1, 6):

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.web.pages import choose_picture, drag_on_mask, fill, gallery_card, stored_key, unique
+from tests.web.pages import choose_picture, drag_on_mask, fill, gallery_card, stable_box, stored_key, unique
 
 
 def picture(path: Path, size: tuple[int, int]) -> Path:
@@ -141,9 +141,10 @@ def test_mask_by_touch(web_server, open_page, tmp_path) -> None:
     page = open_page(web_server, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     sent = sent_jobs(page)
     choose_picture(page, picture(tmp_path / "start.png", (64, 64)))
-    box = page.get_by_role("img", name="Mask: paint where the picture is repainted").bounding_box()
-    assert box is not None
-    page.touchscreen.tap(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+    mask = page.get_by_role("img", name="Mask: paint where the picture is repainted")
+    box = stable_box(mask)
+    # A tap through the element waits for it to be still and hit by events, as a finger would.
+    mask.tap(position={"x": box["width"] * 0.25, "y": box["height"] * 0.25})
     fill(page, prompt=unique("touch mask"), steps=2)
     page.get_by_role("button", name="Generate").tap()
     expect(page.locator("#status")).to_contain_text("Queued")
