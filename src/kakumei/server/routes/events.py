@@ -16,10 +16,11 @@ from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from kakumei.fairness.limits import Slots
 from kakumei.store.buckets import SharedSlots
+from kakumei.store.jobs import TERMINAL_STATES
 from kakumei.server.deps import Caller, Svc, Who, owned_job
 from kakumei.server.services import Services
 from kakumei.server.views import public_event, queued_event
@@ -115,7 +116,9 @@ async def _events(
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 403, 404, 429)},
+    responses={200: {"content": {"text/event-stream": {}}},
+               204: {"description": "the job has finished and Last-Event-ID was its last event"},
+               **problems(401, 403, 404, 429)},
 )
 def job_events(
     job_id: str,
@@ -123,10 +126,19 @@ def job_events(
     svc: Svc,
     who: Who,
     last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
-) -> StreamingResponse:
+) -> Response:
     """queued (queue_position, eta_seconds), started, progress (step, total, preview every few
-    steps), then succeeded (images with URLs and metadata), failed (reason) or cancelled."""
-    owned_job(svc, who, job_id)
+    steps), then succeeded (images with URLs and metadata), failed (reason) or cancelled.
+
+    With Last-Event-ID, the events after it (on any server), then the stream ends as usual;
+    204 No Content when the job has finished and nothing is left after it (an EventSource
+    stops reconnecting on a 204)."""
+    job = owned_job(svc, who, job_id)
+    after = resume_after(last_event_id)
+    # The state is read before the events: a final state commits with its final event, so a
+    # finished job's events read after it hold that event unless it is before `after`.
+    if job.state in TERMINAL_STATES and not any(e.kind in PUBLIC_KINDS for e in svc.jobs.events(job_id, after)):
+        return Response(status_code=204, headers={"Cache-Control": "no-cache"})
     slots: Slots | SharedSlots = request.app.state.event_streams
     holder = _stream_holder(who)
     if not slots.acquire(holder):
@@ -138,7 +150,7 @@ def job_events(
         )
     return _HeldStream(
         lambda: slots.release(holder),
-        _stream(svc, request, job_id, resume_after(last_event_id)),
+        _stream(svc, request, job_id, after),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
