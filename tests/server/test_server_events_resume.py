@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -119,3 +120,31 @@ def test_a_resume_replays_what_was_missed_and_ends_on_any_server(servers: list[s
             assert events(client, url, rest[-1][0]) == (204, [])
         # no Last-Event-ID: the whole story again
         assert events(client, resume) == (200, first + rest)
+
+
+def test_a_queued_stream_hears_its_position_move_when_the_job_ahead_is_taken(servers: list[str], database_url: str) -> None:
+    a, b = servers
+    db = Database(database_url)
+    try:
+        user = UserStore(db).add("dave")[1]
+        worker = WorkerStore(db).add(UserStore(db).add("owner")[0].id, "by-hand")[1]
+    finally:
+        db.close()
+    me, w = {"Authorization": f"Bearer {user}"}, {"Authorization": f"Bearer {worker}"}
+    with httpx.Client(timeout=TIMEOUT, headers=me) as client:
+        first, second = (client.post(f"{a}/api/v1/jobs", json=JOB).json() for _ in range(2))
+        with client.stream("GET", a + second["events_url"]) as reply:
+            lines = reply.iter_lines()
+            positions = []
+            for line in lines:
+                if line.startswith("data: "):
+                    positions.append(json.loads(line[6:]).get("queue_position"))
+                    if len(positions) == 1:
+                        # the job ahead is taken through the other server
+                        lease = client.post(f"{b}/api/v1/worker/claim", json={}, headers=w).json()
+                        assert lease["job_id"] == first["id"]
+                        beat = {"lease_id": lease["lease_id"], "step": 1, "total": 3}
+                        assert client.post(f"{b}/api/v1/worker/jobs/{first['id']}/heartbeat", json=beat, headers=w).status_code == 200
+                    else:
+                        break
+    assert positions == [1, 0]
