@@ -121,7 +121,8 @@ class PositionBoard:
             now = loop.time()
             for watch, data in zip(batch, places):
                 watch.generation, watch.checked = generation, now
-                if data.get("queue_position") not in (None, watch.last_position):
+                # (a stream that has read its job's start since is no longer watched)
+                if self.watching.get(id(watch)) is watch and data.get("queue_position") not in (None, watch.last_position):
                     watch.last_position = data["queue_position"]
                     watch.position = data
                     watch.wake.set()
