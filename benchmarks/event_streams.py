@@ -2,7 +2,7 @@
 while the jobs they watch progress, on PostgreSQL and SQLite.
 
     python benchmarks/event_streams.py [--postgres URL] [--streams 1000] [--idle 10] [--busy 10]
-        [--workers 2] [--steps 5] [--backends postgresql,sqlite]
+        [--workers 2] [--steps 5] [--backends postgresql,sqlite] [--no-streams]
 
 The server runs without a local worker. The benchmark submits one job per stream (over HTTP,
 from 10 users), opens one stream per job on raw asyncio sockets (a cheap client: the server is
@@ -190,11 +190,11 @@ def run_backend(label: str, url: str, database: str | None, args: argparse.Names
 
         async def main() -> None:
             tasks = []
-            for n, (path, key) in enumerate(jobs):
+            for n, (path, key) in enumerate([] if args.no_streams else jobs):
                 tasks.append(asyncio.create_task(streams.one(host, int(port), path, key)))
                 if n % 50 == 49:
                     await asyncio.sleep(0.05)  # no accept-backlog burst: streams, not connects, are measured
-            while streams.opened + len(streams.refused) < len(jobs):
+            while streams.opened + len(streams.refused) < len(tasks):
                 await asyncio.sleep(0.1)
                 if any(t.done() and t.exception() for t in tasks):
                     raise next(t.exception() for t in tasks if t.done() and t.exception())  # type: ignore[misc]
@@ -244,6 +244,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="fake workers in the busy phase")
     parser.add_argument("--steps", type=int, default=5, help="progress heartbeats per job")
     parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument("--no-streams", action="store_true",
+                        help="submit the jobs but open no stream: what the same work costs without them")
     args = parser.parse_args()
     raise_fd_limit(2 * args.streams + 256)
     os.environ.update({k: v for k, v in SERVER_ENV.items()})
@@ -266,7 +268,7 @@ def main() -> None:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print()
-    print(f"{args.streams} SSE streams on one kakumei serve (no local worker); idle {args.idle:g} s, "
+    print(f"{0 if args.no_streams else args.streams} SSE streams on one kakumei serve (no local worker); idle {args.idle:g} s, "
           f"busy {args.busy:g} s with {args.workers} fake workers x {args.steps} progress steps + 1 PNG")
     print(f"{'database':<11} {'phase':<5} {'cpu s/s':>8} {'RSS MB':>7} {'threads':>7} {'fds':>5} {'db conns':>8} "
           f"{'jobs':>5} {'events/s':>9} {'open':>5} {'refused':>7}")
