@@ -3,10 +3,13 @@ by the servers that can read them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from kakumei.fairness.cost import request_cost
-from kakumei.store.images import CHUNK_BYTES, DbBlob, ImageResult, ImageStore
+from kakumei.store.db import Database
+from kakumei.store.images import CHUNK_BYTES, MOVE_RECORD, ORPHAN_GRACE_SECONDS, DbBlob, ImageResult, ImageStore
 from kakumei.store.jobs import NewJob
 
 from tests.store.test_store_images import REQUEST, leased
@@ -53,3 +56,87 @@ def test_files_move_into_the_database_and_unreadable_ones_stay(stores, tmp_path)
         assert not pending.path.exists()  # the file went once its copy's row committed
     assert into_db.get(elsewhere.id).path == elsewhere.path  # still names the file
     assert into_db.move_files_in() == 0
+
+
+class CountingDatabase(Database):
+    """The real database, counting the transactions asked of it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.transactions = 0
+
+    def transaction(self, write: bool = True):  # type: ignore[override]
+        self.transactions += 1
+        return super().transaction(write)
+
+
+@pytest.mark.parametrize("stores", ["files"], indirect=True)
+def test_moving_files_in_costs_nothing_once_nothing_is_left(stores, database_url) -> None:
+    made = []
+    for n in range(2):
+        user = stores.users.add(f"u{n}")[0]
+        stores.jobs.submit(NewJob(user.id, REQUEST, "m", request_cost(REQUEST, "m")))
+        lease = stores.jobs.claim("w")
+        files = stores.images.write_files(lease.job.id, [ImageResult(png=b"png %d" % n, seed=1, index=0)])
+        assert stores.jobs.complete(lease.job.id, lease.lease_id, files, seed=1)
+        made.append(files[0])
+    stray = stores.images.root / "ab" / "left-by-hand.png"  # a file no row names
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"stray")
+    db = CountingDatabase(database_url)
+    try:
+        into_db = ImageStore(db, stores.images.root, "database")
+        assert into_db.move_files_in() == 2
+        assert all(isinstance(into_db.get(p.id).path, DbBlob) for p in made)
+        assert not made[0].path.parent.exists() or made[0].path.parent == stray.parent  # emptied folders go
+        assert stray.exists()  # not ours to delete
+        # the next starts: the stray file is known to be in no row; nothing is asked
+        db.transactions = 0
+        assert into_db.move_files_in() == 0 and into_db.move_files_in() == 0
+        assert db.transactions == 0
+        # a new file not named after a row: one more scan, then quiet again
+        (stores.images.root / "cd").mkdir()
+        (stores.images.root / "cd" / "another.png").write_bytes(b"another")
+        assert into_db.move_files_in() == 0 and db.transactions > 0
+        db.transactions = 0
+        assert into_db.move_files_in() == 0 and db.transactions == 0
+        # nothing at all in the folder: nothing asked, and no record left behind
+        stray.unlink()
+        (stores.images.root / "cd" / "another.png").unlink()
+        assert into_db.move_files_in() == 0 and db.transactions == 0
+        assert not (stores.images.root / MOVE_RECORD).exists()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("stores", ["database"], indirect=True)
+def test_chunks_no_row_names_are_collected_after_the_grace(stores) -> None:
+    def leased_by(name: str):
+        user = stores.users.add(name)[0]
+        stores.jobs.submit(NewJob(user.id, REQUEST, "m", request_cost(REQUEST, "m")))
+        return stores.jobs.claim("w")
+
+    kept = leased_by("kept")
+    files = stores.images.write_files(kept.job.id, [ImageResult(png=b"kept", seed=1, index=0)])
+    assert stores.jobs.complete(kept.job.id, kept.lease_id, files, seed=1)
+    [image] = stores.images.for_job(kept.job.id)
+    # a server killed between writing a job's bytes and committing its row
+    cut = leased_by("cut")
+    orphan = stores.images.write_files(cut.job.id, [ImageResult(png=b"orphan" * 100_000, seed=1, index=0)])
+    assert orphan[0].path.exists() and blob_rows(stores) == 1 + 3
+    # a verifier's replacement committed, the old bytes' deletion cut short
+    written = ImageStore.write_replacements([image], {0: (b"fixed", "", {})})
+    with stores.db.transaction() as tx:
+        assert ImageStore.replace_rows(tx, written)
+    [image] = stores.images.for_job(kept.job.id)
+    now = time.time()
+    assert stores.images.collect_orphans(now - 60, now=now) == 0  # within the grace: may still commit
+    later = now + ORPHAN_GRACE_SECONDS + 1
+    assert stores.images.collect_orphans(now - 60, now=later) == 2
+    assert not orphan[0].path.exists() and not written[0].old_path.exists() and blob_rows(stores) == 1
+    assert image.path.read_bytes() == b"fixed"
+    assert stores.images.collect_orphans(now - 60, now=later) == 0
+    # outside the window asked about: left for the pass that covers it
+    stale = leased_by("stale")
+    again = stores.images.write_files(stale.job.id, [ImageResult(png=b"again", seed=1, index=0)])
+    assert stores.images.collect_orphans(0, now=now - 10) == 0 and again[0].path.exists()

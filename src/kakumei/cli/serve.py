@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         local_worker=False if args.no_local_worker else None,
     )
     open_database(settings).close()  # fail here, with a sentence, rather than inside uvicorn
+    _raise_open_files_limit()
     # Bound before the banner: a busy port is one sentence, not a success line and an Errno.
     sock = _listening_socket(settings.host, settings.port) if args.fd is None else _inherited_socket(args.fd)
     if args.fd is not None or settings.port == 0:  # where it really listens, for this line and the A1111 cmd-flags
@@ -69,6 +70,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info" if args.verbose else "warning", proxy_headers=False))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # uvicorn.run's exit status when startup fails
+
+
+def _raise_open_files_limit() -> None:
+    """Each open event stream is a socket: the usual soft limit of 1,024 open files would
+    refuse connections at about a thousand streams, so the soft limit goes up to the hard one
+    (what the system lets this user have without privileges)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):  # a limit the system will not grant: keep the soft one
+            pass
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from kakumei.server.passwords import Passwords
 from kakumei.store.accounts import AccountStore, KeyUse
 from kakumei.store.db import Database
 from kakumei.store.horde import HordeStore
-from kakumei.store.images import ImageStore
+from kakumei.store.images import ORPHAN_GRACE_SECONDS, ImageStore
 from kakumei.store.jobs import JobStore
 from kakumei.store.ledger import Ledger
 from kakumei.store.migrate import migrate
@@ -25,6 +26,11 @@ from kakumei.store.notify import JobChanges
 from kakumei.store.speeds import observed
 from kakumei.store.users import UserStore
 from kakumei.store.workers import TrustPolicy, WorkerStore
+
+# How far back the first pass after a start looks for orphaned image chunks, and how often
+# the passes after it run (each looks only at what was written since the last).
+ORPHAN_LOOKBACK_SECONDS = 7 * 24 * 3600.0
+ORPHAN_PASS_SECONDS = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +150,22 @@ class Services:
         self.threads.append(thread)
 
     def _reap(self) -> None:
-        while not self.stop.wait(self.settings.lease_seconds / 3):
+        # Image chunks no row names: first those of the last ORPHAN_LOOKBACK_SECONDS (a server
+        # killed mid-write before this one started), then every ORPHAN_PASS_SECONDS those
+        # written since the last pass (store/images.py collect_orphans).
+        orphans_since = time.time() - ORPHAN_LOOKBACK_SECONDS
+        next_orphan_pass = 0.0
+        while True:
+            if time.monotonic() >= next_orphan_pass:
+                now = time.time()
+                try:
+                    self.images.collect_orphans(orphans_since, now=now)
+                    orphans_since = now - ORPHAN_GRACE_SECONDS
+                except Exception:
+                    log.exception("collecting orphaned image chunks failed; retrying later")
+                next_orphan_pass = time.monotonic() + ORPHAN_PASS_SECONDS
+            if self.stop.wait(self.settings.lease_seconds / 3):
+                return
             try:
                 self.jobs.expire_leases()
             except Exception:

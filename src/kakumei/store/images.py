@@ -7,6 +7,12 @@ never points at missing or half-written bytes: a completion that loses its race 
 and its bytes are deleted (`discard`), and a verifier's replacement is a new blob that its row
 names from the commit on (`write_replacements`). Both kinds are reached through the same few
 Path methods (`read_bytes`, `is_file`, `exists`, `unlink`), so callers do not care which.
+
+A blob's key is `t<write time, ms, 12 hex digits>.<image id>` (`blob_key`): keys sort by write
+time and name the one row that may use them, so `collect_orphans` finds chunks no row names
+(a server killed between writing the bytes and committing the row) by a range scan of the
+primary key over a time window and one primary-key read of `images` per blob, never a scan
+of either table. Keys of the first release of 0012 (32 hex digits, no time) are left alone.
 """
 
 from __future__ import annotations
@@ -106,8 +112,26 @@ def delete_blob(tx: Transaction, key: str) -> None:
     tx.run("DELETE FROM image_blobs WHERE blob_key = ?", (key,))
 
 
-def _write_blob(db: Database, png: bytes) -> DbBlob:
-    key = uuid.uuid4().hex
+# Chunks written this long ago and named by no row are orphans: a completion or a verifier's
+# replacement commits its row within seconds of writing its bytes.
+ORPHAN_GRACE_SECONDS = 3600.0
+# Written in the images folder by move_files_in: files it found in no row, so that the next
+# start does not scan the images table for them again.
+MOVE_RECORD = ".not-in-database.json"
+
+
+def blob_key(image_id: str, at: float | None = None) -> str:
+    """A new blob's key for image `image_id`, written now (or at `at`)."""
+    return f"t{int((time.time() if at is None else at) * 1000):012x}.{image_id}"
+
+
+def _key_floor(at: float) -> str:
+    """The smallest key of a blob written at `at` or later."""
+    return f"t{int(at * 1000):012x}"
+
+
+def _write_blob(db: Database, image_id: str, png: bytes) -> DbBlob:
+    key = blob_key(image_id)
     with db.transaction() as tx:
         write_chunks(tx, key, png)
     return DbBlob(db, key)
@@ -201,7 +225,7 @@ class ImageStore:
             image_id = uuid.uuid4().hex
             path: Blob
             if self.where == "database":
-                path = _write_blob(self.db, image.png)
+                path = _write_blob(self.db, image_id, image.png)
             else:
                 path = folder / f"{image_id}.png"
                 _write_atomically(path, image.png)
@@ -239,7 +263,7 @@ class ImageStore:
                 png, infotext, metadata = corrected[image.index]
                 path: Blob
                 if isinstance(image.path, DbBlob):
-                    path = _write_blob(image.path.db, png)
+                    path = _write_blob(image.path.db, image.id, png)
                 else:
                     path = image.path.parent / f"{uuid.uuid4().hex}.png"
                     _write_atomically(path, png)
@@ -323,7 +347,58 @@ class ImageStore:
         Run at start when images go to the database: each server moves what is in its own data
         folder, a batch per transaction; a file goes only after the row naming its copy commits.
         A row changed meanwhile (deleted, replaced) keeps its state and the copy is dropped.
+
+        It costs nothing once nothing is left: it first lists the PNGs of the images folder
+        (moved ones are gone, with their emptied folders) and with none asks the database
+        nothing. Files named after their row (`<image id>.png`) are found by primary key; only
+        files that are not, and that the last start did not already find in no row
+        (MOVE_RECORD, in the images folder), cost a scan of the images table.
         """
+        files = self._image_files()
+        if not files:
+            (self.root / MOVE_RECORD).unlink(missing_ok=True)
+            return 0
+        moved = 0
+        named = [p for p in files if _is_image_id(p.stem)]
+        for start in range(0, len(named), batch):
+            paths = named[start:start + batch]
+            with self.db.transaction(write=False) as tx:
+                marks = ", ".join("?" for _ in paths)
+                rows = tx.all(f"SELECT id, path FROM images WHERE id IN ({marks})", [p.stem for p in paths])
+            by_id = {p.stem: p for p in paths}
+            moved += self._move([r for r in rows if _same_file(r["path"], by_id[r["id"]])])
+        left = [p for p in files if p.exists()]
+        record = self.root / MOVE_RECORD
+        names = sorted(str(p.relative_to(self.root)) for p in left)
+        try:
+            known = set(json.loads(record.read_text()))
+        except (OSError, ValueError):
+            known = set()
+        if left and not set(names) <= known:
+            moved += self._move_by_scan(batch)
+            left = [p for p in left if p.exists()]
+            names = sorted(str(p.relative_to(self.root)) for p in left)
+        if names:
+            # Files no row names (or whose row another path names): the next start skips the
+            # scan unless a file not listed here appears.
+            _write_atomically(record, json.dumps(names).encode())
+        else:
+            record.unlink(missing_ok=True)
+        for folder in {p.parent for p in files}:
+            try:
+                folder.rmdir()  # only an emptied one goes
+            except OSError:
+                pass
+        return moved
+
+    def _image_files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.root.rglob("*.png") if p.is_file())
+        except OSError:
+            return []
+
+    def _move_by_scan(self, batch: int) -> int:
+        """The rows of every file path, a batch of the images table at a time."""
         moved = 0
         after = ""
         while True:
@@ -335,25 +410,75 @@ class ImageStore:
             if not rows:
                 return moved
             after = rows[-1]["id"]
-            done: list[Path] = []
+            moved += self._move(rows)
+
+    def _move(self, rows: Sequence[dict]) -> int:
+        """Copy the readable files of `rows` (id, path) into chunks, point the rows at them
+        (unless changed meanwhile), then delete the files."""
+        done: list[Path] = []
+        with self.db.transaction() as tx:
+            for row in rows:
+                path = Path(row["path"])
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue  # another server's file, or gone: that server moves its own
+                key = blob_key(row["id"])
+                write_chunks(tx, key, data)
+                if tx.run("UPDATE images SET path = ? WHERE id = ? AND path = ?", (DB_PREFIX + key, row["id"], row["path"])):
+                    done.append(path)
+                else:
+                    delete_blob(tx, key)
+        for path in done:
+            path.unlink(missing_ok=True)
+        if done:
+            log.info("moved %d image file(s) into the database", len(done))
+        return len(done)
+
+    def collect_orphans(self, since: float, *, now: float | None = None, grace: float = ORPHAN_GRACE_SECONDS,
+                        batch: int = 500) -> int:
+        """Delete the chunks of blobs written from `since` to `now - grace` that no image row
+        names (a writer killed before its row committed, a replaced blob whose deletion was
+        cut short); return how many blobs went. Costs a primary-key range scan of
+        `image_blobs` over that window and one primary-key read of `images` per blob."""
+        now = time.time() if now is None else now
+        low, high = _key_floor(since), _key_floor(now - grace)
+        removed = 0
+        while low < high:
+            with self.db.transaction(write=False) as tx:
+                keys = [r["blob_key"] for r in tx.all(
+                    "SELECT blob_key FROM image_blobs WHERE blob_key > ? AND blob_key < ? AND seq = 0 "
+                    "ORDER BY blob_key LIMIT ?", (low, high, batch))]
+            if not keys:
+                break
+            low = keys[-1]
+            ids = {key: key.split(".", 1)[1] for key in keys}
             with self.db.transaction() as tx:
-                for row in rows:
-                    path = Path(row["path"])
-                    try:
-                        data = path.read_bytes()
-                    except OSError:
-                        continue  # another server's file, or gone: that server moves its own
-                    key = uuid.uuid4().hex
-                    write_chunks(tx, key, data)
-                    if tx.run("UPDATE images SET path = ? WHERE id = ? AND path = ?", (DB_PREFIX + key, row["id"], row["path"])):
-                        done.append(path)
-                    else:
+                marks = ", ".join("?" for _ in keys)
+                paths = {r["id"]: r["path"] for r in tx.all(
+                    f"SELECT id, path FROM images WHERE id IN ({marks})", list(ids.values()))}
+                for key, image_id in ids.items():
+                    if paths.get(image_id) != DB_PREFIX + key:
                         delete_blob(tx, key)
-            for path in done:
-                path.unlink(missing_ok=True)
-            moved += len(done)
-            if done:
-                log.info("moved %d image file(s) into the database", len(done))
+                        removed += 1
+        if removed:
+            log.info("deleted %d image blob(s) no image names (writes cut short)", removed)
+        return removed
+
+
+def _is_image_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def _same_file(row_path: str, path: Path) -> bool:
+    if row_path.startswith(DB_PREFIX):
+        return False
+    if row_path == str(path):
+        return True
+    try:
+        return Path(row_path).resolve() == path.resolve()
+    except OSError:
+        return False
 
 
 def _write_atomically(path: Path, png: bytes) -> None:

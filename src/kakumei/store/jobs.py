@@ -316,6 +316,9 @@ def _event(row: dict) -> JobEvent:
 
 
 def add_event(tx: Transaction, job_id: str, kind: str, data: dict[str, Any], now: float) -> None:
+    """Callers hold the job's row lock (FOR UPDATE, an UPDATE of it, or its insert): one
+    job's event ids then commit in id order, so a stream reading `id > last` (a resume with
+    Last-Event-ID, on any server) never steps over an event that commits later."""
     tx.execute(
         "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)",
         (job_id, kind, json.dumps(data), now),

@@ -5,8 +5,15 @@ Migration 0012 adds a trigger on `job_events`: each new event notifies channel `
 with its job id, at commit. `JobChanges` listens on one connection of its own in a thread and
 calls the callbacks subscribed to that job. After it (re)connects it calls every callback,
 since notifications sent while it was away are lost: a woken stream re-reads its job's events
-from the table, which misses nothing. SQLite has no such channel: `JobChanges.available` is
-False there and streams poll.
+from the table, which misses nothing.
+
+SQLite has no such channel: there one thread per server reads the new rows of `job_events`
+every POLL_SECONDS (one indexed query for the whole server, whatever the number of streams;
+it sees the writes of any process on the file) and calls the same callbacks.
+
+`generation` counts announcements that may move queue positions (on SQLite every kind but
+progress; on PostgreSQL, whose payload is the job id alone, every announcement): the event
+streams' position board (server/routes/events.py) recomputes nothing while it stands still.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from kakumei.store.db import Database, Transaction
 log = logging.getLogger(__name__)
 
 CHANNEL = "kakumei_jobs"
+POLL_SECONDS = 0.2  # SQLite: how often the one reader looks for new events
+POLL_BATCH = 5000
 # The kinds event streams send (a claim's "leased" is not one): only these notify, since
 # every notifying commit takes PostgreSQL's notification queue lock.
 STREAMED_KINDS = ("queued", "started", "progress", "succeeded", "failed", "cancelled")
@@ -50,9 +59,11 @@ def add_notify_trigger(db: Database, tx: Transaction) -> None:
 class JobChanges:
     """Callbacks per job id, called from the listening thread when that job has a new event."""
 
-    def __init__(self, db: Database, *, retry_seconds: float = 1.0) -> None:
+    def __init__(self, db: Database, *, retry_seconds: float = 1.0, poll_seconds: float = POLL_SECONDS) -> None:
         self.db = db
-        self.available = db.dialect == "postgresql"
+        self.available = True
+        self.poll_seconds = poll_seconds
+        self.generation = 0
         self.retry_seconds = retry_seconds
         self._subscribers: dict[str, set[Callable[[], None]]] = {}
         self._lock = threading.Lock()
@@ -62,7 +73,8 @@ class JobChanges:
 
     def start(self) -> None:
         if self.available and self._thread is None:
-            self._thread = threading.Thread(target=self._listen, name="job-changes", daemon=True)
+            target = self._listen if self.db.dialect == "postgresql" else self._poll
+            self._thread = threading.Thread(target=target, name="job-changes", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -86,8 +98,10 @@ class JobChanges:
 
         return unsubscribe
 
-    def _call(self, job_id: str | None) -> None:
+    def _call(self, job_id: str | None, moves: bool = True) -> None:
         with self._lock:
+            if moves:
+                self.generation += 1
             if job_id is None:
                 callbacks = [c for cs in self._subscribers.values() for c in cs]
             else:
@@ -117,3 +131,37 @@ class JobChanges:
             self.listening.clear()
             self._call(None)
             self._stop.wait(self.retry_seconds)
+
+    def _poll(self) -> None:
+        """SQLite: read the rows added since the last look, announce their jobs."""
+        last: int | None = None
+        while not self._stop.is_set():
+            try:
+                with self.db.transaction(write=False) as tx:
+                    if last is None:
+                        last = int(tx.scalar("SELECT COALESCE(MAX(id), 0) AS last FROM job_events"))
+                        rows = []
+                    else:
+                        rows = tx.all("SELECT id, job_id, kind FROM job_events WHERE id > ? ORDER BY id LIMIT ?",
+                                      (last, POLL_BATCH))
+                if not self.listening.is_set():
+                    self.listening.set()
+                    self._call(None)
+                if rows:
+                    last = int(rows[-1]["id"])
+                    if any(row["kind"] != "progress" for row in rows):  # a claim's "leased" too
+                        with self._lock:
+                            self.generation += 1
+                    for job_id in dict.fromkeys(r["job_id"] for r in rows if r["kind"] in STREAMED_KINDS):
+                        self._call(job_id, moves=False)
+                    if len(rows) == POLL_BATCH:
+                        continue
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("reading new job events failed (%s); streams poll until it works again", exc)
+                if self.listening.is_set():
+                    self.listening.clear()
+                    self._call(None)
+            self._stop.wait(self.poll_seconds)
+        self.listening.clear()

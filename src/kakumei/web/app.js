@@ -290,6 +290,7 @@ async function streamEvents(path, signal, onEvent) {
       const headers = { ...authHeaders(), Accept: "text/event-stream" };
       if (lastId !== null) headers["Last-Event-ID"] = lastId;
       const res = await fetch(path, { headers, signal });
+      if (res.status === 204) return; // the job had finished and its last event was seen
       if (!res.ok) {
         const text = await res.text();
         let data = null;
