@@ -56,6 +56,10 @@ class Settings(BaseModel):
     # Where generated images' bytes live: "database" (every server sharing it reaches them),
     # "files" (the data folder, one machine), "auto": the database on PostgreSQL, files on SQLite.
     image_store: Literal["auto", "files", "database"] = "auto"
+    # Rate limits, offences and timeouts in Redis (redis://host:6379/0) instead of the
+    # database, shared by every server with the same URL and prefix; None: the database.
+    redis_url: str | None = None
+    redis_prefix: str = "kakumei:"
     local_worker: bool = True
     # Threads serving blocking requests at once; each holds at most one database connection,
     # so servers sharing one PostgreSQL need servers x (this + a few) under its max_connections.
@@ -239,6 +243,8 @@ _ENV_FIELDS = {
     "KAKUMEI_PORT": "port",
     "KAKUMEI_DATABASE": "database",
     "KAKUMEI_IMAGE_STORE": "image_store",
+    "KAKUMEI_REDIS_URL": "redis_url",
+    "KAKUMEI_REDIS_PREFIX": "redis_prefix",
     "KAKUMEI_LOCAL_WORKER": "local_worker",
     "KAKUMEI_REQUEST_THREADS": "request_threads",
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",

@@ -66,6 +66,9 @@ class Services:
     key_use: KeyUse = field(init=False)
     # New job events announced by the database (PostgreSQL), for the event streams.
     job_changes: JobChanges = field(init=False)
+    # Rate limits, offences and timeouts in Redis (store/redis_limits.py RedisLimits) when
+    # the setting `redis_url` is set; None: in the database (and buckets in memory on SQLite).
+    limits: Any = None
 
     def __post_init__(self) -> None:
         from kakumei.server.admission import Admission
@@ -75,8 +78,13 @@ class Services:
         self.passwords = Passwords()
         self.key_use = KeyUse(self.accounts)
         self.ledger = self.jobs.ledger
-        self.moderation = Moderation(self.db)
-        self.admission = Admission(self.settings, self.db, self.jobs, self.moderation)
+        if self.limits is None and self.settings.redis_url:
+            from kakumei.store.redis_limits import RedisLimits  # redis is imported only here
+
+            self.limits = RedisLimits(self.settings.redis_url, self.settings.redis_prefix)
+            self.limits.ping()  # limits that would not hold are no reason to serve
+        self.moderation = Moderation(self.db, offences=self.limits)
+        self.admission = Admission(self.settings, self.db, self.jobs, self.moderation, limits=self.limits)
         self.job_changes = JobChanges(self.db)
 
     @classmethod
@@ -196,4 +204,6 @@ class Services:
         self.job_changes.stop()
         for thread in self.threads:
             thread.join(timeout=60)
+        if self.limits is not None:
+            self.limits.close()
         self.db.close()
