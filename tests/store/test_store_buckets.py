@@ -12,18 +12,9 @@ import pytest
 from kakumei.fairness.limits import TokenBuckets
 from kakumei.store.buckets import SharedBuckets, SharedSlots
 from kakumei.store.db import Database
-from kakumei.store.migrate import migrate
 from kakumei.store.redis_limits import RedisLimits
 
 Make = Callable[[float, int], "TokenBuckets | SharedBuckets"]
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    migrate(database)
-    yield database
-    database.close()
 
 
 @pytest.fixture(params=["memory", "database", "redis"])

@@ -11,7 +11,6 @@ import pytest
 
 from kakumei.fairness.limits import TimeoutPolicy
 from kakumei.store.db import Database
-from kakumei.store.migrate import migrate
 from kakumei.store.moderation import Moderation
 from kakumei.store.redis_limits import RedisLimits
 from kakumei.store.users import UserStore
@@ -25,14 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    migrate(database)
-    yield database
-    database.close()
 
 
 @pytest.fixture(params=["database", "redis"])
