@@ -1,0 +1,134 @@
+"""What the rate limits cost per request, by where the buckets live: this process's memory
+(TokenBuckets, SQLite servers), the database (SharedBuckets on SQLite and on PostgreSQL) or
+Redis (SharedBuckets over RedisLimits, setting redis_url).
+
+    python benchmarks/shared_limits.py [--postgres URL] [--redis URL] [--requests N]
+        [--callers K] [--threads 1,8]
+
+One request is what `Admission.check` asks the buckets for each submit: whether the caller
+ignored a wait it was told (per person and per address), then a token from the person's bucket
+and one from the address's. Callers rotate over K keys and K addresses with a burst no run
+uses up, so every request is granted, as most are. Prints requests/s, the mean and p99 of one
+request (µs) and the mean's ratio to memory's in the same run, per backend and thread count.
+The PostgreSQL URL names a maintenance database; the benchmark creates and drops its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from kakumei.fairness.limits import TokenBuckets
+from kakumei.store.buckets import SharedBuckets
+from kakumei.store.db import Database
+from kakumei.store.migrate import migrate
+from kakumei.store.redis_limits import RedisLimits
+
+
+def request(by_key: Any, by_ip: Any, key: str, addr: str) -> None:
+    now = time.time()
+    by_key.offence(key, now) | by_ip.offence(key, now)
+    assert by_key.take(key, now) == 0.0
+    assert by_ip.take(addr, now, caller=key) == 0.0
+
+
+def run(make: Any, requests: int, callers: int, threads: int) -> tuple[float, list[float]]:
+    """(requests/s, each request's seconds) with `threads` threads, each its own buckets from
+    `make()` (a server's threads share one object; its database connections are per thread)."""
+    per_thread = requests // threads
+    times: list[list[float]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def work(n: int) -> None:
+        by_key, by_ip = make()
+        mine = times[n]
+        request(by_key, by_ip, "warm", "warm")
+        start.wait()
+        for i in range(per_thread):
+            caller = (i * threads + n) % callers
+            t0 = time.perf_counter()
+            request(by_key, by_ip, f"user:{caller}", f"10.{caller // 250}.{caller % 250}.1")
+            mine.append(time.perf_counter() - t0)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    every = sorted(t for mine in times for t in mine)
+    return len(every) / elapsed, every
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--requests", type=int, default=4000, help="requests per row")
+    parser.add_argument("--callers", type=int, default=1000, help="distinct keys and addresses")
+    parser.add_argument("--threads", default="1,8", help="comma-separated thread counts")
+    args = parser.parse_args()
+
+    rate, burst = 1.0, 1_000_000  # a token a minute, a burst no run uses up
+    name = f"kakumei_bench_{uuid.uuid4().hex[:8]}"
+    base = args.postgres.rsplit("/", 1)[0]
+    with psycopg.connect(args.postgres, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    folder = Path(tempfile.mkdtemp(prefix="kakumei-bench-"))
+    prefix = f"kakumei-bench-{uuid.uuid4().hex[:8]}:"
+    databases = {"sqlite": Database(f"sqlite:///{folder / 'bench.db'}"), "postgresql": Database(f"{base}/{name}")}
+    for db in databases.values():
+        migrate(db)
+    redis_limits = RedisLimits(args.redis, prefix)
+    backends = {
+        "memory": lambda: (TokenBuckets(rate, burst), TokenBuckets(rate, burst)),
+        "sqlite": lambda: (SharedBuckets(databases["sqlite"], "key", rate, burst),
+                           SharedBuckets(databases["sqlite"], "ip", rate, burst)),
+        "postgresql": lambda: (SharedBuckets(databases["postgresql"], "key", rate, burst),
+                               SharedBuckets(databases["postgresql"], "ip", rate, burst)),
+        "redis": lambda: (SharedBuckets(redis_limits, "key", rate, burst), SharedBuckets(redis_limits, "ip", rate, burst)),
+    }
+    rows = []
+    try:
+        run(backends["memory"], args.requests, args.callers, 1)  # warm up the interpreter's paths
+        for threads in (int(t) for t in args.threads.split(",")):
+            memory_mean = None
+            for backend, make in backends.items():
+                if backend == "memory":  # one object for every thread, as a server holds it
+                    shared = make()
+                    make = lambda shared=shared: shared  # noqa: E731
+                per_second, every = run(make, args.requests, args.callers, threads)
+                mean = statistics.fmean(every) * 1e6
+                memory_mean = memory_mean or mean
+                row = (backend, threads, per_second, mean, every[int(len(every) * 0.99) - 1] * 1e6, mean / memory_mean)
+                print(f"{row[0]:<10} {row[1]:>2} threads: {row[2]:9.0f} requests/s, mean {row[3]:8.1f} µs, "
+                      f"p99 {row[4]:8.1f} µs, {row[5]:7.1f}x memory", flush=True)
+                rows.append(row)
+    finally:
+        for key in redis_limits.client.scan_iter(match=prefix + "*", count=1000):
+            redis_limits.client.delete(key)
+        redis_limits.close()
+        for db in databases.values():
+            db.close()
+        with psycopg.connect(args.postgres, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print()
+    print(f"rate-limit buckets per submit (2 offence checks + 2 takes), {args.callers} callers, "
+          f"{args.requests} requests per row")
+    print(f"{'where':<10} {'threads':>7} {'requests/s':>11} {'mean µs':>9} {'p99 µs':>9} {'vs memory':>10}")
+    for backend, threads, per_second, mean, p99, ratio in rows:
+        print(f"{backend:<10} {threads:>7} {per_second:>11.0f} {mean:>9.1f} {p99:>9.1f} {ratio:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
