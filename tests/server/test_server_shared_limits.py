@@ -6,21 +6,17 @@ servers, and an offender timed out on one is timed out on the other.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import redis
 
 from kakumei.store.db import Database
 from kakumei.store.migrate import migrate
 from kakumei.store.users import UserStore
-from tests.support import listening_socket, start_serve, stop, url_of
+from tests.support import ServeProcesses
 
 JOB = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 BURST = 4
@@ -42,38 +38,20 @@ ENV = {
 }
 
 
-class Servers:
-    """`kakumei serve` processes without local workers; stopped at the end."""
-
-    def __init__(self, home: Path, root: Path, env: dict[str, str]) -> None:
-        self.home, self.root, self.env = home, root, env
-        self.procs: list[subprocess.Popen] = []
-        self.sockets: list[socket.socket] = []
-
-    def start(self, database: str) -> str:
-        sock = listening_socket()
-        n = len(self.sockets)
-        environ = {**os.environ, **ENV, "KAKUMEI_HOME": str(self.home), **self.env}
-        options = ["--database", database, "--model", "kakumei:tiny", "--no-local-worker"]
-        self.procs.append(start_serve(sock, options, environ, self.root / f"serve-{n}.log"))
-        self.sockets.append(sock)
-        return url_of(sock)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            stop(proc)
-        for sock in self.sockets:
-            sock.close()
-
-
 @pytest.fixture
-def servers(redis_place, kakumei_home: Path, tmp_path: Path) -> Iterator[Servers]:
-    env = {"KAKUMEI_REDIS_URL": redis_place.url, "KAKUMEI_REDIS_PREFIX": redis_place.prefix}
-    running = Servers(kakumei_home, tmp_path, env)
+def servers(redis_place, kakumei_home: Path, tmp_path: Path) -> Iterator[ServeProcesses]:
+    """Servers without local workers, sharing the test's Redis."""
+    env = {**ENV, "KAKUMEI_HOME": str(kakumei_home), "KAKUMEI_REDIS_URL": redis_place.url,
+           "KAKUMEI_REDIS_PREFIX": redis_place.prefix}
+    running = ServeProcesses(tmp_path, env)
     try:
         yield running
     finally:
         running.close()
+
+
+def serve(servers: ServeProcesses, database: str) -> str:
+    return servers.start(["--database", database, "--model", "kakumei:tiny", "--no-local-worker"])
 
 
 def submit(url: str, headers: dict[str, str] | None = None, local: str = "127.0.0.1") -> httpx.Response:
@@ -82,10 +60,10 @@ def submit(url: str, headers: dict[str, str] | None = None, local: str = "127.0.
 
 
 def test_an_addresss_burst_and_its_timeout_hold_across_servers_sharing_only_redis(
-    servers: Servers, redis_place, tmp_path: Path
+    servers: ServeProcesses, redis_place, tmp_path: Path
 ) -> None:
     # Two SQLite databases: without Redis each server would allow the burst.
-    urls = [servers.start(f"sqlite:///{tmp_path / f'kakumei-{n}.db'}") for n in range(2)]
+    urls = [serve(servers, f"sqlite:///{tmp_path / f'kakumei-{n}.db'}") for n in range(2)]
     here = "127.0.0.21"
     codes = [submit(urls[n % 2], local=here).status_code for n in range(BURST + 4)]
     assert codes.count(201) == BURST and codes[BURST:] == [429] * 4, codes
@@ -108,27 +86,19 @@ def test_an_addresss_burst_and_its_timeout_hold_across_servers_sharing_only_redi
 
 @pytest.mark.postgres
 def test_one_keys_burst_holds_across_servers_on_one_database_with_redis(
-    servers: Servers, redis_place, postgres_database: str
+    servers: ServeProcesses, redis_place, postgres_url: str
 ) -> None:
-    schema = f"t_{os.urandom(6).hex()}"
-    with psycopg.connect(postgres_database, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    database = f"{postgres_database}?options=-csearch_path%3D{schema}"
-    try:
-        db = Database(database)
-        migrate(db)
-        _, key = UserStore(db).add("bob")
-        bob = {"Authorization": f"Bearer {key}"}
-        urls = [servers.start(database) for _ in range(2)]
-        codes = [submit(urls[n % 2], bob, local="127.0.0.23").status_code for n in range(BURST + 4)]
-        assert codes.count(201) == BURST and codes[BURST:] == [429] * 4, codes
-        # Counted in Redis, not in the database's buckets.
-        with db.transaction(write=False) as tx:
-            assert tx.scalar("SELECT count(*) AS n FROM rate_buckets") == 0
-        client = redis.Redis.from_url(redis_place.url)
-        assert client.exists(f"{redis_place.prefix}bucket:key:user:{UserStore(db).by_key(key).id}")
-        client.close()
-        db.close()
-    finally:
-        with psycopg.connect(postgres_database, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    db = Database(postgres_url)
+    migrate(db)
+    _, key = UserStore(db).add("bob")
+    bob = {"Authorization": f"Bearer {key}"}
+    urls = [serve(servers, postgres_url) for _ in range(2)]
+    codes = [submit(urls[n % 2], bob, local="127.0.0.23").status_code for n in range(BURST + 4)]
+    assert codes.count(201) == BURST and codes[BURST:] == [429] * 4, codes
+    # Counted in Redis, not in the database's buckets.
+    with db.transaction(write=False) as tx:
+        assert tx.scalar("SELECT count(*) AS n FROM rate_buckets") == 0
+    client = redis.Redis.from_url(redis_place.url)
+    assert client.exists(f"{redis_place.prefix}bucket:key:user:{UserStore(db).by_key(key).id}")
+    client.close()
+    db.close()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from kakumei.config import Settings
+from kakumei.errors import ConfigError
 from kakumei.fairness.cost import calibrated_factors
 from kakumei.server.passwords import Passwords
 from kakumei.store.accounts import AccountStore, KeyUse
@@ -29,12 +30,33 @@ from kakumei.store.workers import TrustPolicy, WorkerStore
 log = logging.getLogger(__name__)
 
 
-def image_store_kind(settings: Settings, db: Database) -> Literal["files", "database"]:
-    """Where new images go: `image_store`, with "auto" the database on PostgreSQL (every server
-    sharing it must reach every image) and files on SQLite (one machine)."""
+def image_store_kind(settings: Settings, db: Database) -> Literal["files", "database", "s3"]:
+    """Where new images go: `image_store`, with "auto" the bucket when one is set, else the
+    database on PostgreSQL (every server sharing it must reach every image) and files on SQLite
+    (one machine)."""
     if settings.image_store == "auto":
+        if settings.s3_bucket:
+            return "s3"
         return "database" if db.dialect == "postgresql" else "files"
+    if settings.image_store == "s3" and not settings.s3_bucket:
+        raise ConfigError("image_store is s3 but no bucket is set: set s3_bucket (KAKUMEI_S3_BUCKET)")
     return settings.image_store
+
+
+def open_bucket(settings: Settings, db: Database) -> None:
+    """Attach the bucket of `s3_bucket` to `db` (rows naming "s3:" keys are read from it);
+    boto3 is imported only here. A bucket that does not answer stops the server starting."""
+    if not settings.s3_bucket:
+        return
+    from kakumei.store.objects import Bucket
+
+    bucket = Bucket(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                    access_key_id=settings.s3_access_key_id, secret_access_key=settings.s3_secret_access_key)
+    try:
+        bucket.check()
+    except Exception as exc:
+        raise ConfigError(f"cannot use the bucket {settings.s3_bucket!r} (s3_bucket): {exc}") from None
+    db.objects = bucket
 
 
 def local_worker_id(settings: Settings) -> str:
@@ -90,6 +112,7 @@ class Services:
     @classmethod
     def open(cls, settings: Settings, engine: Any | None) -> Services:
         db = Database(settings.database_url)
+        open_bucket(settings, db)
         migrate(db)
         images = ImageStore(db, settings.home / "images", image_store_kind(settings, db))
         from kakumei.server.admission import merit_policy
