@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+from kakumei.store.blobs import OBJECT_PREFIX, KeyedBlob
 from kakumei.store.db import Database, Transaction
 
 if TYPE_CHECKING:  # boto3 is imported only where a bucket is configured
@@ -32,27 +33,16 @@ log = logging.getLogger(__name__)
 # One chunk row: a read or a write holds about this much of an image in memory at a time.
 CHUNK_BYTES = 256 * 1024
 DB_PREFIX = "db:"
-OBJECT_PREFIX = "s3:"  # store/objects.py's, without importing boto3
 
 
-class DbBlob:
-    """An image's bytes in `image_blobs`, with the Path methods the callers use."""
+class DbBlob(KeyedBlob):
+    """An image's bytes in `image_blobs`."""
+
+    prefix = DB_PREFIX
 
     def __init__(self, db: Database, key: str) -> None:
         self.db = db
         self.key = key
-
-    def __str__(self) -> str:
-        return DB_PREFIX + self.key
-
-    def __repr__(self) -> str:
-        return f"DbBlob({self.key!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DbBlob) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes, one chunk per query (each its own short read)."""
@@ -79,8 +69,6 @@ class DbBlob:
     def is_file(self) -> bool:
         with self.db.transaction(write=False) as tx:
             return tx.one("SELECT 1 AS one FROM image_blobs WHERE blob_key = ? AND seq = 0", (self.key,)) is not None
-
-    exists = is_file
 
     def unlink(self, missing_ok: bool = True) -> None:
         with self.db.transaction() as tx:
@@ -265,7 +253,7 @@ class ImageStore:
                 path: Blob
                 if isinstance(image.path, DbBlob):
                     path = _write_blob(image.path.db, png)
-                elif not isinstance(image.path, Path):  # an object: a new one in its bucket
+                elif isinstance(image.path, KeyedBlob):  # an object: a new one in its bucket
                     path = _write_object(image.path.bucket, png)
                 else:
                     path = image.path.parent / f"{uuid.uuid4().hex}.png"

@@ -18,7 +18,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-OBJECT_PREFIX = "s3:"
+from kakumei.store.blobs import OBJECT_PREFIX, KeyedBlob
+
 # One read of a download: about this much of an image in memory at a time.
 CHUNK_BYTES = 256 * 1024
 
@@ -82,24 +83,14 @@ class Bucket:
         self.client.delete_object(Bucket=self.name, Key=key)
 
 
-class ObjectBlob:
-    """An image's bytes in the bucket, with the Path methods the callers use (as DbBlob)."""
+class ObjectBlob(KeyedBlob):
+    """An image's bytes in the bucket (as DbBlob's are in the database)."""
+
+    prefix = OBJECT_PREFIX
 
     def __init__(self, bucket: Bucket, key: str) -> None:
         self.bucket = bucket
         self.key = key
-
-    def __str__(self) -> str:
-        return OBJECT_PREFIX + self.key
-
-    def __repr__(self) -> str:
-        return f"ObjectBlob({self.key!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ObjectBlob) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
     def chunks(self) -> Iterator[bytes]:
         return self.bucket.chunks(self.key)
@@ -112,11 +103,6 @@ class ObjectBlob:
 
     def size(self) -> int | None:
         return self.bucket.size(self.key)
-
-    def is_file(self) -> bool:
-        return self.size() is not None
-
-    exists = is_file
 
     def unlink(self, missing_ok: bool = True) -> None:
         self.bucket.delete(self.key)

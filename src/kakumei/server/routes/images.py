@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from kakumei.server.deps import Svc, Who
 from kakumei.server.image_access import readable_image
 from kakumei.server.openapi import problems
+from kakumei.store.blobs import KeyedBlob
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
 
@@ -20,7 +19,7 @@ def get_image(image_id: str, svc: Svc, who: Who) -> Response:
     the key; anyone else's is a 404."""
     image = readable_image(svc, who, image_id)
     filename = f"{image.job_id}-{image.index}.png"
-    if not isinstance(image.path, Path):
+    if isinstance(image.path, KeyedBlob):
         # Streamed a chunk at a time from the database or the bucket: never the whole image
         # in memory.
         size = image.path.size()
