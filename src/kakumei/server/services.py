@@ -15,7 +15,7 @@ from kakumei.errors import ConfigError
 from kakumei.fairness.cost import calibrated_factors
 from kakumei.server.passwords import Passwords
 from kakumei.store.accounts import AccountStore, KeyUse
-from kakumei.store.db import Database
+from kakumei.store.db import Database, redact
 from kakumei.store.horde import HordeStore
 from kakumei.store.images import ImageStore
 from kakumei.store.jobs import JobStore
@@ -104,7 +104,11 @@ class Services:
             from kakumei.store.redis_limits import RedisLimits  # redis is imported only here
 
             self.limits = RedisLimits(self.settings.redis_url, self.settings.redis_prefix)
-            self.limits.ping()  # limits that would not hold are no reason to serve
+            try:
+                self.limits.ping()  # limits that would not hold are no reason to serve
+            except Exception as exc:
+                self.limits.close()
+                raise ConfigError(f"cannot reach Redis at {redact(self.settings.redis_url)} (redis_url): {exc}") from None
         self.moderation = Moderation(self.db, offences=self.limits)
         self.admission = Admission(self.settings, self.db, self.jobs, self.moderation, limits=self.limits)
         self.job_changes = JobChanges(self.db)
