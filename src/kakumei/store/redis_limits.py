@@ -8,7 +8,9 @@ between them. Keys expire by themselves once they say nothing more (a bucket ful
 wait over, an offence out of its window and its timeout), so nothing needs pruning.
 
 Keys, under the setting `redis_prefix`: `bucket:<scope>:<key>` and `told:<scope>:<caller>`
-(hashes), `offence:<ip|user>:<offender>` (a hash). Imported only when `redis_url` is set.
+(hashes), `offence:<ip|user>:<offender>` (a hash). A take's script touches a bucket and a
+caller's wait, two keys that Redis Cluster may place on different nodes: one Redis (with
+replicas or Sentinel if you like), not a Cluster. Imported only when `redis_url` is set.
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ class RedisLimits:
     """Buckets and offences of every server that shares `url` and `prefix`."""
 
     def __init__(self, url: str, prefix: str = "kakumei:") -> None:
-        self.client: Any = redis.Redis.from_url(url, decode_responses=True)
+        # A Redis that stops answering fails a request after seconds instead of holding its
+        # thread (and so the server's request threads) for ever.
+        self.client: Any = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
+                                                socket_connect_timeout=5, health_check_interval=30)
         self.prefix = prefix
         self._take = self.client.register_script(_TAKE)
         self._give_back = self.client.register_script(_GIVE_BACK)
