@@ -90,6 +90,11 @@ def test_two_servers_serve_each_others_images_from_one_bucket(
         assert s3_place.client.get_object(Bucket=s3_place.name, Key=input_key)["Body"].read() == raw
         assert files_under(homes[0]) == files_under(homes[1]) == []  # nothing in the data folders
 
+        # The APIs that answer with the image itself read it from the bucket too.
+        answer = on_b.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 2})
+        assert answer.status_code == 200, answer.text
+        assert base64.b64decode(answer.json()["images"][0]).startswith(PNG_MAGIC)
+
         # Deleted through b: the object goes, and neither server has the image any more.
         image_id = job["images"][0]["id"]
         assert on_b.delete(f"/api/v1/images/{image_id}").status_code == 204
