@@ -123,3 +123,27 @@ def serve_without_worker(home: Path, tmp_path: Path, **env: str) -> Iterator[tup
     finally:
         stop(proc)
         sock.close()
+
+
+class ServeProcesses:
+    """`kakumei serve` processes started one after another, each on its own socket and log
+    under `root`, with `env` on top of the test's environment; `close` stops them all."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.procs: list[subprocess.Popen] = []
+        self.sockets: list[socket.socket] = []
+
+    def start(self, options: Sequence[str], **env: str) -> str:
+        """Start one with `options` and `env` added; its URL once it answers."""
+        sock = listening_socket()
+        log = self.root / f"serve-{len(self.sockets)}.log"
+        self.sockets.append(sock)
+        self.procs.append(start_serve(sock, options, {**os.environ, **self.env, **env}, log))
+        return url_of(sock)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+        for sock in self.sockets:
+            sock.close()

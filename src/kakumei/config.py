@@ -55,7 +55,18 @@ class Settings(BaseModel):
     database: str | None = None
     # Where generated images' bytes live: "database" (every server sharing it reaches them),
     # "files" (the data folder, one machine), "auto": the database on PostgreSQL, files on SQLite.
-    image_store: Literal["auto", "files", "database"] = "auto"
+    image_store: Literal["auto", "files", "database", "s3"] = "auto"
+    # An S3-compatible bucket for images and input images ("s3"; "auto" with a bucket set);
+    # keys left empty come from boto3's usual places (AWS_* environment, ~/.aws, a role).
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = Field(None, repr=False)
+    # Rate limits, offences and timeouts in Redis (redis://host:6379/0) instead of the
+    # database, shared by every server with the same URL and prefix; None: the database.
+    redis_url: str | None = None
+    redis_prefix: str = "kakumei:"
     local_worker: bool = True
     # Threads serving blocking requests at once; each holds at most one database connection,
     # so servers sharing one PostgreSQL need servers x (this + a few) under its max_connections.
@@ -239,6 +250,13 @@ _ENV_FIELDS = {
     "KAKUMEI_PORT": "port",
     "KAKUMEI_DATABASE": "database",
     "KAKUMEI_IMAGE_STORE": "image_store",
+    "KAKUMEI_S3_BUCKET": "s3_bucket",
+    "KAKUMEI_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "KAKUMEI_S3_REGION": "s3_region",
+    "KAKUMEI_S3_ACCESS_KEY_ID": "s3_access_key_id",
+    "KAKUMEI_S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
+    "KAKUMEI_REDIS_URL": "redis_url",
+    "KAKUMEI_REDIS_PREFIX": "redis_prefix",
     "KAKUMEI_LOCAL_WORKER": "local_worker",
     "KAKUMEI_REQUEST_THREADS": "request_threads",
     "KAKUMEI_ALLOW_ANONYMOUS": "allow_anonymous",

@@ -1,17 +1,28 @@
 """Timeouts fall on the offender, over real HTTP from distinct loopback addresses: a registered
 caller's offences count against their account, a keyless caller's against their address, and
-a burst that ignores one `Retry-After` is one offence, not one per request."""
+a burst that ignores one `Retry-After` is one offence, not one per request. Each runs with the
+limits and offences in the database and in Redis (setting `redis_url`)."""
 
 from __future__ import annotations
 
 import time
 
 import httpx
+import pytest
 
 SMALL = {"prompt": "a fox", "width": 64, "height": 64, "steps": 2}
 LIMITS = {"local_worker": False, "key_rate_per_minute": 60, "key_burst": 1, "ip_rate_per_minute": 60,
           "ip_burst": 1, "offence_threshold": 3, "timeout_seconds": 600, "max_queued_jobs": 100,
           "anonymous_max_queued": 1000, "free_queued_per_ip": 1000}
+
+
+@pytest.fixture(params=["database", "redis"])
+def limits(request: pytest.FixtureRequest) -> dict:
+    """The LIMITS, kept where the parameter says."""
+    if request.param == "database":
+        return LIMITS
+    place = request.getfixturevalue("redis_place")
+    return {**LIMITS, "redis_url": place.url, "redis_prefix": place.prefix}
 
 
 def client(server, local: str, key: str | None = None) -> httpx.Client:
@@ -30,8 +41,8 @@ def wait_as_told(answers: list[httpx.Response]) -> None:
     time.sleep(told + 0.05)
 
 
-def test_one_burst_is_one_offence_and_times_out_no_one(make_server) -> None:
-    server = make_server(**LIMITS)
+def test_one_burst_is_one_offence_and_times_out_no_one(make_server, limits: dict) -> None:
+    server = make_server(**limits)
     _, alice_key = server.services.users.add("alice")
     with client(server, "127.0.0.6", alice_key) as alice:
         answers = burst(alice)
@@ -42,8 +53,8 @@ def test_one_burst_is_one_offence_and_times_out_no_one(make_server) -> None:
         assert alice.post("/api/v1/jobs", json=SMALL).status_code == 201
 
 
-def test_a_registered_offender_is_timed_out_alone(make_server) -> None:
-    server = make_server(**LIMITS)
+def test_a_registered_offender_is_timed_out_alone(make_server, limits: dict) -> None:
+    server = make_server(**limits)
     _, alice_key = server.services.users.add("alice")
     _, bob_key = server.services.users.add("bob")
     with client(server, "127.0.0.7", alice_key) as alice, client(server, "127.0.0.7", bob_key) as bob:
@@ -66,8 +77,8 @@ def test_a_registered_offender_is_timed_out_alone(make_server) -> None:
         assert keyless.post("/api/v1/jobs", json=SMALL).status_code == 201
 
 
-def test_a_keyless_offender_times_out_its_address_only(make_server) -> None:
-    server = make_server(**LIMITS)
+def test_a_keyless_offender_times_out_its_address_only(make_server, limits: dict) -> None:
+    server = make_server(**limits)
     _, carol_key = server.services.users.add("carol")
     with client(server, "127.0.0.8") as keyless:
         for _ in range(3):

@@ -1,6 +1,6 @@
-"""Rate-limit buckets and open-stream places in the database (SharedBuckets, SharedSlots):
-the same rules as the in-memory ones, held across servers (separate connections standing for
-separate processes), with takes at the same moment granting no more than the burst."""
+"""Rate-limit buckets and open-stream places in the database or in Redis (SharedBuckets,
+SharedSlots): the same rules as the in-memory ones, held across servers (separate connections
+standing for separate processes), with takes at the same moment granting no more than the burst."""
 
 from __future__ import annotations
 
@@ -12,24 +12,22 @@ import pytest
 from kakumei.fairness.limits import TokenBuckets
 from kakumei.store.buckets import SharedBuckets, SharedSlots
 from kakumei.store.db import Database
-from kakumei.store.migrate import migrate
+from kakumei.store.redis_limits import RedisLimits
 
 Make = Callable[[float, int], "TokenBuckets | SharedBuckets"]
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    migrate(database)
-    yield database
-    database.close()
-
-
-@pytest.fixture(params=["memory", "database"])
-def make(request: pytest.FixtureRequest, db: Database) -> Make:
+@pytest.fixture(params=["memory", "database", "redis"])
+def make(request: pytest.FixtureRequest, db: Database) -> Iterator[Make]:
     if request.param == "memory":
-        return lambda per_minute, burst: TokenBuckets(per_minute, burst)
-    return lambda per_minute, burst: SharedBuckets(db, "key", per_minute, burst)
+        yield lambda per_minute, burst: TokenBuckets(per_minute, burst)
+    elif request.param == "database":
+        yield lambda per_minute, burst: SharedBuckets(db, "key", per_minute, burst)
+    else:
+        place = request.getfixturevalue("redis_place")
+        limits = RedisLimits(place.url, place.prefix)
+        yield lambda per_minute, burst: SharedBuckets(limits, "key", per_minute, burst)
+        limits.close()
 
 
 def test_a_bucket_allows_a_burst_then_refills(make: Make) -> None:
@@ -77,8 +75,15 @@ def test_an_addresss_refusal_is_told_to_the_caller_who_got_it(make: Make) -> Non
     assert buckets.offence("user:1", 0.2)
 
 
-def test_takes_from_two_servers_at_once_grant_the_burst_and_no_more(database_url: str, db: Database) -> None:
-    servers = [Database(database_url), Database(database_url)]
+@pytest.mark.parametrize("where", ["database", "redis"])
+def test_takes_from_two_servers_at_once_grant_the_burst_and_no_more(
+    request: pytest.FixtureRequest, where: str, database_url: str, db: Database
+) -> None:
+    if where == "database":
+        servers: list = [Database(database_url), Database(database_url)]
+    else:  # two clients, each with its own connections, as two servers have
+        place = request.getfixturevalue("redis_place")
+        servers = [RedisLimits(place.url, place.prefix), RedisLimits(place.url, place.prefix)]
     buckets = [SharedBuckets(s, "key", 0.001, 10) for s in servers]
     granted: list[bool] = []
     lock = threading.Lock()

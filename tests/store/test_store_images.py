@@ -1,6 +1,6 @@
-"""Image bytes and their rows on both databases, in files and in the database's chunks: the
-bytes exist before the transaction whose row names them commits, and a report that does not
-commit leaves no bytes behind."""
+"""Image bytes and their rows on both databases, in files, in the database's chunks and in a
+bucket: the bytes exist before the transaction whose row names them commits, and a report that
+does not commit leaves no bytes behind."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kakumei.store.jobs import JobState, NewJob
 from kakumei.store.workers import TrustPolicy, Verification, WorkerStatus, WorkerStore
 
 # Every test runs with images in files and with images in the database.
-pytestmark = pytest.mark.parametrize("stores", ["files", "database"], indirect=True)
+pytestmark = pytest.mark.parametrize("stores", ["files", "database", "s3"], indirect=True)
 
 REQUEST = GenerationRequest(prompt="a fox", width=64, height=64, steps=2, seed=1)
 PNG = ImageResult(png=b"worker png", seed=1, index=0, infotext="worker")

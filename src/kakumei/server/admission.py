@@ -19,7 +19,7 @@ from kakumei.fairness.credits import MeritPolicy, is_free_tier
 from kakumei.fairness.groups import NETWORK, GroupPolicy, group_key, network_of
 from kakumei.fairness.limits import FreeCaps, Refusal, TimeoutPolicy, TokenBuckets, free_caps, over_free_caps
 from kakumei.schemas import GenerationRequest
-from kakumei.store.buckets import SharedBuckets
+from kakumei.store.buckets import BucketStore, SharedBuckets
 from kakumei.store.db import Database
 from kakumei.store.jobs import JobStore
 from kakumei.store.moderation import Moderation
@@ -79,9 +79,14 @@ def _wait(seconds: float) -> str:
     return f"{math.ceil(seconds / 3600)} hours"
 
 
-def rate_buckets(db: Database, scope: str, per_minute: float, burst: int) -> TokenBuckets | SharedBuckets:
-    """On PostgreSQL, where several servers may share the database, buckets live in it so that
-    a key's burst holds across them; on SQLite (one machine) in this process's memory."""
+def rate_buckets(
+    db: Database, scope: str, per_minute: float, burst: int, limits: BucketStore | None = None
+) -> TokenBuckets | SharedBuckets:
+    """In `limits` (Redis, setting `redis_url`) when given; else on PostgreSQL, where several
+    servers may share the database, in it, so that a key's burst holds across them; on SQLite
+    (one machine) in this process's memory."""
+    if limits is not None:
+        return SharedBuckets(limits, scope, per_minute, burst)
     if db.dialect == "postgresql":
         return SharedBuckets(db, scope, per_minute, burst)
     return TokenBuckets(per_minute, burst)
@@ -89,7 +94,7 @@ def rate_buckets(db: Database, scope: str, per_minute: float, burst: int) -> Tok
 
 class Admission:
     """The rules of one server; everything it counts lives in the database, except the
-    rate-limit buckets on SQLite (`rate_buckets`)."""
+    rate-limit buckets on SQLite and whatever `limits` (Redis) keeps (`rate_buckets`)."""
 
     def __init__(
         self,
@@ -99,14 +104,15 @@ class Admission:
         moderation: Moderation,
         *,
         clock: Callable[[], float] = time.time,
+        limits: BucketStore | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.jobs = jobs
         self.moderation = moderation
         self.clock = clock
-        self.by_key = rate_buckets(db, "key", settings.key_rate_per_minute, settings.key_burst)
-        self.by_ip = rate_buckets(db, "ip", settings.ip_rate_per_minute, settings.ip_burst)
+        self.by_key = rate_buckets(db, "key", settings.key_rate_per_minute, settings.key_burst, limits)
+        self.by_ip = rate_buckets(db, "ip", settings.ip_rate_per_minute, settings.ip_burst, limits)
         self.groups = group_policy(settings)
         self._shared: int | None = None
         self.timeouts = timeout_policy(settings)

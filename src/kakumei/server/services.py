@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from kakumei.config import Settings
+from kakumei.errors import ConfigError
 from kakumei.fairness.cost import calibrated_factors
 from kakumei.server.passwords import Passwords
 from kakumei.store.accounts import AccountStore, KeyUse
-from kakumei.store.db import Database
+from kakumei.store.db import Database, redact
 from kakumei.store.horde import HordeStore
 from kakumei.store.images import ORPHAN_GRACE_SECONDS, ImageStore
 from kakumei.store.jobs import JobStore
@@ -35,12 +36,33 @@ ORPHAN_PASS_SECONDS = 600.0
 log = logging.getLogger(__name__)
 
 
-def image_store_kind(settings: Settings, db: Database) -> Literal["files", "database"]:
-    """Where new images go: `image_store`, with "auto" the database on PostgreSQL (every server
-    sharing it must reach every image) and files on SQLite (one machine)."""
+def image_store_kind(settings: Settings, db: Database) -> Literal["files", "database", "s3"]:
+    """Where new images go: `image_store`, with "auto" the bucket when one is set, else the
+    database on PostgreSQL (every server sharing it must reach every image) and files on SQLite
+    (one machine)."""
     if settings.image_store == "auto":
+        if settings.s3_bucket:
+            return "s3"
         return "database" if db.dialect == "postgresql" else "files"
+    if settings.image_store == "s3" and not settings.s3_bucket:
+        raise ConfigError("image_store is s3 but no bucket is set: set s3_bucket (KAKUMEI_S3_BUCKET)")
     return settings.image_store
+
+
+def open_bucket(settings: Settings, db: Database) -> None:
+    """Attach the bucket of `s3_bucket` to `db` (rows naming "s3:" keys are read from it);
+    boto3 is imported only here. A bucket that does not answer stops the server starting."""
+    if not settings.s3_bucket:
+        return
+    from kakumei.store.objects import Bucket
+
+    bucket = Bucket(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                    access_key_id=settings.s3_access_key_id, secret_access_key=settings.s3_secret_access_key)
+    try:
+        bucket.check()
+    except Exception as exc:
+        raise ConfigError(f"cannot use the bucket {settings.s3_bucket!r} (s3_bucket): {exc}") from None
+    db.objects = bucket
 
 
 def local_worker_id(settings: Settings) -> str:
@@ -72,6 +94,9 @@ class Services:
     key_use: KeyUse = field(init=False)
     # New job events announced by the database (PostgreSQL), for the event streams.
     job_changes: JobChanges = field(init=False)
+    # Rate limits, offences and timeouts in Redis (store/redis_limits.py RedisLimits) when
+    # the setting `redis_url` is set; None: in the database (and buckets in memory on SQLite).
+    limits: Any = None
 
     def __post_init__(self) -> None:
         from kakumei.server.admission import Admission
@@ -81,13 +106,23 @@ class Services:
         self.passwords = Passwords()
         self.key_use = KeyUse(self.accounts)
         self.ledger = self.jobs.ledger
-        self.moderation = Moderation(self.db)
-        self.admission = Admission(self.settings, self.db, self.jobs, self.moderation)
+        if self.limits is None and self.settings.redis_url:
+            from kakumei.store.redis_limits import RedisLimits  # redis is imported only here
+
+            self.limits = RedisLimits(self.settings.redis_url, self.settings.redis_prefix)
+            try:
+                self.limits.ping()  # limits that would not hold are no reason to serve
+            except Exception as exc:
+                self.limits.close()
+                raise ConfigError(f"cannot reach Redis at {redact(self.settings.redis_url)} (redis_url): {exc}") from None
+        self.moderation = Moderation(self.db, offences=self.limits)
+        self.admission = Admission(self.settings, self.db, self.jobs, self.moderation, limits=self.limits)
         self.job_changes = JobChanges(self.db)
 
     @classmethod
     def open(cls, settings: Settings, engine: Any | None) -> Services:
         db = Database(settings.database_url)
+        open_bucket(settings, db)
         migrate(db)
         images = ImageStore(db, settings.home / "images", image_store_kind(settings, db))
         from kakumei.server.admission import merit_policy
@@ -217,4 +252,6 @@ class Services:
         self.job_changes.stop()
         for thread in self.threads:
             thread.join(timeout=60)
+        if self.limits is not None:
+            self.limits.close()
         self.db.close()

@@ -2,9 +2,11 @@
 key's limits hold however many servers it talks to.
 
 `SharedBuckets` answers as `fairness.limits.TokenBuckets` does (the same rules, the same
-methods), with each bucket a row updated by one atomic statement: the refill, the take and
-whether it was granted are computed by the database under the row's lock, so two servers
-taking at once cannot both take the last token. `SharedSlots` answers as `Slots`: a place is a
+methods) and keeps its buckets in a `BucketStore`: the database (`DatabaseBuckets`), where each
+bucket is a row updated by one atomic statement: the refill, the take and whether it was
+granted are computed by the database under the row's lock, so two servers taking at once
+cannot both take the last token; or Redis (setting `redis_url`, store/redis_limits.py), where
+one Lua script does the same. `SharedSlots` answers as `Slots`: a place is a
 row with an expiry that its holder renews while it holds it, so a server that dies frees its
 places when they expire.
 """
@@ -17,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 from kakumei.store.db import Database
 
@@ -54,14 +57,77 @@ PRUNE_BUCKETS = "DELETE FROM rate_buckets WHERE scope = ? AND at < ?"
 PRUNE_TOLD = "DELETE FROM rate_told WHERE scope = ? AND wait_until < ?"
 
 
+class DatabaseBuckets:
+    """Where `SharedBuckets` keeps its buckets on a database (migration 0012's tables)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def take(self, scope: str, key: str, caller: str, now: float, burst: float, rate: float) -> tuple[float, bool]:
+        level = (burst, now, rate)
+        with self.db.transaction() as tx:
+            row = tx.one(TAKE, (scope, key, burst - 1, now, True, *level, *level, *level, *level))
+            assert row is not None
+            tokens, granted = float(row["tokens"]), bool(row["granted"])
+            if not granted:
+                tx.execute(TOLD, (scope, caller, now + (1.0 - tokens) / rate, False, now))
+        return tokens, granted
+
+    def told_until(self, scope: str, caller: str) -> float | None:
+        with self.db.transaction(write=False) as tx:
+            wait_until = tx.scalar("SELECT wait_until FROM rate_told WHERE scope = ? AND caller = ?", (scope, caller))
+        return None if wait_until is None else float(wait_until)
+
+    def count_offence(self, scope: str, caller: str, now: float) -> bool:
+        with self.db.transaction() as tx:
+            return tx.run(COUNT_OFFENCE, (True, scope, caller, now, False)) == 1
+
+    def give_back(self, scope: str, key: str, now: float, burst: float, rate: float) -> None:
+        with self.db.transaction() as tx:
+            tx.run(GIVE_BACK, (burst, burst, now, rate, now, scope, key))
+
+    def prune(self, scope: str, now: float, burst: float, rate: float) -> None:
+        full_since = now - burst / rate if rate > 0 else now
+        with self.db.transaction() as tx:
+            tx.run(PRUNE_BUCKETS, (scope, full_since))
+            tx.run(PRUNE_TOLD, (scope, now))
+
+
+class BucketStore(Protocol):
+    """Where shared buckets live: the database (`DatabaseBuckets`) or Redis
+    (`store.redis_limits.RedisLimits`). Each call is atomic on its own."""
+
+    def take(self, scope: str, key: str, caller: str, now: float, burst: float, rate: float) -> tuple[float, bool]:
+        """Refill and take one token: (the tokens left, whether one was taken). A refusal
+        tells `caller` to wait until the next token, keeping whether ignoring this same wait
+        was counted already."""
+        ...
+
+    def told_until(self, scope: str, caller: str) -> float | None:
+        """Until when `caller`'s last refusal said to wait (None: never told, or forgotten)."""
+        ...
+
+    def count_offence(self, scope: str, caller: str, now: float) -> bool:
+        """Mark `caller`'s current wait as ignored; True when it was not marked yet."""
+        ...
+
+    def give_back(self, scope: str, key: str, now: float, burst: float, rate: float) -> None:
+        ...
+
+    def prune(self, scope: str, now: float, burst: float, rate: float) -> None:
+        """Forget full buckets and past waits (Redis lets them expire by themselves)."""
+        ...
+
+
 class SharedBuckets:
-    """`TokenBuckets` in the database: `scope` names the kind of bucket ("key", "ip")."""
+    """`TokenBuckets` held across servers: `scope` names the kind of bucket ("key", "ip");
+    `store` is a `Database` (its tables) or any other `BucketStore` (Redis)."""
 
     # Prune once in this many takes of a process.
     _PRUNE_EVERY = 1000
 
-    def __init__(self, db: Database, scope: str, per_minute: float, burst: int) -> None:
-        self.db = db
+    def __init__(self, store: Database | BucketStore, scope: str, per_minute: float, burst: int) -> None:
+        self.store: BucketStore = DatabaseBuckets(store) if isinstance(store, Database) else store
         self.scope = scope
         self.rate = per_minute / 60.0
         self.burst = float(burst)
@@ -71,50 +137,33 @@ class SharedBuckets:
     def enabled(self) -> bool:
         return self.rate > 0 and self.burst > 0
 
-    def _level_params(self, now: float) -> tuple[float, float, float]:
-        return (self.burst, now, self.rate)
-
     def take(self, key: str, now: float, *, caller: str | None = None) -> float:
         """Take a token for `key`; 0.0 when granted, else the seconds until one is there
         (told to `caller`, by default `key`)."""
         if not self.enabled:
             return 0.0
-        level = self._level_params(now)
-        with self.db.transaction() as tx:
-            row = tx.one(TAKE, (self.scope, key, self.burst - 1, now, True, *level, *level, *level, *level))
-            assert row is not None
-            tokens, granted = float(row["tokens"]), bool(row["granted"])
-            wait = 0.0 if granted else (1.0 - tokens) / self.rate
-            if wait:
-                tx.execute(TOLD, (self.scope, caller or key, now + wait, False, now))
+        tokens, granted = self.store.take(self.scope, key, caller or key, now, self.burst, self.rate)
         if next(self._takes) % self._PRUNE_EVERY == 0:
             self.prune(now)
-        return wait
+        return 0.0 if granted else (1.0 - tokens) / self.rate
 
     def ignored_retry_after(self, key: str, now: float) -> bool:
         """Whether `key` comes back before the wait its last refusal named."""
-        with self.db.transaction(write=False) as tx:
-            wait_until = tx.scalar("SELECT wait_until FROM rate_told WHERE scope = ? AND caller = ?", (self.scope, key))
-        return wait_until is not None and float(wait_until) > now
+        wait_until = self.store.told_until(self.scope, key)
+        return wait_until is not None and wait_until > now
 
     def offence(self, caller: str, now: float) -> bool:
         """Whether `caller` ignores a wait it was told and this wait was not counted yet."""
-        with self.db.transaction() as tx:
-            return tx.run(COUNT_OFFENCE, (True, self.scope, caller, now, False)) == 1
+        return self.store.count_offence(self.scope, caller, now)
 
     def give_back(self, key: str, now: float) -> None:
         """Return a token taken for a request that a later rule refused."""
-        if not self.enabled:
-            return
-        with self.db.transaction() as tx:
-            tx.run(GIVE_BACK, (self.burst, *self._level_params(now), now, self.scope, key))
+        if self.enabled:
+            self.store.give_back(self.scope, key, now, self.burst, self.rate)
 
     def prune(self, now: float) -> None:
-        """Drop the rows of buckets that have refilled and of waits that are over."""
-        full_since = now - self.burst / self.rate if self.rate > 0 else now
-        with self.db.transaction() as tx:
-            tx.run(PRUNE_BUCKETS, (self.scope, full_since))
-            tx.run(PRUNE_TOLD, (self.scope, now))
+        """Drop the buckets that have refilled and the waits that are over."""
+        self.store.prune(self.scope, now, self.burst, self.rate)
 
 
 class SharedSlots:

@@ -147,6 +147,9 @@ class Database:
             self.dialect = "postgresql"
         else:
             raise ConfigError(f"unsupported database URL {redact(url)!r}; use sqlite:///PATH or postgresql://...")
+        # The bucket that rows naming "s3:" keys point into (store/objects.py Bucket), when the
+        # server is configured with one; None: there is none.
+        self.objects: Any = None
         self._local = threading.local()
         self._all: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._lock = threading.Lock()

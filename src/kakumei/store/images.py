@@ -1,7 +1,9 @@
-"""Generated images: one row each in `images`, the bytes in a PNG file under the data dir or
-in chunks in the database (`image_blobs`, migration 0012; setting image_store).
+"""Generated images: one row each in `images`, the bytes in a PNG file under the data dir, in
+chunks in the database (`image_blobs`, migration 0012) or in an S3-compatible bucket
+(store/objects.py); setting image_store.
 
-A row's `path` says where its bytes are: "db:<key>" for chunks, else a file. Bytes are always
+A row's `path` says where its bytes are: "db:<key>" for chunks, "s3:<key>" for an object in
+the bucket (`Database.objects`), else a file. Bytes are always
 written before the transaction whose row names them commits, and under a fresh name, so a row
 never points at missing or half-written bytes: a completion that loses its race leaves no row
 and its bytes are deleted (`discard`), and a verifier's replacement is a new blob that its row
@@ -24,9 +26,13 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
+from kakumei.store.blobs import OBJECT_PREFIX, KeyedBlob
 from kakumei.store.db import Database, Transaction
+
+if TYPE_CHECKING:  # boto3 is imported only where a bucket is configured
+    from kakumei.store.objects import ObjectBlob
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +41,14 @@ CHUNK_BYTES = 256 * 1024
 DB_PREFIX = "db:"
 
 
-class DbBlob:
-    """An image's bytes in `image_blobs`, with the Path methods the callers use."""
+class DbBlob(KeyedBlob):
+    """An image's bytes in `image_blobs`."""
+
+    prefix = DB_PREFIX
 
     def __init__(self, db: Database, key: str) -> None:
         self.db = db
         self.key = key
-
-    def __str__(self) -> str:
-        return DB_PREFIX + self.key
-
-    def __repr__(self) -> str:
-        return f"DbBlob({self.key!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DbBlob) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes, one chunk per query (each its own short read)."""
@@ -80,14 +76,12 @@ class DbBlob:
         with self.db.transaction(write=False) as tx:
             return tx.one("SELECT 1 AS one FROM image_blobs WHERE blob_key = ? AND seq = 0", (self.key,)) is not None
 
-    exists = is_file
-
     def unlink(self, missing_ok: bool = True) -> None:
         with self.db.transaction() as tx:
             delete_blob(tx, self.key)
 
 
-Blob = Union[Path, DbBlob]
+Blob = Union[Path, DbBlob, "ObjectBlob"]
 
 
 def blob_at(db: Database | None, location: str) -> Blob:
@@ -96,7 +90,22 @@ def blob_at(db: Database | None, location: str) -> Blob:
         if db is None:
             raise ValueError("an image in the database needs the database to be read")
         return DbBlob(db, location.removeprefix(DB_PREFIX))
+    if location.startswith(OBJECT_PREFIX):
+        if db is None or db.objects is None:
+            raise ValueError("an image in the bucket needs the bucket (setting s3_bucket) to be read")
+        from kakumei.store.objects import ObjectBlob
+
+        return ObjectBlob(db.objects, location.removeprefix(OBJECT_PREFIX))
     return Path(location)
+
+
+def _write_object(bucket: Any, png: bytes) -> ObjectBlob:
+    """A new object in `bucket`: a fresh name, so no row names it before it is whole."""
+    from kakumei.store.objects import ObjectBlob
+
+    blob = ObjectBlob(bucket, f"images/{uuid.uuid4().hex}.png")
+    blob.bucket.put(blob.key, png)
+    return blob
 
 
 def write_chunks(tx: Transaction, key: str, data: bytes) -> None:
@@ -210,7 +219,9 @@ def _stored(row: dict, db: Database | None) -> StoredImage:
 
 
 class ImageStore:
-    def __init__(self, db: Database, root: Path, where: Literal["files", "database"] = "files") -> None:
+    def __init__(self, db: Database, root: Path, where: Literal["files", "database", "s3"] = "files") -> None:
+        if where == "s3" and db.objects is None:
+            raise ValueError("images in a bucket need the bucket: Database.objects")
         self.db = db
         self.root = root
         self.where = where
@@ -226,6 +237,8 @@ class ImageStore:
             path: Blob
             if self.where == "database":
                 path = _write_blob(self.db, image_id, image.png)
+            elif self.where == "s3":
+                path = _write_object(self.db.objects, image.png)
             else:
                 path = folder / f"{image_id}.png"
                 _write_atomically(path, image.png)
@@ -264,6 +277,8 @@ class ImageStore:
                 path: Blob
                 if isinstance(image.path, DbBlob):
                     path = _write_blob(image.path.db, image.id, png)
+                elif isinstance(image.path, KeyedBlob):  # an object: a new one in its bucket
+                    path = _write_object(image.path.bucket, png)
                 else:
                     path = image.path.parent / f"{uuid.uuid4().hex}.png"
                     _write_atomically(path, png)
@@ -324,8 +339,8 @@ class ImageStore:
         return [GalleryImage(_stored(r, self.db), json.loads(r["request"]), r["model"]) for r in rows]
 
     def delete(self, image_id: str) -> bool:
-        """Remove an image's row and its bytes (chunks in the same transaction, a file right
-        after it); False when there was no such image.
+        """Remove an image's row and its bytes (chunks in the same transaction, a file or an
+        object right after it); False when there was no such image.
 
         The job row stays (who asked for what, and when), so the record survives the file.
         """
@@ -337,7 +352,7 @@ class ImageStore:
             blob = blob_at(self.db, row["path"])
             if isinstance(blob, DbBlob):
                 delete_blob(tx, blob.key)
-        if isinstance(blob, Path):
+        if not isinstance(blob, DbBlob):
             blob.unlink(missing_ok=True)
         return True
 

@@ -5,6 +5,10 @@ A job's request names its input images by reference ("sha256:<hex>" of the file'
 GenerationRequest.stored_form), so that reading, listing and claiming a job never decodes
 an image and the same image sent by many jobs is kept once. The engine and workers still
 receive base64: server/inputs.py resolves the references where a job is handed to them.
+
+With a bucket configured (`Database.objects`, store/objects.py) the bytes go to object
+`inputs/<sha256>` and the row keeps none (`data` empty, `bytes` their size); rows with bytes
+stay readable.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ ON CONFLICT (sha256) DO NOTHING
 # slices, so a large history is not read at once.
 
 
+# The objects of input images in the bucket: this, then the sha256.
+INPUT_OBJECTS = "inputs/"
+
+
 class MissingInput(LookupError):
     """A request names a stored input image that is not there."""
 
@@ -43,9 +51,15 @@ class InputStore:
         images it names commit together."""
         refs = []
         now = self.clock()
+        bucket = self.db.objects
         for raw in images:
             ref = input_ref(raw)
-            tx.execute(INSERT_INPUT, (ref.removeprefix(INPUT_REF_PREFIX), raw, len(raw), now))
+            digest = ref.removeprefix(INPUT_REF_PREFIX)
+            if bucket is not None and raw:
+                # Before the row: named by its content, so a rolled-back job leaves an object
+                # that the next put of these bytes reuses.
+                bucket.put(INPUT_OBJECTS + digest, raw)
+            tx.execute(INSERT_INPUT, (digest, b"" if bucket is not None else raw, len(raw), now))
             refs.append(ref)
         return refs
 
@@ -58,8 +72,15 @@ class InputStore:
         digests = [r.removeprefix(INPUT_REF_PREFIX) for r in wanted]
         placeholders = ", ".join("?" for _ in digests)
         with self.db.transaction(write=False) as tx:
-            rows = tx.all(f"SELECT sha256, data FROM input_images WHERE sha256 IN ({placeholders})", digests)
-        found = {INPUT_REF_PREFIX + r["sha256"]: base64.b64encode(bytes(r["data"])).decode("ascii") for r in rows}
+            rows = tx.all(f"SELECT sha256, data, bytes FROM input_images WHERE sha256 IN ({placeholders})", digests)
+        found = {}
+        for r in rows:
+            data: bytes | None = bytes(r["data"])
+            if not data and int(r["bytes"]):  # in the bucket
+                data = self.db.objects.get(INPUT_OBJECTS + r["sha256"]) if self.db.objects is not None else None
+                if data is None:
+                    continue
+            found[INPUT_REF_PREFIX + r["sha256"]] = base64.b64encode(data).decode("ascii")
         missing = [r for r in wanted if r not in found]
         if missing:
             raise MissingInput(f"stored input image(s) missing: {', '.join(missing)}")

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kakumei.fairness.limits import TimeoutPolicy, timeout_seconds
 from kakumei.store.db import Database, Transaction
@@ -21,8 +21,7 @@ from kakumei.store.users import UserStore
 USER = "user"
 IP = "ip"
 # (table, key column) of each kind of offender.
-_IP_OFFENDER = ("ip_offences", "addr")
-_USER_OFFENDER = ("user_offences", "user_id")
+_TABLES = {IP: ("ip_offences", "addr"), USER: ("user_offences", "user_id")}
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,76 @@ _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 _BAN_COLUMNS = "id, kind, target, reason, created_by, created_at, expires_at"
 
 
+class OffenceStore(Protocol):
+    """Where offences and timeouts are counted: `kind` is USER or IP, `offender` a user id or
+    an address."""
+
+    def record(self, kind: str, offender: str, reason: str, now: float, window: float,
+               timeout_for: Callable[[int], float]) -> float:
+        """Count one offence (the count starts again after `window` seconds without one) and
+        block the offender for `timeout_for(count)` seconds from `now`, never shortening a
+        timeout it is already in; the blocked-until time (in the past: not blocked)."""
+        ...
+
+    def blocked(self, kind: str, offender: str, now: float) -> tuple[float, str] | None:
+        """(until, last reason) while the offender is in a timeout."""
+        ...
+
+    def forget(self, kind: str, offender: str, tx: Transaction) -> bool:
+        """Forget the offender's offences; whether there were any. `tx`: the transaction
+        that audits it (the database store deletes in it)."""
+        ...
+
+
+class DatabaseOffences:
+    """Offences in the database (ip_offences by address, user_offences by user id)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, kind: str, offender: str, reason: str, now: float, window: float,
+               timeout_for: Callable[[int], float]) -> float:
+        table, column = _TABLES[kind]
+        key = _key(kind, offender)
+        with self.db.transaction() as tx:
+            # The row first, so that two servers counting a first offence at once take turns
+            # on it (a SELECT ... FOR UPDATE of no row locks nothing).
+            tx.execute(f"INSERT INTO {table} ({column}, offences, first_at, last_at, blocked_until, last_reason) "
+                       f"VALUES (?, 0, ?, ?, 0, ?) ON CONFLICT ({column}) DO NOTHING", (key, now, now, reason))
+            row = tx.one(f"SELECT offences, last_at, blocked_until FROM {table} WHERE {column} = ? {{for_update}}",
+                         (key,))
+            assert row is not None
+            fresh = int(row["offences"]) == 0 or now - float(row["last_at"]) > window
+            offences = 1 if fresh else int(row["offences"]) + 1
+            timeout = timeout_for(offences)
+            previous = float(row["blocked_until"])
+            blocked_until = max(previous, now + timeout) if timeout else previous
+            tx.run(f"UPDATE {table} SET offences = ?, last_at = ?, blocked_until = ?, last_reason = ? "
+                   f"WHERE {column} = ?", (offences, now, blocked_until, reason, key))
+        return blocked_until
+
+    def blocked(self, kind: str, offender: str, now: float) -> tuple[float, str] | None:
+        table, column = _TABLES[kind]
+        with self.db.transaction(write=False) as tx:
+            row = tx.one(f"SELECT blocked_until, last_reason FROM {table} WHERE {column} = ? AND blocked_until > ?",
+                         (_key(kind, offender), now))
+        return None if row is None else (float(row["blocked_until"]), row["last_reason"])
+
+    def forget(self, kind: str, offender: str, tx: Transaction) -> bool:
+        table, column = _TABLES[kind]
+        return bool(tx.run(f"DELETE FROM {table} WHERE {column} = ?", (_key(kind, offender),)))
+
+
+def _key(kind: str, offender: str) -> str | int:
+    return int(offender) if kind == USER else offender
+
+
 class Moderation:
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time,
+                 offences: OffenceStore | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.offences: OffenceStore = offences or DatabaseOffences(db)
 
     # -- audit --------------------------------------------------------------------------
 
@@ -146,67 +211,47 @@ class Moderation:
         return None
 
     # -- offences and timeouts ----------------------------------------------------------
-    # The offender is a registered user (user_offences, by id) or, for keyless callers, an
-    # address (ip_offences): a timeout stops whoever broke the rules, not everyone who shares
-    # their address.
+    # The offender is a registered user (by id) or, for keyless callers, an address: a
+    # timeout stops whoever broke the rules, not everyone who shares their address. Counted
+    # in `self.offences`: the database (DatabaseOffences) or Redis (store/redis_limits.py).
 
     def offence(self, addr: str | None, reason: str, policy: TimeoutPolicy) -> float:
         """Count a broken rule against the address `addr`; return until when it is blocked (0: not)."""
-        return self._offence(*_IP_OFFENDER, addr, reason, policy) if addr else 0.0
+        return self._offence(IP, addr, reason, policy) if addr else 0.0
 
     def user_offence(self, user_id: int, reason: str, policy: TimeoutPolicy) -> float:
         """Count a broken rule against a registered user; return until when they are blocked (0: not)."""
-        return self._offence(*_USER_OFFENDER, user_id, reason, policy)
+        return self._offence(USER, str(user_id), reason, policy)
 
-    def _offence(self, table: str, column: str, offender: str | int, reason: str, policy: TimeoutPolicy) -> float:
+    def _offence(self, kind: str, offender: str, reason: str, policy: TimeoutPolicy) -> float:
         now = self.clock()
-        with self.db.transaction() as tx:
-            row = tx.one(f"SELECT offences, last_at, blocked_until FROM {table} WHERE {column} = ? {{for_update}}",
-                         (offender,))
-            if row is None or now - float(row["last_at"]) > policy.window:
-                offences = 1
-            else:
-                offences = int(row["offences"]) + 1
-            timeout = timeout_seconds(policy, offences)
-            previous = 0.0 if row is None else float(row["blocked_until"])
-            blocked_until = max(previous, now + timeout) if timeout else previous
-            if row is None:
-                tx.execute(f"INSERT INTO {table} ({column}, offences, first_at, last_at, blocked_until, last_reason) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (offender, offences, now, now, blocked_until, reason))
-            else:
-                tx.run(f"UPDATE {table} SET offences = ?, last_at = ?, blocked_until = ?, last_reason = ? "
-                       f"WHERE {column} = ?", (offences, now, blocked_until, reason, offender))
+        blocked_until = self.offences.record(kind, offender, reason, now, policy.window,
+                                             lambda offences: timeout_seconds(policy, offences))
         return blocked_until if blocked_until > now else 0.0
 
     def blocked_until(self, addr: str | None) -> tuple[float, str] | None:
         """(until, last reason) while the address `addr` is in a timeout, else None."""
-        return self._blocked(*_IP_OFFENDER, addr) if addr else None
+        return self.offences.blocked(IP, addr, self.clock()) if addr else None
 
     def user_blocked_until(self, user_id: int) -> tuple[float, str] | None:
         """(until, last reason) while a registered user is in a timeout, else None."""
-        return self._blocked(*_USER_OFFENDER, user_id)
-
-    def _blocked(self, table: str, column: str, offender: str | int) -> tuple[float, str] | None:
-        with self.db.transaction(write=False) as tx:
-            row = tx.one(f"SELECT blocked_until, last_reason FROM {table} WHERE {column} = ? AND blocked_until > ?",
-                         (offender, self.clock()))
-        return None if row is None else (float(row["blocked_until"]), row["last_reason"])
+        return self.offences.blocked(USER, str(user_id), self.clock())
 
     def pardon(self, addr: str, actor: str) -> bool:
         """Forget an address's offences (and end its timeout)."""
         with self.db.transaction() as tx:
-            n = tx.run("DELETE FROM ip_offences WHERE addr = ?", (addr,))
-            if n:
+            forgotten = self.offences.forget(IP, addr, tx)
+            if forgotten:
                 self.audit(tx, actor, "pardon-ip", addr, {})
-        return bool(n)
+        return forgotten
 
     def pardon_user(self, user_id: int, name: str, actor: str) -> bool:
         """Forget a registered user's offences (and end their timeout)."""
         with self.db.transaction() as tx:
-            n = tx.run("DELETE FROM user_offences WHERE user_id = ?", (user_id,))
-            if n:
+            forgotten = self.offences.forget(USER, str(user_id), tx)
+            if forgotten:
                 self.audit(tx, actor, "pardon-user", name, {})
-        return bool(n)
+        return forgotten
 
     # -- terms --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from kakumei.server.deps import Svc, Who
 from kakumei.server.image_access import readable_image
 from kakumei.server.openapi import problems
-from kakumei.store.images import DbBlob
+from kakumei.store.blobs import KeyedBlob
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
 
@@ -19,8 +19,9 @@ def get_image(image_id: str, svc: Svc, who: Who) -> Response:
     the key; anyone else's is a 404."""
     image = readable_image(svc, who, image_id)
     filename = f"{image.job_id}-{image.index}.png"
-    if isinstance(image.path, DbBlob):
-        # Streamed a chunk at a time from the database: never the whole image in memory.
+    if isinstance(image.path, KeyedBlob):
+        # Streamed a chunk at a time from the database or the bucket: never the whole image
+        # in memory.
         size = image.path.size()
         if size is None:  # deleted between the check and now
             raise HTTPException(404, f"no image {image_id!r} of yours")
