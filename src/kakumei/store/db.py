@@ -205,11 +205,18 @@ class Database:
     # -- transactions --------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True, *, durable: bool = True) -> Iterator[Transaction]:
         """One transaction; committed on normal exit, rolled back on an exception.
 
         On SQLite a write transaction takes the write lock at BEGIN (IMMEDIATE), so that two
         claimers never both read the same queued job and then both try to take it.
+
+        `durable` False (PostgreSQL): the commit returns before its WAL reaches the disk
+        (synchronous_commit off for this transaction only). A crash within a fraction of a
+        second may lose it, never half of it, and never after a later durable commit that
+        saw it (WAL is flushed in order). For writes whose loss a crash makes harmless: a
+        heartbeat, a lease (the job goes back to the queue, the worker's report is refused),
+        image bytes no row names yet. SQLite ignores it.
         """
         conn = self.connection()
         if self.dialect == "sqlite" and conn.in_transaction:
@@ -231,8 +238,13 @@ class Database:
                 raise
             conn.execute("COMMIT")
         else:
+            # Only an outermost transaction may give up durability: inside another one
+            # (a savepoint) SET LOCAL would reach the outer commit too.
+            outermost = conn.info.transaction_status == 0  # psycopg.pq.TransactionStatus.IDLE
             try:
                 with conn.transaction():
+                    if not durable and outermost:
+                        conn.execute("SET LOCAL synchronous_commit TO OFF")
                     yield Transaction(conn, self.dialect, self)
             except Exception:
                 if conn.broken:

@@ -108,7 +108,9 @@ def delete_blob(tx: Transaction, key: str) -> None:
 
 def _write_blob(db: Database, png: bytes) -> DbBlob:
     key = uuid.uuid4().hex
-    with db.transaction() as tx:
+    # Not durable: no row names these bytes until a later commit does, and a durable commit
+    # flushes the WAL before it, these bytes included.
+    with db.transaction(durable=False) as tx:
         write_chunks(tx, key, png)
     return DbBlob(db, key)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from kakumei.store import speeds
 from kakumei.store.quotas import QueueLimits, hold_credit, hold_queue_limits, lock_shared_caps
 from kakumei.fairness.groups import OWN
 from kakumei.store.users import UserStore
+
+log = logging.getLogger(__name__)
 
 
 class JobState(StrEnum):
@@ -194,10 +197,11 @@ ORDER BY j.priority DESC, j.seq
 LIMIT 1 {skip_locked}
 """
 
-LEASE_JOB = """
+LEASE_JOB = f"""
 UPDATE jobs SET state = 'leased', worker_id = ?, lease_id = ?, lease_expires_at = ?,
     claimed_at = ?, charged = ?, group_charged = ?, progress_step = NULL, progress_total = NULL
 WHERE seq = ? AND state = 'queued'
+RETURNING {_JOB_COLUMNS}
 """
 
 # The counters themselves (queued_jobs, queued_cost, virtual_counter) are written only by
@@ -396,14 +400,15 @@ class JobStore:
             hold_queue_limits(tx, placement, limits)
             # A job beyond the free tier must be covered by the balance, read after the row
             # lock: concurrent submits spend one balance one after another.
-            hold_credit(tx, new.user_id, new.cost, limits)
+            hold_credit(tx, new.user_id, new.cost, limits, placement)
         group_id = UserStore.enqueue(tx, new.user_id, new.cost, placement=placement, network_weight=self.network_weight)
         job_id = uuid.uuid4().hex
         InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
-        tx.execute(
+        row = tx.one(
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "idempotency_scope, model, pixels, steps, image_count, cost, priority, max_attempts, created_at, "
-            "batch_key, group_id, reserved) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "batch_key, group_id, reserved) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"RETURNING {_JOB_COLUMNS}",
             (
                 job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
                 new.idempotency_key, new.idempotency_scope, new.model, new.request.width * new.request.height,
@@ -415,9 +420,8 @@ class JobStore:
             # The cost is held from the balance now, in the transaction that queues the job;
             # what the job does not generate comes back when it ends (_settle).
             self.ledger.add(new.user_id, -new.cost, SPEND_GENERATION, job_id=job_id, conn=tx)
-        add_event(tx, job_id, "queued", {"attempts": 0}, now)
-        row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         assert row is not None
+        add_event(tx, job_id, "queued", {"attempts": 0}, now)
         return _job(row), True
 
     # -- claim --------------------------------------------------------------------------
@@ -517,7 +521,9 @@ class JobStore:
         # A retry only happens on PostgreSQL, when a concurrent cancel or claim took the
         # job between our reads.
         for _ in range(5):
-            with self.db.transaction() as tx:
+            # Not durable: a lease a crash loses leaves the job queued, as if never claimed,
+            # and the worker's reports on it are refused (see Database.transaction).
+            with self.db.transaction(durable=False) as tx:
                 group = tx.one(group_sql, group_params)
                 if group is None and self.db.dialect == "postgresql" and "{lock_group_skip}" in group_sql:
                     # Every runnable group was skipped because a concurrent submit or claim
@@ -544,12 +550,13 @@ class JobStore:
                 cost = float(job["cost"])
                 charged = shares.charge(cost, float(user["weight"]))
                 group_charged = shares.charge(cost, float(group["weight"]))
-                if tx.run(LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"])) != 1:
+                row = tx.one(LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"]))
+                if row is None:
                     continue
-                UserStore.charge(tx, int(user["id"]), int(group["id"]), cost, charged, group_charged)
                 add_event(tx, job["id"], "leased", {"worker": worker_id}, now)
-                row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (job["seq"],))
-                assert row is not None
+                # The group's row is written last: the claim already holds it, but the charge
+                # ends the transaction's work on it.
+                UserStore.charge(tx, int(user["id"]), int(group["id"]), cost, charged, group_charged)
                 return Lease(job=_job(row), lease_id=lease_id, expires_at=expires)
         return None
 
@@ -564,23 +571,24 @@ class JobStore:
         progress = progress or Progress()
         step, total = progress.step, progress.total
         now = self.clock()
-        with self.db.transaction() as tx:
+        # Not durable: a heartbeat a crash loses only shortens the lease it extended.
+        with self.db.transaction(durable=False) as tx:
             row = tx.one(
                 "SELECT state, cancel_requested FROM jobs WHERE id = ? AND lease_id = ? {for_update}",
                 (job_id, lease_id),
             )
             if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
                 return HeartbeatReply(ok=False, cancel_requested=True)
-            if row["state"] == JobState.LEASED:
-                tx.run(
-                    "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job_id)
-                )
-                add_event(tx, job_id, "started", {}, now)
+            first = row["state"] == JobState.LEASED
+            # The first heartbeat marks the job running, in the same statement.
             tx.run(
                 "UPDATE jobs SET lease_expires_at = ?, progress_step = COALESCE(?, progress_step), "
-                "progress_total = COALESCE(?, progress_total) WHERE id = ?",
-                (now + self.lease_seconds, step, total, job_id),
+                "progress_total = COALESCE(?, progress_total), state = 'running', "
+                "started_at = CASE WHEN ? = 1 THEN ? ELSE started_at END WHERE id = ?",
+                (now + self.lease_seconds, step, total, int(first), now, job_id),
             )
+            if first:
+                add_event(tx, job_id, "started", {}, now)
             if step is not None:
                 data: dict[str, Any] = {"step": step, "total": total, "image_offset": progress.image_offset}
                 if progress.preview is not None:
@@ -638,9 +646,6 @@ class JobStore:
                     "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
                     (state.value, now, run_seconds, seed, error, job_id),
                 )
-                if state == JobState.SUCCEEDED:
-                    # Only whole runs calibrate: a cancelled or failed job stopped early.
-                    speeds.record(tx, row, run_seconds, now)
                 self.images.insert_rows(tx, job_id, int(row["user_id"]), images)
                 self._spend(tx, job_id, row, state, len(images))
                 data: dict[str, Any] = {}
@@ -659,7 +664,20 @@ class JobStore:
             # committed the completion.
             if not finished:
                 self.images.discard(images)
+        if finished and state == JobState.SUCCEEDED:
+            # Only whole runs calibrate: a cancelled or failed job stopped early. After the
+            # completion's commit, in a short transaction of its own: every completion writes
+            # the same row of model_speeds, which would otherwise stay locked through each
+            # completion's commit and make completions run one at a time.
+            self._record_speed(row, run_seconds, now)
         return finished
+
+    def _record_speed(self, row: dict, run_seconds: float, now: float) -> None:
+        try:
+            with self.db.transaction(durable=False) as tx:  # a sample a crash loses is one sample
+                speeds.record(tx, row, run_seconds, now)
+        except Exception:  # the job is complete; a lost sample only delays calibration
+            log.warning("could not record the speed sample of job %s", row["id"], exc_info=True)
 
     def _spend(self, tx: Transaction, job_id: str, row: dict, state: JobState, delivered: int) -> None:
         # A cancelled job pays for the images it delivered; a failed one pays nothing.

@@ -108,7 +108,10 @@ class Ledger:
             balance=float(row["balance"]),
             override=row["weight_override"],
         )
-        UserStore.write_weight(tx, user_id, weight)
+        # A row that carries the weight it has (ADD_TO_TOTALS, SET_WEIGHT_OVERRIDE) is written
+        # only when the weight changes: most ledger rows do not change it.
+        if "weight" not in row or float(row["weight"]) != weight:
+            UserStore.write_weight(tx, user_id, weight)
         return weight
 
     def balance(self, user_id: int) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kakumei.fairness import shares
 from kakumei.fairness.groups import OWN, is_network_group
@@ -116,13 +116,21 @@ UNCHARGE_GROUP = "UPDATE fair_groups SET virtual_counter = virtual_counter - ? W
 BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM fair_groups WHERE queued_jobs > 0"
 SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM fair_groups"
 GROUP_MEMBERS_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE group_id = ? AND queued_jobs > 0"
+# Both bounds of a group's lift in one round trip.
+LIFT_BOUNDS = f"SELECT ({BACKLOGGED_MIN_COUNTER}) AS lowest, ({SYSTEM_MAX_COUNTER}) AS highest"
 
 ENSURE_GROUP = """
 INSERT INTO fair_groups (key, weight, created_at) VALUES (?, 1.0, ?) ON CONFLICT (key) DO NOTHING
 """
 GROUP_OF_KEY = "SELECT id FROM fair_groups WHERE key = ?"
-LOCK_GROUP = "SELECT id, key FROM fair_groups WHERE id = ? {for_update}"
-USER_QUEUE = "SELECT group_id, queued_jobs, virtual_counter, weight FROM users WHERE id = ? {for_update}"
+LOCK_GROUP = "SELECT id, key, virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ? {for_update}"
+USER_QUEUE = "SELECT group_id, queued_jobs, virtual_counter, weight, balance FROM users WHERE id = ? {for_update}"
+# Where the user's next job goes (read before any lock): their group while they have jobs
+# queued, else the group `key` names, if it exists.
+USER_PLACE = """
+SELECT u.group_id, u.queued_jobs, (SELECT g.id FROM fair_groups g WHERE g.key = ?) AS keyed
+FROM users u WHERE u.id = ?
+"""
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,10 @@ class Placement:
     user_id: int
     group_id: int
     group_key: str
+    # The two rows as place read them under their locks (LOCK_GROUP, USER_QUEUE): what the
+    # job's enqueue starts from, so it need not read them again.
+    group: dict | None = field(default=None, compare=False, repr=False)
+    user: dict | None = field(default=None, compare=False, repr=False)
 
 
 # -- credit and merit ---------------------------------------------------------------------------
@@ -151,10 +163,10 @@ class Placement:
 # The ledger's running totals, written with each ledger row; returns what the weight needs.
 ADD_TO_TOTALS = """
 UPDATE users SET balance = balance + ?, earned = earned + ?, spent = spent + ?
-WHERE id = ? RETURNING is_anonymous, balance, weight_override
+WHERE id = ? RETURNING is_anonymous, balance, weight_override, weight
 """
 SET_WEIGHT_OVERRIDE = """
-UPDATE users SET weight_override = ? WHERE id = ? RETURNING is_anonymous, balance, weight_override
+UPDATE users SET weight_override = ? WHERE id = ? RETURNING is_anonymous, balance, weight_override, weight
 """
 
 
@@ -309,17 +321,22 @@ class UserStore:
         `group_key` names. Submits of one user, and caps of one group, then count one after
         another on PostgreSQL (SQLite's write transactions run one at a time anyway)."""
         for _ in range(5):
-            row = tx.one("SELECT group_id, queued_jobs FROM users WHERE id = ?", (user_id,))
+            row = tx.one(USER_PLACE, (group_key, user_id))
             if row is None:
                 raise ValueError(f"no user with id {user_id}")
             staying = int(row["queued_jobs"]) > 0 and row["group_id"] is not None
-            wanted = int(row["group_id"]) if staying else UserStore.group_id(tx, group_key)
+            if staying:
+                wanted = int(row["group_id"])
+            elif row["keyed"] is not None:
+                wanted = int(row["keyed"])
+            else:
+                wanted = UserStore.group_id(tx, group_key)
             group = tx.one(LOCK_GROUP, (wanted,))
             user = tx.one(USER_QUEUE, (user_id,))
             assert group is not None and user is not None
             queued = int(user["queued_jobs"]) > 0 and user["group_id"] is not None
             if (queued and int(user["group_id"]) == wanted) or (not queued and group["key"] == group_key):
-                return Placement(user_id, wanted, group["key"])
+                return Placement(user_id, wanted, group["key"], group, user)
             # the user's queue filled or drained between the two reads: place again
         raise RuntimeError(f"could not place user {user_id}'s job in a group")
 
@@ -337,21 +354,27 @@ class UserStore:
         if placement is None:
             placement = UserStore.place(tx, user_id, group_key or f"{OWN}:{user_id}")
         weight = network_weight if is_network_group(placement.group_key) else None
-        return UserStore._join(tx, placement.user_id, placement.group_id, cost, weight, own_weight=weight is None)
+        return UserStore._join(tx, placement.user_id, placement.group_id, cost, weight, own_weight=weight is None,
+                               group=placement.group, user=placement.user)
 
     @staticmethod
     def _join(
         tx: Transaction, user_id: int, group_id: int, cost: float, weight: float | None, *,
-        own_weight: bool, lift: bool = True,
+        own_weight: bool, lift: bool = True, group: dict | None = None, user: dict | None = None,
     ) -> int:
-        group = tx.one("SELECT virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ?", (group_id,))
-        user = tx.one(USER_QUEUE, (user_id,))
+        """`group` and `user`: the rows as read under their locks in this transaction, if the
+        caller has them (UserStore.place); read here otherwise."""
+        if group is None:
+            group = tx.one("SELECT virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ?", (group_id,))
+        if user is None:
+            user = tx.one(USER_QUEUE, (user_id,))
         if group is None or user is None:
             raise ValueError(f"no user {user_id} or group {group_id}")
         group_counter = float(group["virtual_counter"])
         if lift and int(group["queued_jobs"]) == 0:
-            lowest, highest = tx.scalar(BACKLOGGED_MIN_COUNTER), tx.scalar(SYSTEM_MAX_COUNTER)
-            group_counter = shares.lifted_counter(group_counter, lowest, highest)
+            bounds = tx.one(LIFT_BOUNDS)
+            assert bounds is not None
+            group_counter = shares.lifted_counter(group_counter, bounds["lowest"], bounds["highest"])
         counter = float(user["virtual_counter"])
         if lift and int(user["queued_jobs"]) == 0:
             floor = tx.scalar(GROUP_MEMBERS_MIN_COUNTER, (group_id,))
@@ -362,8 +385,8 @@ class UserStore:
             counter = max(counter, floor) if same else floor
         if own_weight:
             weight = float(user["weight"])
-        tx.run(ENQUEUE_GROUP_JOB, (cost, group_counter, weight, counter, counter, group_id))
         tx.run(ENQUEUE_JOB, (cost, counter, group_id, user_id))
+        tx.run(ENQUEUE_GROUP_JOB, (cost, group_counter, weight, counter, counter, group_id))
         return group_id
 
     @staticmethod
