@@ -29,7 +29,7 @@ from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import REFUND, SPEND_GENERATION, Ledger
 from kakumei.store import speeds
-from kakumei.store.quotas import QueueLimits, hold_credit, hold_queue_limits, lock_shared_caps
+from kakumei.store.quotas import QueueLimits, count_reads, hold_credit, hold_queue_limits, lock_shared_caps
 from kakumei.fairness.groups import OWN
 from kakumei.store.users import UserStore
 
@@ -264,6 +264,13 @@ BUSY_WORKERS = "SELECT COUNT(DISTINCT worker_id) AS n FROM jobs WHERE state IN (
 DEFAULT_UNITS_PER_SECOND = 0.1
 
 
+class _Retry(Exception):
+    """Roll the claim's transaction back and try again."""
+
+
+_AGAIN = object()
+
+
 def _can_run(caps: Capabilities) -> tuple[str, list[Any]]:
     sql, params = "j.pixels <= ?", [caps.max_pixels if caps.max_pixels is not None else 2**31 - 1]
     if caps.models is not None:
@@ -320,10 +327,11 @@ def _event(row: dict) -> JobEvent:
 
 
 def add_event(tx: Transaction, job_id: str, kind: str, data: dict[str, Any], now: float) -> None:
-    tx.execute(
-        "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)",
-        (job_id, kind, json.dumps(data), now),
-    )
+    tx.execute(*_event_statement(job_id, kind, data, now))
+
+
+def _event_statement(job_id: str, kind: str, data: dict[str, Any], now: float) -> tuple[str, tuple]:
+    return "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)", (job_id, kind, json.dumps(data), now)
 
 
 class JobStore:
@@ -392,36 +400,51 @@ class JobStore:
                         "use a new key for a new request"
                     )
                 return _job(row), False
+        # Everything that needs no lock is made first: the group's row, once locked, is held
+        # until the commit, and every submit and claim of the group waits for it.
+        job_id = uuid.uuid4().hex
+        request_json = new.request.model_dump_json()
+        batch_key = new.request.batch_key(new.model)
+        event = _event_statement(job_id, "queued", {"attempts": 0}, now)
         if limits is not None:
             lock_shared_caps(tx, limits)
-        placement = UserStore.place(tx, new.user_id, new.group or f"{OWN}:{new.user_id}")
+        # The locks and every read that the caps and the counters need: one round trip.
+        placement = UserStore.place(tx, new.user_id, new.group or f"{OWN}:{new.user_id}",
+                                    reads=count_reads if limits is not None else None)
         if limits is not None:
             # A replay (above) is answered whatever the caps; a new job must fit under them.
             hold_queue_limits(tx, placement, limits)
             # A job beyond the free tier must be covered by the balance, read after the row
             # lock: concurrent submits spend one balance one after another.
             hold_credit(tx, new.user_id, new.cost, limits, placement)
-        group_id = UserStore.enqueue(tx, new.user_id, new.cost, placement=placement, network_weight=self.network_weight)
-        job_id = uuid.uuid4().hex
+        group_id = placement.group_id
         InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
-        row = tx.one(
+        # Then every write in a second round trip: the counters, the job, its reservation and
+        # its event.
+        writes = UserStore.enqueue_statements(tx, placement, new.cost, network_weight=self.network_weight)
+        writes.append((
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "idempotency_scope, model, pixels, steps, image_count, cost, priority, max_attempts, created_at, "
             "batch_key, group_id, reserved) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             f"RETURNING {_JOB_COLUMNS}",
             (
-                job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
+                job_id, new.user_id, new.client_addr, request_json, digest,
                 new.idempotency_key, new.idempotency_scope, new.model, new.request.width * new.request.height,
                 new.request.steps, new.request.image_count, new.cost, new.priority,
-                self.max_attempts, now, new.request.batch_key(new.model), group_id, max(0.0, new.cost),
+                self.max_attempts, now, batch_key, group_id, max(0.0, new.cost),
             ),
-        )
+        ))
+        inserted = len(writes) - 1
+        writes.append(event)
         if new.cost > 0:
             # The cost is held from the balance now, in the transaction that queues the job;
             # what the job does not generate comes back when it ends (_settle).
-            self.ledger.add(new.user_id, -new.cost, SPEND_GENERATION, job_id=job_id, conn=tx)
+            writes += self.ledger.add_statements(new.user_id, -new.cost, SPEND_GENERATION, job_id=job_id)
+        results = tx.batch(writes)
+        if new.cost > 0:
+            self.ledger.totals_written(tx, new.user_id, results[-1].one())
+        row = results[inserted].one()
         assert row is not None
-        add_event(tx, job_id, "queued", {"attempts": 0}, now)
         return _job(row), True
 
     # -- claim --------------------------------------------------------------------------
@@ -521,44 +544,61 @@ class JobStore:
         # A retry only happens on PostgreSQL, when a concurrent cancel or claim took the
         # job between our reads.
         for _ in range(5):
-            # Not durable: a lease a crash loses leaves the job queued, as if never claimed,
-            # and the worker's reports on it are refused (see Database.transaction).
-            with self.db.transaction(durable=False) as tx:
-                group = tx.one(group_sql, group_params)
-                if group is None and self.db.dialect == "postgresql" and "{lock_group_skip}" in group_sql:
-                    # Every runnable group was skipped because a concurrent submit or claim
-                    # held its row (with one busy group, nearly always): wait for that lock
-                    # rather than tell the worker there is nothing to run. Groups are locked
-                    # before people everywhere, so waiting here cannot deadlock.
-                    group = tx.one(group_sql.replace("{lock_group_skip}", "{lock_group}"), group_params)
-                if group is None:
-                    return None
-                if person is None:
-                    user = tx.one(person_sql, [group["id"], *person_params])
-                else:
-                    user = tx.one(PERSON_IN_GROUP, (person, group["id"]))
-                if user is None:
-                    if person is not None:
-                        return None
-                    continue
-                job = tx.one(job_sql, [user["id"], *job_params])
-                if job is None:
-                    continue
-                now = self.clock()
-                lease_id = uuid.uuid4().hex
-                expires = now + self.lease_seconds
-                cost = float(job["cost"])
-                charged = shares.charge(cost, float(user["weight"]))
-                group_charged = shares.charge(cost, float(group["weight"]))
-                row = tx.one(LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"]))
-                if row is None:
-                    continue
-                add_event(tx, job["id"], "leased", {"worker": worker_id}, now)
-                # The group's row is written last: the claim already holds it, but the charge
-                # ends the transaction's work on it.
-                UserStore.charge(tx, int(user["id"]), int(group["id"]), cost, charged, group_charged)
-                return Lease(job=_job(row), lease_id=lease_id, expires_at=expires)
+            try:
+                lease = self._claim_once(worker_id, group_sql, group_params, person_sql, person_params,
+                                         job_sql, job_params, person)
+            except _Retry:
+                continue
+            if lease is not _AGAIN:
+                return lease
         return None
+
+    def _claim_once(
+        self, worker_id: str, group_sql: str, group_params: list[Any], person_sql: str, person_params: list[Any],
+        job_sql: str, job_params: list[Any], person: int | None,
+    ) -> Any:
+        """One try of `_claim`: a Lease, None (nothing to run) or _AGAIN (try again)."""
+        # Not durable: a lease a crash loses leaves the job queued, as if never claimed,
+        # and the worker's reports on it are refused (see Database.transaction).
+        with self.db.transaction(durable=False) as tx:
+            group = tx.one(group_sql, group_params)
+            if group is None and self.db.dialect == "postgresql" and "{lock_group_skip}" in group_sql:
+                # Every runnable group was skipped because a concurrent submit or claim
+                # held its row (with one busy group, nearly always): wait for that lock
+                # rather than tell the worker there is nothing to run. Groups are locked
+                # before people everywhere, so waiting here cannot deadlock.
+                group = tx.one(group_sql.replace("{lock_group_skip}", "{lock_group}"), group_params)
+            if group is None:
+                return None
+            if person is None:
+                user = tx.one(person_sql, [group["id"], *person_params])
+            else:
+                user = tx.one(PERSON_IN_GROUP, (person, group["id"]))
+            if user is None:
+                if person is not None:
+                    return None
+                return _AGAIN
+            job = tx.one(job_sql, [user["id"], *job_params])
+            if job is None:
+                return _AGAIN
+            now = self.clock()
+            lease_id = uuid.uuid4().hex
+            expires = now + self.lease_seconds
+            cost = float(job["cost"])
+            charged = shares.charge(cost, float(user["weight"]))
+            group_charged = shares.charge(cost, float(group["weight"]))
+            # The lease, its event and the charges in one round trip. The job's row is held
+            # (SKIP LOCKED on PostgreSQL, the one writer on SQLite) and was queued, so the
+            # lease takes; if it ever did not, _Retry rolls the charges back with it.
+            results = tx.batch([
+                (LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"])),
+                _event_statement(job["id"], "leased", {"worker": worker_id}, now),
+                *UserStore.charge_statements(int(user["id"]), int(group["id"]), cost, charged, group_charged),
+            ])
+            row = results[0].one()
+            if row is None:
+                raise _Retry
+            return Lease(job=_job(row), lease_id=lease_id, expires_at=expires)
 
     # -- reports from the worker --------------------------------------------------------
 

@@ -67,11 +67,21 @@ def count_queue(tx: Transaction, user_id: int, group_id: int | None, *, own: int
     read them already in it)."""
     queued = tx.one(QUEUED_ALL_AND_ANONYMOUS)
     assert queued is not None
-    total, anon = int(queued["n"] or 0), int(queued["anon"] or 0)
     if own is None:
         own_row = tx.one(USER_QUEUE, (user_id,))
         own = 0 if own_row is None else int(own_row["queued_jobs"])
     in_group = tx.all(QUEUED_IN_GROUP_BY_USER, (group_id,)) if group_id is not None else []
+    return _counts(queued, own, in_group, group_id)
+
+
+def count_reads(group_id: int) -> list[tuple[str, tuple]]:
+    """The reads of `count_queue` but the caller's own row, for UserStore.place to run with
+    its locks (`reads`); `hold_queue_limits` counts from their results."""
+    return [(QUEUED_ALL_AND_ANONYMOUS, ()), (QUEUED_IN_GROUP_BY_USER, (group_id,))]
+
+
+def _counts(queued: dict, own: int, in_group: list[dict], group_id: int | None) -> QueueCounts:
+    total, anon = int(queued["n"] or 0), int(queued["anon"] or 0)
     rows = [r for r in in_group if is_free_tier(
         is_anonymous=bool(r["is_anonymous"]), balance=float(r["balance"]),
         override=r["weight_override"], is_admin=bool(r["is_admin"]))]
@@ -150,7 +160,11 @@ def hold_queue_limits(tx: Transaction, placement: Placement, limits: QueueLimits
     after another on PostgreSQL; SQLite's write transactions run one at a time anyway.
     """
     own = None if placement.user is None else int(placement.user["queued_jobs"])
-    counts = count_queue(tx, placement.user_id, placement.group_id, own=own)
+    if own is not None and len(placement.reads) == 2 and placement.reads[0].one() is not None:
+        # read by place under its locks (count_reads)
+        counts = _counts(placement.reads[0].one(), own, placement.reads[1].rows, placement.group_id)
+    else:
+        counts = count_queue(tx, placement.user_id, placement.group_id, own=own)
     cap = first_full(counts, limits, placement.user_id)
     if cap is not None:
         raise QueueFull(cap, counts)
