@@ -84,13 +84,21 @@ def render(sql: str, dialect: Dialect) -> str:
 class Transaction:
     """An open transaction: run statements, read rows as dicts."""
 
-    def __init__(self, conn: Any, dialect: Dialect, db: Database | None = None) -> None:
+    def __init__(self, conn: Any, dialect: Dialect, db: Database | None = None, first: str | None = None) -> None:
         self._conn = conn
         self.dialect = dialect
         # The database it runs on, for what a row read here must reach later (image chunks).
         self.db = db
+        # A statement (PostgreSQL, rendered, no parameters) sent with the first one: a SET
+        # LOCAL costs no round trip of its own.
+        self._first = first
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._first is not None:
+            first, self._first = self._first, None
+            with self._conn.pipeline():
+                self._conn.execute(first)
+                return self._conn.execute(render(sql, self.dialect), tuple(params))
         return self._conn.execute(render(sql, self.dialect), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
@@ -122,6 +130,9 @@ class Transaction:
             return results
         cursors = []
         with self._conn.pipeline():
+            if self._first is not None:
+                first, self._first = self._first, None
+                self._conn.execute(first)
             for sql, params in statements:
                 cursors.append(self._conn.execute(render(sql, self.dialect), tuple(params)))
         return [Result([dict(r) for r in cur.fetchall()] if cur.description is not None else [], cur.rowcount)
@@ -246,6 +257,8 @@ class Database:
         On SQLite a write transaction takes the write lock at BEGIN (IMMEDIATE), so that two
         claimers never both read the same queued job and then both try to take it.
 
+        `write` False: reads only; on PostgreSQL each runs on its own (no BEGIN, no COMMIT).
+
         `durable` False (PostgreSQL): the commit returns before its WAL reaches the disk
         (synchronous_commit off for this transaction only). A crash within a fraction of a
         second may lose it, never half of it, and never after a later durable commit that
@@ -277,10 +290,15 @@ class Database:
             # (a savepoint) SET LOCAL would reach the outer commit too.
             outermost = conn.info.transaction_status == 0  # psycopg.pq.TransactionStatus.IDLE
             try:
-                with conn.transaction():
-                    if not durable and outermost:
-                        conn.execute("SET LOCAL synchronous_commit TO OFF")
+                if not write and outermost:
+                    # Reads alone need no BEGIN and COMMIT (two round trips): under READ
+                    # COMMITTED each statement reads its own snapshot inside a transaction
+                    # too, and reads take no locks that a transaction would hold.
                     yield Transaction(conn, self.dialect, self)
+                    return
+                with conn.transaction():
+                    first = "SET LOCAL synchronous_commit TO OFF" if not durable and outermost else None
+                    yield Transaction(conn, self.dialect, self, first)
             except Exception:
                 if conn.broken:
                     self._local.held = None

@@ -219,13 +219,15 @@ class ImageStore:
 
     @staticmethod
     def insert_rows(tx: Transaction, job_id: str, user_id: int, pending: Sequence[PendingImage]) -> None:
+        for sql, params in ImageStore.insert_statements(job_id, user_id, pending):
+            tx.execute(sql, params)
+
+    @staticmethod
+    def insert_statements(job_id: str, user_id: int, pending: Sequence[PendingImage]) -> list[tuple[str, tuple]]:
+        """`insert_rows`'s writes, for the caller to run (in a batch with its own)."""
         now = time.time()
-        for image in pending:
-            tx.execute(
-                INSERT_IMAGE,
-                (image.id, job_id, user_id, image.index, image.seed, str(image.path),
-                 image.infotext, json.dumps(image.metadata), now),
-            )
+        return [(INSERT_IMAGE, (image.id, job_id, user_id, image.index, image.seed, str(image.path),
+                                image.infotext, json.dumps(image.metadata), now)) for image in pending]
 
     # -- replacing a job's images (a verifier's re-run after a mismatch) --------------------
 

@@ -611,30 +611,34 @@ class JobStore:
         progress = progress or Progress()
         step, total = progress.step, progress.total
         now = self.clock()
+        held = (job_id, lease_id)
+        # One round trip: the job's row locked, then writes that each do nothing unless the
+        # lease still holds it. The first heartbeat marks the job running ("started").
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("SELECT state, cancel_requested FROM jobs WHERE id = ? AND lease_id = ? {for_update}", held),
+            ("INSERT INTO job_events (job_id, kind, data, created_at) "
+             "SELECT id, 'started', ?, ? FROM jobs WHERE id = ? AND lease_id = ? AND state = 'leased'",
+             (json.dumps({}), now, *held)),
+            ("UPDATE jobs SET lease_expires_at = ?, progress_step = COALESCE(?, progress_step), "
+             "progress_total = COALESCE(?, progress_total), state = 'running', "
+             "started_at = CASE WHEN state = 'leased' THEN ? ELSE started_at END "
+             "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running')",
+             (now + self.lease_seconds, step, total, now, *held)),
+        ]
+        if step is not None:
+            data: dict[str, Any] = {"step": step, "total": total, "image_offset": progress.image_offset}
+            if progress.preview is not None:
+                data["preview"] = progress.preview
+            statements.append((
+                "INSERT INTO job_events (job_id, kind, data, created_at) "
+                "SELECT id, 'progress', ?, ? FROM jobs WHERE id = ? AND lease_id = ? AND state = 'running'",
+                (json.dumps(data), now, *held)))
         # Not durable: a heartbeat a crash loses only shortens the lease it extended.
         with self.db.transaction(durable=False) as tx:
-            row = tx.one(
-                "SELECT state, cancel_requested FROM jobs WHERE id = ? AND lease_id = ? {for_update}",
-                (job_id, lease_id),
-            )
-            if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
-                return HeartbeatReply(ok=False, cancel_requested=True)
-            first = row["state"] == JobState.LEASED
-            # The first heartbeat marks the job running, in the same statement.
-            tx.run(
-                "UPDATE jobs SET lease_expires_at = ?, progress_step = COALESCE(?, progress_step), "
-                "progress_total = COALESCE(?, progress_total), state = 'running', "
-                "started_at = CASE WHEN ? = 1 THEN ? ELSE started_at END WHERE id = ?",
-                (now + self.lease_seconds, step, total, int(first), now, job_id),
-            )
-            if first:
-                add_event(tx, job_id, "started", {}, now)
-            if step is not None:
-                data: dict[str, Any] = {"step": step, "total": total, "image_offset": progress.image_offset}
-                if progress.preview is not None:
-                    data["preview"] = progress.preview
-                add_event(tx, job_id, "progress", data, now)
-            return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
+            row = tx.batch(statements)[0].one()
+        if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
+            return HeartbeatReply(ok=False, cancel_requested=True)
+        return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
 
     def complete(
         self,
@@ -681,13 +685,6 @@ class JobStore:
                     return False  # the lease is lost: another report or the reaper won
                 started = row["started_at"] or row["claimed_at"] or now
                 run_seconds = max(0.0, now - started)
-                tx.run(
-                    "UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
-                    "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
-                    (state.value, now, run_seconds, seed, error, job_id),
-                )
-                self.images.insert_rows(tx, job_id, int(row["user_id"]), images)
-                self._spend(tx, job_id, row, state, len(images))
                 data: dict[str, Any] = {}
                 if state == JobState.SUCCEEDED:
                     data = {"image_ids": [i.id for i in images], "seed": seed}
@@ -695,7 +692,16 @@ class JobStore:
                     data = {"reason": error}
                 else:
                     data = {"image_ids": [i.id for i in images]}
-                add_event(tx, job_id, state.value, data, now)
+                # The job's row is held (HELD_JOB): its end, its images and its event in one
+                # round trip.
+                tx.batch([
+                    ("UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
+                     "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
+                     (state.value, now, run_seconds, seed, error, job_id)),
+                    *self.images.insert_statements(job_id, int(row["user_id"]), images),
+                    _event_statement(job_id, state.value, data, now),
+                ])
+                self._spend(tx, job_id, row, state, len(images))
                 if after is not None:
                     after(tx)
             finished = True  # committed
