@@ -62,6 +62,13 @@ def queue_counts(db: Database, user_id: int, group_key: str) -> QueueCounts:
         return count_queue(tx, user_id, group_of_next_job(tx, user_id, group_key))
 
 
+def queued_total(db: Database) -> int:
+    """Queued jobs on the server (QueueCounts.total) alone: one read."""
+    with db.transaction(write=False) as tx:
+        row = tx.one(QUEUED_ALL_AND_ANONYMOUS)
+    return 0 if row is None else int(row["n"] or 0)
+
+
 def count_queue(tx: Transaction, user_id: int, group_id: int | None, *, own: int | None = None) -> QueueCounts:
     """The counts, read in an open transaction (`own`: the user's queued jobs, if the caller
     read them already in it)."""
