@@ -259,6 +259,7 @@ SELECT COALESCE(SUM(cost), 0) AS cost, COALESCE(SUM(run_seconds), 0) AS seconds 
 """
 
 BUSY_WORKERS = "SELECT COUNT(DISTINCT worker_id) AS n FROM jobs WHERE state IN ('leased', 'running')"
+BUSY_WORKER_IDS = "SELECT DISTINCT worker_id FROM jobs WHERE state IN ('leased', 'running')"
 
 # Before any job has finished, assume one SD 1.5 512x512 20-step image per 10 seconds.
 DEFAULT_UNITS_PER_SECOND = 0.1
@@ -885,26 +886,35 @@ class JobStore:
                          "FROM jobs WHERE id = ?", (job_id,))
             if row is None or row["state"] in TERMINAL_STATES:
                 return None
-            rate = tx.one(RECENT_THROUGHPUT)
-            workers = int(tx.scalar(BUSY_WORKERS) or 0)
-            observed_rate = self._observed_rate(tx)
+            queued = row["state"] == JobState.QUEUED
+            # Every further read in one round trip.
+            reads: list[tuple[str, Sequence[Any]]] = [(RECENT_THROUGHPUT, ()), (BUSY_WORKERS, ()),
+                                                      (speeds.OBSERVED, ()), (BUSY_WORKER_IDS, ())]
+            if queued:
+                reads += [
+                    ("SELECT virtual_counter, weight, group_id, queued_jobs FROM users WHERE id = ?", (row["user_id"],)),
+                    ("SELECT id, virtual_counter, weight, queued_jobs FROM fair_groups WHERE id = ?", (row["group_id"],)),
+                    (OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"])),
+                    (GROUP_BACKLOGS, ()),
+                    (MEMBER_BACKLOGS, (row["group_id"],)),
+                ]
+            results = tx.batch(reads)
+            rate = results[0].one()
+            workers = int(results[1].scalar() or 0)
+            observed_rate = self._observed_rate(tx, results[2].rows, results[3].rows)
             cost = float(row["cost"])
-            if row["state"] != JobState.QUEUED:
+            if not queued:
                 place = shares.Place(0, 0.0)
                 done = (row["progress_step"] or 0) / (row["progress_total"] or 1)
                 cost *= max(0.0, 1.0 - done)
             else:
-                user = tx.one("SELECT virtual_counter, weight, group_id, queued_jobs FROM users WHERE id = ?",
-                              (row["user_id"],))
-                group = tx.one("SELECT id, virtual_counter, weight, queued_jobs FROM fair_groups WHERE id = ?",
-                               (row["group_id"],))
+                user, group, own = results[4].one(), results[5].one(), results[6].one()
                 assert user is not None and group is not None
-                own = tx.one(OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"]))
                 assert own is not None
 
-                def backlogs(sql: str, params: tuple = ()) -> list[shares.Backlog]:
+                def backlogs(found: list[dict]) -> list[shares.Backlog]:
                     return [shares.Backlog(int(b["id"]), float(b["virtual_counter"]), float(b["weight"]),
-                                           int(b["queued_jobs"]), float(b["queued_cost"])) for b in tx.all(sql, params)]
+                                           int(b["queued_jobs"]), float(b["queued_cost"])) for b in found]
 
                 place = shares.place_in_hierarchy(
                     shares.Standing(int(group["id"]), float(group["virtual_counter"]), float(group["weight"]),
@@ -912,7 +922,7 @@ class JobStore:
                     shares.Standing(int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"]),
                                     int(user["queued_jobs"])),
                     int(own["n"]), float(own["cost"]),
-                    groups=backlogs(GROUP_BACKLOGS), members=backlogs(MEMBER_BACKLOGS, (group["id"],)),
+                    groups=backlogs(results[7].rows), members=backlogs(results[8].rows),
                 )
         assert rate is not None
         if observed_rate is not None:
@@ -923,16 +933,16 @@ class JobStore:
             units_per_second = DEFAULT_UNITS_PER_SECOND
         return place, shares.eta_seconds(place.cost_ahead, cost, units_per_second, workers)
 
-    def _observed_rate(self, tx: Transaction) -> float | None:
+    def _observed_rate(self, tx: Transaction, observed: list[dict], busy_ids: list[dict]) -> float | None:
         """Units a second one worker runs, from the reference model's observed seconds per
         unit (the figures the calibrated cost factors use, so a unit of any model takes that
         long): over the classes of the workers busy now, else the fastest class observed.
-        None before the reference has enough samples anywhere."""
-        refs = cost_rule.reference_speeds(speeds.observed_in(tx), self.calibration_min_samples)
+        None before the reference has enough samples anywhere. `observed` and `busy_ids`:
+        the rows of speeds.OBSERVED and BUSY_WORKER_IDS."""
+        refs = cost_rule.reference_speeds(speeds.observed_from(observed), self.calibration_min_samples)
         if not refs:
             return None
-        busy = {speeds.worker_class(tx, r["worker_id"])
-                for r in tx.all("SELECT DISTINCT worker_id FROM jobs WHERE state IN ('leased', 'running')")}
+        busy = {speeds.worker_class(tx, r["worker_id"]) for r in busy_ids}
         known = [refs[c] for c in busy if c in refs]
         seconds = sum(known) / len(known) if known else min(refs.values())
         return 1.0 / seconds if seconds > 0 else None
