@@ -58,13 +58,14 @@ def test_a_report_on_a_lost_lease_deletes_its_files(stores, report: str) -> None
 def test_a_report_whose_transaction_fails_deletes_its_files(stores, monkeypatch, report: str) -> None:
     lease = leased(stores)
     files = stores.images.write_files(lease.job.id, [PNG])
-    original = ImageStore.insert_rows
+    original = stores.jobs._spend
 
-    def failing(tx, *args) -> None:  # the rows are in, then the transaction fails
+    def failing(tx, *args) -> None:  # the image rows are in (written before), then the transaction fails
+        assert tx.scalar("SELECT count(*) AS n FROM images WHERE job_id = ?", (lease.job.id,)) == 1
         original(tx, *args)
         raise RuntimeError("connection lost")
 
-    monkeypatch.setattr(stores.images, "insert_rows", failing)
+    monkeypatch.setattr(stores.jobs, "_spend", failing)
     with pytest.raises(RuntimeError):
         getattr(stores.jobs, report)(lease.job.id, lease.lease_id, files)
     assert not files[0].path.exists()

@@ -35,6 +35,7 @@ from kakumei.store.quotas import (
     first_full,
     next_queued,
     queue_counts,
+    queued_total,
 )
 from kakumei.store.users import ANONYMOUS, User, UserStore
 
@@ -272,7 +273,9 @@ class Admission:
         held in that transaction too."""
         s = self.settings
         free = self.free(user)
-        cover = request is not None and self.beyond_free(user, request, self.queue_state(user, addr).total) is not None
+        # Only the server's total counts here: one read, not the caller's whole queue state.
+        cover = request is not None and not self.exempt(user) and self.beyond_free(
+            user, request, queued_total(self.db)) is not None
         return QueueLimits(
             own=s.max_queued_jobs,
             anonymous_group=s.anonymous_max_queued if user.is_anonymous else None,

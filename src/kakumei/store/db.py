@@ -84,13 +84,21 @@ def render(sql: str, dialect: Dialect) -> str:
 class Transaction:
     """An open transaction: run statements, read rows as dicts."""
 
-    def __init__(self, conn: Any, dialect: Dialect, db: Database | None = None) -> None:
+    def __init__(self, conn: Any, dialect: Dialect, db: Database | None = None, first: str | None = None) -> None:
         self._conn = conn
         self.dialect = dialect
         # The database it runs on, for what a row read here must reach later (image chunks).
         self.db = db
+        # A statement (PostgreSQL, rendered, no parameters) sent with the first one: a SET
+        # LOCAL costs no round trip of its own.
+        self._first = first
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._first is not None:
+            first, self._first = self._first, None
+            with self._conn.pipeline():
+                self._conn.execute(first)
+                return self._conn.execute(render(sql, self.dialect), tuple(params))
         return self._conn.execute(render(sql, self.dialect), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
@@ -107,6 +115,44 @@ class Transaction:
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self.execute(sql, params).fetchone()
         return None if row is None else next(iter(dict(row).values()))
+
+    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Result]:
+        """Run `statements` in order, as `execute` would, and return each one's rows and row
+        count. On PostgreSQL they go in one round trip (pipeline mode): a transaction that
+        holds a busy row (a fair-share group's) then holds it for one wait on the server
+        instead of one per statement. An error in one raises here, as `execute` would."""
+        if self.dialect == "sqlite" or not statements:
+            results = []
+            for sql, params in statements:
+                cur = self.execute(sql, params)
+                rows = [dict(r) for r in cur.fetchall()] if cur.description is not None else []
+                results.append(Result(rows, cur.rowcount))
+            return results
+        cursors = []
+        with self._conn.pipeline():
+            if self._first is not None:
+                first, self._first = self._first, None
+                self._conn.execute(first)
+            for sql, params in statements:
+                cursors.append(self._conn.execute(render(sql, self.dialect), tuple(params)))
+        return [Result([dict(r) for r in cur.fetchall()] if cur.description is not None else [], cur.rowcount)
+                for cur in cursors]
+
+
+class Result:
+    """One statement's outcome in a batch: its rows (as dicts) and how many rows it changed."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, rows: list[dict[str, Any]], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def one(self) -> dict[str, Any] | None:
+        return self.rows[0] if self.rows else None
+
+    def scalar(self) -> Any:
+        return None if not self.rows else next(iter(self.rows[0].values()))
 
 
 class _Held:
@@ -208,11 +254,20 @@ class Database:
     # -- transactions --------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True, *, durable: bool = True) -> Iterator[Transaction]:
         """One transaction; committed on normal exit, rolled back on an exception.
 
         On SQLite a write transaction takes the write lock at BEGIN (IMMEDIATE), so that two
         claimers never both read the same queued job and then both try to take it.
+
+        `write` False: reads only; on PostgreSQL each runs on its own (no BEGIN, no COMMIT).
+
+        `durable` False (PostgreSQL): the commit returns before its WAL reaches the disk
+        (synchronous_commit off for this transaction only). A crash within a fraction of a
+        second may lose it, never half of it, and never after a later durable commit that
+        saw it (WAL is flushed in order). For writes whose loss a crash makes harmless: a
+        heartbeat, a lease (the job goes back to the queue, the worker's report is refused),
+        image bytes no row names yet. SQLite ignores it.
         """
         conn = self.connection()
         if self.dialect == "sqlite" and conn.in_transaction:
@@ -234,9 +289,19 @@ class Database:
                 raise
             conn.execute("COMMIT")
         else:
+            # Only an outermost transaction may give up durability: inside another one
+            # (a savepoint) SET LOCAL would reach the outer commit too.
+            outermost = conn.info.transaction_status == 0  # psycopg.pq.TransactionStatus.IDLE
             try:
-                with conn.transaction():
+                if not write and outermost:
+                    # Reads alone need no BEGIN and COMMIT (two round trips): under READ
+                    # COMMITTED each statement reads its own snapshot inside a transaction
+                    # too, and reads take no locks that a transaction would hold.
                     yield Transaction(conn, self.dialect, self)
+                    return
+                with conn.transaction():
+                    first = "SET LOCAL synchronous_commit TO OFF" if not durable and outermost else None
+                    yield Transaction(conn, self.dialect, self, first)
             except Exception:
                 if conn.broken:
                     self._local.held = None

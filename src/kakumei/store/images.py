@@ -141,7 +141,9 @@ def _key_floor(at: float) -> str:
 
 def _write_blob(db: Database, image_id: str, png: bytes) -> DbBlob:
     key = blob_key(image_id)
-    with db.transaction() as tx:
+    # Not durable: no row names these bytes until a later commit does, and a durable commit
+    # flushes the WAL before it, these bytes included.
+    with db.transaction(durable=False) as tx:
         write_chunks(tx, key, png)
     return DbBlob(db, key)
 
@@ -254,13 +256,15 @@ class ImageStore:
 
     @staticmethod
     def insert_rows(tx: Transaction, job_id: str, user_id: int, pending: Sequence[PendingImage]) -> None:
+        for sql, params in ImageStore.insert_statements(job_id, user_id, pending):
+            tx.execute(sql, params)
+
+    @staticmethod
+    def insert_statements(job_id: str, user_id: int, pending: Sequence[PendingImage]) -> list[tuple[str, tuple]]:
+        """`insert_rows`'s writes, for the caller to run (in a batch with its own)."""
         now = time.time()
-        for image in pending:
-            tx.execute(
-                INSERT_IMAGE,
-                (image.id, job_id, user_id, image.index, image.seed, str(image.path),
-                 image.infotext, json.dumps(image.metadata), now),
-            )
+        return [(INSERT_IMAGE, (image.id, job_id, user_id, image.index, image.seed, str(image.path),
+                                image.infotext, json.dumps(image.metadata), now)) for image in pending]
 
     # -- replacing a job's images (a verifier's re-run after a mismatch) --------------------
 

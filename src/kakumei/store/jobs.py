@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,9 +29,11 @@ from kakumei.store.images import ImageStore, PendingImage
 from kakumei.store.inputs import InputStore
 from kakumei.store.ledger import REFUND, SPEND_GENERATION, Ledger
 from kakumei.store import speeds
-from kakumei.store.quotas import QueueLimits, hold_credit, hold_queue_limits, lock_shared_caps
+from kakumei.store.quotas import QueueLimits, count_reads, hold_credit, hold_queue_limits, lock_shared_caps
 from kakumei.fairness.groups import OWN
 from kakumei.store.users import UserStore
+
+log = logging.getLogger(__name__)
 
 
 class JobState(StrEnum):
@@ -194,10 +197,11 @@ ORDER BY j.priority DESC, j.seq
 LIMIT 1 {skip_locked}
 """
 
-LEASE_JOB = """
+LEASE_JOB = f"""
 UPDATE jobs SET state = 'leased', worker_id = ?, lease_id = ?, lease_expires_at = ?,
     claimed_at = ?, charged = ?, group_charged = ?, progress_step = NULL, progress_total = NULL
 WHERE seq = ? AND state = 'queued'
+RETURNING {_JOB_COLUMNS}
 """
 
 # The counters themselves (queued_jobs, queued_cost, virtual_counter) are written only by
@@ -255,9 +259,17 @@ SELECT COALESCE(SUM(cost), 0) AS cost, COALESCE(SUM(run_seconds), 0) AS seconds 
 """
 
 BUSY_WORKERS = "SELECT COUNT(DISTINCT worker_id) AS n FROM jobs WHERE state IN ('leased', 'running')"
+BUSY_WORKER_IDS = "SELECT DISTINCT worker_id FROM jobs WHERE state IN ('leased', 'running')"
 
 # Before any job has finished, assume one SD 1.5 512x512 20-step image per 10 seconds.
 DEFAULT_UNITS_PER_SECOND = 0.1
+
+
+class _Retry(Exception):
+    """Roll the claim's transaction back and try again."""
+
+
+_AGAIN = object()
 
 
 def _can_run(caps: Capabilities) -> tuple[str, list[Any]]:
@@ -319,10 +331,12 @@ def add_event(tx: Transaction, job_id: str, kind: str, data: dict[str, Any], now
     """Callers hold the job's row lock (FOR UPDATE, an UPDATE of it, or its insert): one
     job's event ids then commit in id order, so a stream reading `id > last` (a resume with
     Last-Event-ID, on any server) never steps over an event that commits later."""
-    tx.execute(
-        "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)",
-        (job_id, kind, json.dumps(data), now),
-    )
+    tx.execute(*_event_statement(job_id, kind, data, now))
+
+
+def _event_statement(job_id: str, kind: str, data: dict[str, Any], now: float) -> tuple[str, tuple]:
+    """add_event's statement, for a batch that has taken the job's row lock before it."""
+    return "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?)", (job_id, kind, json.dumps(data), now)
 
 
 class JobStore:
@@ -391,35 +405,50 @@ class JobStore:
                         "use a new key for a new request"
                     )
                 return _job(row), False
+        # Everything that needs no lock is made first: the group's row, once locked, is held
+        # until the commit, and every submit and claim of the group waits for it.
+        job_id = uuid.uuid4().hex
+        request_json = new.request.model_dump_json()
+        batch_key = new.request.batch_key(new.model)
+        event = _event_statement(job_id, "queued", {"attempts": 0}, now)
         if limits is not None:
             lock_shared_caps(tx, limits)
-        placement = UserStore.place(tx, new.user_id, new.group or f"{OWN}:{new.user_id}")
+        # The locks and every read that the caps and the counters need: one round trip.
+        placement = UserStore.place(tx, new.user_id, new.group or f"{OWN}:{new.user_id}",
+                                    reads=count_reads if limits is not None else None)
         if limits is not None:
             # A replay (above) is answered whatever the caps; a new job must fit under them.
             hold_queue_limits(tx, placement, limits)
             # A job beyond the free tier must be covered by the balance, read after the row
             # lock: concurrent submits spend one balance one after another.
-            hold_credit(tx, new.user_id, new.cost, limits)
-        group_id = UserStore.enqueue(tx, new.user_id, new.cost, placement=placement, network_weight=self.network_weight)
-        job_id = uuid.uuid4().hex
+            hold_credit(tx, new.user_id, new.cost, limits, placement)
+        group_id = placement.group_id
         InputStore(self.db, self.clock).put_many(tx, new.inputs)  # with the row: no job lacks an input
-        tx.execute(
+        # Then every write in a second round trip: the counters, the job, its reservation and
+        # its event.
+        writes = UserStore.enqueue_statements(tx, placement, new.cost, network_weight=self.network_weight)
+        writes.append((
             "INSERT INTO jobs (id, user_id, client_addr, state, request, request_hash, idempotency_key, "
             "idempotency_scope, model, pixels, steps, image_count, cost, priority, max_attempts, created_at, "
-            "batch_key, group_id, reserved) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "batch_key, group_id, reserved) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"RETURNING {_JOB_COLUMNS}",
             (
-                job_id, new.user_id, new.client_addr, new.request.model_dump_json(), digest,
+                job_id, new.user_id, new.client_addr, request_json, digest,
                 new.idempotency_key, new.idempotency_scope, new.model, new.request.width * new.request.height,
                 new.request.steps, new.request.image_count, new.cost, new.priority,
-                self.max_attempts, now, new.request.batch_key(new.model), group_id, max(0.0, new.cost),
+                self.max_attempts, now, batch_key, group_id, max(0.0, new.cost),
             ),
-        )
+        ))
+        inserted = len(writes) - 1
+        writes.append(event)
         if new.cost > 0:
             # The cost is held from the balance now, in the transaction that queues the job;
             # what the job does not generate comes back when it ends (_settle).
-            self.ledger.add(new.user_id, -new.cost, SPEND_GENERATION, job_id=job_id, conn=tx)
-        add_event(tx, job_id, "queued", {"attempts": 0}, now)
-        row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            writes += self.ledger.add_statements(new.user_id, -new.cost, SPEND_GENERATION, job_id=job_id)
+        results = tx.batch(writes)
+        if new.cost > 0:
+            self.ledger.totals_written(tx, new.user_id, results[-1].one())
+        row = results[inserted].one()
         assert row is not None
         return _job(row), True
 
@@ -520,41 +549,61 @@ class JobStore:
         # A retry only happens on PostgreSQL, when a concurrent cancel or claim took the
         # job between our reads.
         for _ in range(5):
-            with self.db.transaction() as tx:
-                group = tx.one(group_sql, group_params)
-                if group is None and self.db.dialect == "postgresql" and "{lock_group_skip}" in group_sql:
-                    # Every runnable group was skipped because a concurrent submit or claim
-                    # held its row (with one busy group, nearly always): wait for that lock
-                    # rather than tell the worker there is nothing to run. Groups are locked
-                    # before people everywhere, so waiting here cannot deadlock.
-                    group = tx.one(group_sql.replace("{lock_group_skip}", "{lock_group}"), group_params)
-                if group is None:
-                    return None
-                if person is None:
-                    user = tx.one(person_sql, [group["id"], *person_params])
-                else:
-                    user = tx.one(PERSON_IN_GROUP, (person, group["id"]))
-                if user is None:
-                    if person is not None:
-                        return None
-                    continue
-                job = tx.one(job_sql, [user["id"], *job_params])
-                if job is None:
-                    continue
-                now = self.clock()
-                lease_id = uuid.uuid4().hex
-                expires = now + self.lease_seconds
-                cost = float(job["cost"])
-                charged = shares.charge(cost, float(user["weight"]))
-                group_charged = shares.charge(cost, float(group["weight"]))
-                if tx.run(LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"])) != 1:
-                    continue
-                UserStore.charge(tx, int(user["id"]), int(group["id"]), cost, charged, group_charged)
-                add_event(tx, job["id"], "leased", {"worker": worker_id}, now)
-                row = tx.one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (job["seq"],))
-                assert row is not None
-                return Lease(job=_job(row), lease_id=lease_id, expires_at=expires)
+            try:
+                lease = self._claim_once(worker_id, group_sql, group_params, person_sql, person_params,
+                                         job_sql, job_params, person)
+            except _Retry:
+                continue
+            if lease is not _AGAIN:
+                return lease
         return None
+
+    def _claim_once(
+        self, worker_id: str, group_sql: str, group_params: list[Any], person_sql: str, person_params: list[Any],
+        job_sql: str, job_params: list[Any], person: int | None,
+    ) -> Any:
+        """One try of `_claim`: a Lease, None (nothing to run) or _AGAIN (try again)."""
+        # Not durable: a lease a crash loses leaves the job queued, as if never claimed,
+        # and the worker's reports on it are refused (see Database.transaction).
+        with self.db.transaction(durable=False) as tx:
+            group = tx.one(group_sql, group_params)
+            if group is None and self.db.dialect == "postgresql" and "{lock_group_skip}" in group_sql:
+                # Every runnable group was skipped because a concurrent submit or claim
+                # held its row (with one busy group, nearly always): wait for that lock
+                # rather than tell the worker there is nothing to run. Groups are locked
+                # before people everywhere, so waiting here cannot deadlock.
+                group = tx.one(group_sql.replace("{lock_group_skip}", "{lock_group}"), group_params)
+            if group is None:
+                return None
+            if person is None:
+                user = tx.one(person_sql, [group["id"], *person_params])
+            else:
+                user = tx.one(PERSON_IN_GROUP, (person, group["id"]))
+            if user is None:
+                if person is not None:
+                    return None
+                return _AGAIN
+            job = tx.one(job_sql, [user["id"], *job_params])
+            if job is None:
+                return _AGAIN
+            now = self.clock()
+            lease_id = uuid.uuid4().hex
+            expires = now + self.lease_seconds
+            cost = float(job["cost"])
+            charged = shares.charge(cost, float(user["weight"]))
+            group_charged = shares.charge(cost, float(group["weight"]))
+            # The lease, its event and the charges in one round trip. The job's row is held
+            # (SKIP LOCKED on PostgreSQL, the one writer on SQLite) and was queued, so the
+            # lease takes; if it ever did not, _Retry rolls the charges back with it.
+            results = tx.batch([
+                (LEASE_JOB, (worker_id, lease_id, expires, now, charged, group_charged, job["seq"])),
+                _event_statement(job["id"], "leased", {"worker": worker_id}, now),
+                *UserStore.charge_statements(int(user["id"]), int(group["id"]), cost, charged, group_charged),
+            ])
+            row = results[0].one()
+            if row is None:
+                raise _Retry
+            return Lease(job=_job(row), lease_id=lease_id, expires_at=expires)
 
     # -- reports from the worker --------------------------------------------------------
 
@@ -567,29 +616,34 @@ class JobStore:
         progress = progress or Progress()
         step, total = progress.step, progress.total
         now = self.clock()
-        with self.db.transaction() as tx:
-            row = tx.one(
-                "SELECT state, cancel_requested FROM jobs WHERE id = ? AND lease_id = ? {for_update}",
-                (job_id, lease_id),
-            )
-            if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
-                return HeartbeatReply(ok=False, cancel_requested=True)
-            if row["state"] == JobState.LEASED:
-                tx.run(
-                    "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job_id)
-                )
-                add_event(tx, job_id, "started", {}, now)
-            tx.run(
-                "UPDATE jobs SET lease_expires_at = ?, progress_step = COALESCE(?, progress_step), "
-                "progress_total = COALESCE(?, progress_total) WHERE id = ?",
-                (now + self.lease_seconds, step, total, job_id),
-            )
-            if step is not None:
-                data: dict[str, Any] = {"step": step, "total": total, "image_offset": progress.image_offset}
-                if progress.preview is not None:
-                    data["preview"] = progress.preview
-                add_event(tx, job_id, "progress", data, now)
-            return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
+        held = (job_id, lease_id)
+        # One round trip: the job's row locked, then writes that each do nothing unless the
+        # lease still holds it. The first heartbeat marks the job running ("started").
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("SELECT state, cancel_requested FROM jobs WHERE id = ? AND lease_id = ? {for_update}", held),
+            ("INSERT INTO job_events (job_id, kind, data, created_at) "
+             "SELECT id, 'started', ?, ? FROM jobs WHERE id = ? AND lease_id = ? AND state = 'leased'",
+             (json.dumps({}), now, *held)),
+            ("UPDATE jobs SET lease_expires_at = ?, progress_step = COALESCE(?, progress_step), "
+             "progress_total = COALESCE(?, progress_total), state = 'running', "
+             "started_at = CASE WHEN state = 'leased' THEN ? ELSE started_at END "
+             "WHERE id = ? AND lease_id = ? AND state IN ('leased', 'running')",
+             (now + self.lease_seconds, step, total, now, *held)),
+        ]
+        if step is not None:
+            data: dict[str, Any] = {"step": step, "total": total, "image_offset": progress.image_offset}
+            if progress.preview is not None:
+                data["preview"] = progress.preview
+            statements.append((
+                "INSERT INTO job_events (job_id, kind, data, created_at) "
+                "SELECT id, 'progress', ?, ? FROM jobs WHERE id = ? AND lease_id = ? AND state = 'running'",
+                (json.dumps(data), now, *held)))
+        # Not durable: a heartbeat a crash loses only shortens the lease it extended.
+        with self.db.transaction(durable=False) as tx:
+            row = tx.batch(statements)[0].one()
+        if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
+            return HeartbeatReply(ok=False, cancel_requested=True)
+        return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
 
     def complete(
         self,
@@ -636,16 +690,6 @@ class JobStore:
                     return False  # the lease is lost: another report or the reaper won
                 started = row["started_at"] or row["claimed_at"] or now
                 run_seconds = max(0.0, now - started)
-                tx.run(
-                    "UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
-                    "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
-                    (state.value, now, run_seconds, seed, error, job_id),
-                )
-                if state == JobState.SUCCEEDED:
-                    # Only whole runs calibrate: a cancelled or failed job stopped early.
-                    speeds.record(tx, row, run_seconds, now)
-                self.images.insert_rows(tx, job_id, int(row["user_id"]), images)
-                self._spend(tx, job_id, row, state, len(images))
                 data: dict[str, Any] = {}
                 if state == JobState.SUCCEEDED:
                     data = {"image_ids": [i.id for i in images], "seed": seed}
@@ -653,7 +697,16 @@ class JobStore:
                     data = {"reason": error}
                 else:
                     data = {"image_ids": [i.id for i in images]}
-                add_event(tx, job_id, state.value, data, now)
+                # The job's row is held (HELD_JOB): its end, its images and its event in one
+                # round trip.
+                tx.batch([
+                    ("UPDATE jobs SET state = ?, finished_at = ?, run_seconds = ?, seed = COALESCE(?, seed), "
+                     "error = ?, lease_id = NULL, lease_expires_at = NULL WHERE id = ?",
+                     (state.value, now, run_seconds, seed, error, job_id)),
+                    *self.images.insert_statements(job_id, int(row["user_id"]), images),
+                    _event_statement(job_id, state.value, data, now),
+                ])
+                self._spend(tx, job_id, row, state, len(images))
                 if after is not None:
                     after(tx)
             finished = True  # committed
@@ -662,7 +715,20 @@ class JobStore:
             # committed the completion.
             if not finished:
                 self.images.discard(images)
+        if finished and state == JobState.SUCCEEDED:
+            # Only whole runs calibrate: a cancelled or failed job stopped early. After the
+            # completion's commit, in a short transaction of its own: every completion writes
+            # the same row of model_speeds, which would otherwise stay locked through each
+            # completion's commit and make completions run one at a time.
+            self._record_speed(row, run_seconds, now)
         return finished
+
+    def _record_speed(self, row: dict, run_seconds: float, now: float) -> None:
+        try:
+            with self.db.transaction(durable=False) as tx:  # a sample a crash loses is one sample
+                speeds.record(tx, row, run_seconds, now)
+        except Exception:  # the job is complete; a lost sample only delays calibration
+            log.warning("could not record the speed sample of job %s", row["id"], exc_info=True)
 
     def _spend(self, tx: Transaction, job_id: str, row: dict, state: JobState, delivered: int) -> None:
         # A cancelled job pays for the images it delivered; a failed one pays nothing.
@@ -824,26 +890,35 @@ class JobStore:
                          "FROM jobs WHERE id = ?", (job_id,))
             if row is None or row["state"] in TERMINAL_STATES:
                 return None
-            rate = tx.one(RECENT_THROUGHPUT)
-            workers = int(tx.scalar(BUSY_WORKERS) or 0)
-            observed_rate = self._observed_rate(tx)
+            queued = row["state"] == JobState.QUEUED
+            # Every further read in one round trip.
+            reads: list[tuple[str, Sequence[Any]]] = [(RECENT_THROUGHPUT, ()), (BUSY_WORKERS, ()),
+                                                      (speeds.OBSERVED, ()), (BUSY_WORKER_IDS, ())]
+            if queued:
+                reads += [
+                    ("SELECT virtual_counter, weight, group_id, queued_jobs FROM users WHERE id = ?", (row["user_id"],)),
+                    ("SELECT id, virtual_counter, weight, queued_jobs FROM fair_groups WHERE id = ?", (row["group_id"],)),
+                    (OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"])),
+                    (GROUP_BACKLOGS, ()),
+                    (MEMBER_BACKLOGS, (row["group_id"],)),
+                ]
+            results = tx.batch(reads)
+            rate = results[0].one()
+            workers = int(results[1].scalar() or 0)
+            observed_rate = self._observed_rate(tx, results[2].rows, results[3].rows)
             cost = float(row["cost"])
-            if row["state"] != JobState.QUEUED:
+            if not queued:
                 place = shares.Place(0, 0.0)
                 done = (row["progress_step"] or 0) / (row["progress_total"] or 1)
                 cost *= max(0.0, 1.0 - done)
             else:
-                user = tx.one("SELECT virtual_counter, weight, group_id, queued_jobs FROM users WHERE id = ?",
-                              (row["user_id"],))
-                group = tx.one("SELECT id, virtual_counter, weight, queued_jobs FROM fair_groups WHERE id = ?",
-                               (row["group_id"],))
+                user, group, own = results[4].one(), results[5].one(), results[6].one()
                 assert user is not None and group is not None
-                own = tx.one(OWN_AHEAD, (row["user_id"], row["priority"], row["priority"], row["seq"]))
                 assert own is not None
 
-                def backlogs(sql: str, params: tuple = ()) -> list[shares.Backlog]:
+                def backlogs(found: list[dict]) -> list[shares.Backlog]:
                     return [shares.Backlog(int(b["id"]), float(b["virtual_counter"]), float(b["weight"]),
-                                           int(b["queued_jobs"]), float(b["queued_cost"])) for b in tx.all(sql, params)]
+                                           int(b["queued_jobs"]), float(b["queued_cost"])) for b in found]
 
                 place = shares.place_in_hierarchy(
                     shares.Standing(int(group["id"]), float(group["virtual_counter"]), float(group["weight"]),
@@ -851,7 +926,7 @@ class JobStore:
                     shares.Standing(int(row["user_id"]), float(user["virtual_counter"]), float(user["weight"]),
                                     int(user["queued_jobs"])),
                     int(own["n"]), float(own["cost"]),
-                    groups=backlogs(GROUP_BACKLOGS), members=backlogs(MEMBER_BACKLOGS, (group["id"],)),
+                    groups=backlogs(results[7].rows), members=backlogs(results[8].rows),
                 )
         assert rate is not None
         if observed_rate is not None:
@@ -862,16 +937,16 @@ class JobStore:
             units_per_second = DEFAULT_UNITS_PER_SECOND
         return place, shares.eta_seconds(place.cost_ahead, cost, units_per_second, workers)
 
-    def _observed_rate(self, tx: Transaction) -> float | None:
+    def _observed_rate(self, tx: Transaction, observed: list[dict], busy_ids: list[dict]) -> float | None:
         """Units a second one worker runs, from the reference model's observed seconds per
         unit (the figures the calibrated cost factors use, so a unit of any model takes that
         long): over the classes of the workers busy now, else the fastest class observed.
-        None before the reference has enough samples anywhere."""
-        refs = cost_rule.reference_speeds(speeds.observed_in(tx), self.calibration_min_samples)
+        None before the reference has enough samples anywhere. `observed` and `busy_ids`:
+        the rows of speeds.OBSERVED and BUSY_WORKER_IDS."""
+        refs = cost_rule.reference_speeds(speeds.observed_from(observed), self.calibration_min_samples)
         if not refs:
             return None
-        busy = {speeds.worker_class(tx, r["worker_id"])
-                for r in tx.all("SELECT DISTINCT worker_id FROM jobs WHERE state IN ('leased', 'running')")}
+        busy = {speeds.worker_class(tx, r["worker_id"]) for r in busy_ids}
         known = [refs[c] for c in busy if c in refs]
         seconds = sum(known) / len(known) if known else min(refs.values())
         return 1.0 / seconds if seconds > 0 else None

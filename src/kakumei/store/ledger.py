@@ -74,27 +74,49 @@ class Ledger:
     ) -> None:
         """Append one row. With `conn` (an open `Transaction`), it commits or rolls back with
         the caller's work, e.g. completing a job and paying its worker's owner."""
-        if reason not in REASONS:
-            raise ValueError(f"unknown ledger reason {reason!r}; known: {', '.join(sorted(REASONS))}")
-        if amount != amount or amount in (float("inf"), float("-inf")):
-            raise ValueError(f"ledger amount must be a finite number, got {amount}")
+        self._valid(amount, reason)
         if conn is not None:
             self._add(conn, user_id, amount, reason, job_id, worker_id, note)
             return
         with self.db.transaction() as tx:
             self._add(tx, user_id, amount, reason, job_id, worker_id, note)
 
+    @staticmethod
+    def _valid(amount: float, reason: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown ledger reason {reason!r}; known: {', '.join(sorted(REASONS))}")
+        if amount != amount or amount in (float("inf"), float("-inf")):
+            raise ValueError(f"ledger amount must be a finite number, got {amount}")
+
     def _add(
         self, tx: Transaction, user_id: int, amount: float, reason: str,
         job_id: str | None, worker_id: str | None, note: str | None,
     ) -> None:
-        tx.execute(
+        tx.execute(*self._insert(user_id, amount, reason, job_id, worker_id, note))
+        # A refund undoes spending: it lowers `spent`, it is not earned.
+        row = UserStore.add_to_totals(tx, user_id, amount, undo_spend=reason == REFUND)
+        self.totals_written(tx, user_id, row)
+
+    def _insert(
+        self, user_id: int, amount: float, reason: str, job_id: str | None, worker_id: str | None, note: str | None
+    ) -> tuple[str, tuple]:
+        return (
             "INSERT INTO ledger (user_id, amount, reason, job_id, worker_id, note, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (user_id, amount, reason, job_id, worker_id, note, self.clock()),
         )
-        # A refund undoes spending: it lowers `spent`, it is not earned.
-        row = UserStore.add_to_totals(tx, user_id, amount, undo_spend=reason == REFUND)
+
+    def add_statements(
+        self, user_id: int, amount: float, reason: str, *, job_id: str | None = None
+    ) -> list[tuple[str, tuple]]:
+        """`add`'s two writes (the row, the running totals), for the caller to run in a batch
+        with its own; the totals' result then goes to `totals_written`."""
+        self._valid(amount, reason)
+        return [self._insert(user_id, amount, reason, job_id, None, None),
+                UserStore.totals_statement(user_id, amount, undo_spend=reason == REFUND)]
+
+    def totals_written(self, tx: Transaction, user_id: int, row: dict | None) -> None:
+        """After the running totals moved (the row ADD_TO_TOTALS returned): the weight."""
         if row is None:
             raise ValueError(f"no user with id {user_id}")
         self.apply_weight(tx, user_id, row)
@@ -108,7 +130,10 @@ class Ledger:
             balance=float(row["balance"]),
             override=row["weight_override"],
         )
-        UserStore.write_weight(tx, user_id, weight)
+        # A row that carries the weight it has (ADD_TO_TOTALS, SET_WEIGHT_OVERRIDE) is written
+        # only when the weight changes: most ledger rows do not change it.
+        if "weight" not in row or float(row["weight"]) != weight:
+            UserStore.write_weight(tx, user_id, weight)
         return weight
 
     def balance(self, user_id: int) -> float:

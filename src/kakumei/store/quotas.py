@@ -24,8 +24,11 @@ SELECT id, is_anonymous, balance, weight_override, is_admin, queued_jobs AS n FR
 WHERE group_id = ? AND queued_jobs > 0
 """
 USER_QUEUE = "SELECT group_id, queued_jobs FROM users WHERE id = ?"
-QUEUED_ALL = "SELECT COALESCE(SUM(queued_jobs), 0) AS n FROM users WHERE queued_jobs > 0"
-QUEUED_ANONYMOUS = "SELECT COALESCE(SUM(queued_jobs), 0) AS n FROM users WHERE queued_jobs > 0 AND is_anonymous = 1"
+# All queued jobs, and those of keyless callers, in one read of the backlogged people.
+QUEUED_ALL_AND_ANONYMOUS = """
+SELECT COALESCE(SUM(queued_jobs), 0) AS n, COALESCE(SUM(CASE WHEN is_anonymous = 1 THEN queued_jobs ELSE 0 END), 0) AS anon
+FROM users WHERE queued_jobs > 0
+"""
 NEXT_QUEUED_OF_USER = """
 SELECT id FROM jobs WHERE user_id = ? AND state = 'queued' ORDER BY priority DESC, seq LIMIT 1
 """
@@ -59,13 +62,33 @@ def queue_counts(db: Database, user_id: int, group_key: str) -> QueueCounts:
         return count_queue(tx, user_id, group_of_next_job(tx, user_id, group_key))
 
 
-def count_queue(tx: Transaction, user_id: int, group_id: int | None) -> QueueCounts:
-    """The counts, read in an open transaction."""
-    total = int(tx.scalar(QUEUED_ALL) or 0)
-    anon = int(tx.scalar(QUEUED_ANONYMOUS) or 0)
-    own_row = tx.one(USER_QUEUE, (user_id,))
-    own = 0 if own_row is None else int(own_row["queued_jobs"])
+def queued_total(db: Database) -> int:
+    """Queued jobs on the server (QueueCounts.total) alone: one read."""
+    with db.transaction(write=False) as tx:
+        row = tx.one(QUEUED_ALL_AND_ANONYMOUS)
+    return 0 if row is None else int(row["n"] or 0)
+
+
+def count_queue(tx: Transaction, user_id: int, group_id: int | None, *, own: int | None = None) -> QueueCounts:
+    """The counts, read in an open transaction (`own`: the user's queued jobs, if the caller
+    read them already in it)."""
+    queued = tx.one(QUEUED_ALL_AND_ANONYMOUS)
+    assert queued is not None
+    if own is None:
+        own_row = tx.one(USER_QUEUE, (user_id,))
+        own = 0 if own_row is None else int(own_row["queued_jobs"])
     in_group = tx.all(QUEUED_IN_GROUP_BY_USER, (group_id,)) if group_id is not None else []
+    return _counts(queued, own, in_group, group_id)
+
+
+def count_reads(group_id: int) -> list[tuple[str, tuple]]:
+    """The reads of `count_queue` but the caller's own row, for UserStore.place to run with
+    its locks (`reads`); `hold_queue_limits` counts from their results."""
+    return [(QUEUED_ALL_AND_ANONYMOUS, ()), (QUEUED_IN_GROUP_BY_USER, (group_id,))]
+
+
+def _counts(queued: dict, own: int, in_group: list[dict], group_id: int | None) -> QueueCounts:
+    total, anon = int(queued["n"] or 0), int(queued["anon"] or 0)
     rows = [r for r in in_group if is_free_tier(
         is_anonymous=bool(r["is_anonymous"]), balance=float(r["balance"]),
         override=r["weight_override"], is_admin=bool(r["is_admin"]))]
@@ -143,7 +166,12 @@ def hold_queue_limits(tx: Transaction, placement: Placement, limits: QueueLimits
     of one person, and of one group (however many keys and addresses it has), count one
     after another on PostgreSQL; SQLite's write transactions run one at a time anyway.
     """
-    counts = count_queue(tx, placement.user_id, placement.group_id)
+    own = None if placement.user is None else int(placement.user["queued_jobs"])
+    if own is not None and len(placement.reads) == 2 and placement.reads[0].one() is not None:
+        # read by place under its locks (count_reads)
+        counts = _counts(placement.reads[0].one(), own, placement.reads[1].rows, placement.group_id)
+    else:
+        counts = count_queue(tx, placement.user_id, placement.group_id, own=own)
     cap = first_full(counts, limits, placement.user_id)
     if cap is not None:
         raise QueueFull(cap, counts)
@@ -162,13 +190,19 @@ class NotCovered(Exception):
         return self.cost - max(0.0, self.balance)
 
 
-def hold_credit(tx: Transaction, user_id: int, cost: float, limits: QueueLimits) -> None:
+def hold_credit(
+    tx: Transaction, user_id: int, cost: float, limits: QueueLimits, placement: Placement | None = None
+) -> None:
     """Raise NotCovered when `limits.cover` and the user's balance is below `cost`. Call it
     after UserStore.place (which holds the user's row), in the transaction that reserves the
-    cost: the balance read here is the one the reservation spends."""
+    cost: the balance read here (or by place under the row's lock) is the one the
+    reservation spends."""
     if not limits.cover:
         return
-    balance = float(tx.scalar("SELECT balance FROM users WHERE id = ?", (user_id,)) or 0.0)
+    if placement is not None and placement.user is not None and placement.user_id == user_id:
+        balance = float(placement.user["balance"] or 0.0)
+    else:
+        balance = float(tx.scalar("SELECT balance FROM users WHERE id = ?", (user_id,)) or 0.0)
     # A thousandth of a credit of slack: the same sum computed twice may differ in its last bits.
     if balance + 1e-9 < cost:
         raise NotCovered(cost, balance)

@@ -83,6 +83,13 @@ def observed(db: Database) -> Observed:
         return observed_in(tx)
 
 
+OBSERVED = "SELECT model, worker_class, seconds_per_unit, samples FROM model_speeds"
+
+
 def observed_in(tx: Transaction) -> Observed:
-    rows = tx.all("SELECT model, worker_class, seconds_per_unit, samples FROM model_speeds")
+    return observed_from(tx.all(OBSERVED))
+
+
+def observed_from(rows: list[dict[str, Any]]) -> Observed:
+    """The speeds of OBSERVED's rows (read by the caller, in a batch say)."""
     return {(r["model"], r["worker_class"]): Speed(float(r["seconds_per_unit"]), int(r["samples"])) for r in rows}

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from kakumei.fairness import shares
 from kakumei.fairness.groups import OWN, is_network_group
@@ -97,11 +99,13 @@ UPDATE users SET virtual_counter = virtual_counter + ?,
     queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END
 WHERE id = ? RETURNING virtual_counter
 """
+# member_max follows the person's counter as DEQUEUE_JOB, just before, left it.
 DEQUEUE_GROUP_JOB = """
 UPDATE fair_groups SET virtual_counter = virtual_counter + ?,
     queued_jobs = queued_jobs - 1,
     queued_cost = CASE WHEN queued_jobs <= 1 THEN 0 ELSE queued_cost - ? END,
-    member_max = CASE WHEN member_max < ? THEN ? ELSE member_max END
+    member_max = CASE WHEN member_max < (SELECT u.virtual_counter FROM users u WHERE u.id = ?)
+        THEN (SELECT u.virtual_counter FROM users u WHERE u.id = ?) ELSE member_max END
 WHERE id = ?
 """
 
@@ -116,13 +120,21 @@ UNCHARGE_GROUP = "UPDATE fair_groups SET virtual_counter = virtual_counter - ? W
 BACKLOGGED_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM fair_groups WHERE queued_jobs > 0"
 SYSTEM_MAX_COUNTER = "SELECT MAX(virtual_counter) AS c FROM fair_groups"
 GROUP_MEMBERS_MIN_COUNTER = "SELECT MIN(virtual_counter) AS c FROM users WHERE group_id = ? AND queued_jobs > 0"
+# Both bounds of a group's lift in one round trip.
+LIFT_BOUNDS = f"SELECT ({BACKLOGGED_MIN_COUNTER}) AS lowest, ({SYSTEM_MAX_COUNTER}) AS highest"
 
 ENSURE_GROUP = """
 INSERT INTO fair_groups (key, weight, created_at) VALUES (?, 1.0, ?) ON CONFLICT (key) DO NOTHING
 """
 GROUP_OF_KEY = "SELECT id FROM fair_groups WHERE key = ?"
-LOCK_GROUP = "SELECT id, key FROM fair_groups WHERE id = ? {for_update}"
-USER_QUEUE = "SELECT group_id, queued_jobs, virtual_counter, weight FROM users WHERE id = ? {for_update}"
+LOCK_GROUP = "SELECT id, key, virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ? {for_update}"
+USER_QUEUE = "SELECT group_id, queued_jobs, virtual_counter, weight, balance FROM users WHERE id = ? {for_update}"
+# Where the user's next job goes (read before any lock): their group while they have jobs
+# queued, else the group `key` names, if it exists.
+USER_PLACE = """
+SELECT u.group_id, u.queued_jobs, (SELECT g.id FROM fair_groups g WHERE g.key = ?) AS keyed
+FROM users u WHERE u.id = ?
+"""
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,15 @@ class Placement:
     user_id: int
     group_id: int
     group_key: str
+    # The two rows as place read them under their locks (LOCK_GROUP, USER_QUEUE): what the
+    # job's enqueue starts from, so it need not read them again.
+    group: dict | None = field(default=None, compare=False, repr=False)
+    user: dict | None = field(default=None, compare=False, repr=False)
+    # Where the group and the person would be lifted to (LIFT_BOUNDS and
+    # GROUP_MEMBERS_MIN_COUNTER: lowest, highest, members), read with them.
+    floors: dict | None = field(default=None, compare=False, repr=False)
+    # The results of the caller's own reads (`place(reads=...)`), read with them.
+    reads: tuple = field(default=(), compare=False, repr=False)
 
 
 # -- credit and merit ---------------------------------------------------------------------------
@@ -151,10 +172,10 @@ class Placement:
 # The ledger's running totals, written with each ledger row; returns what the weight needs.
 ADD_TO_TOTALS = """
 UPDATE users SET balance = balance + ?, earned = earned + ?, spent = spent + ?
-WHERE id = ? RETURNING is_anonymous, balance, weight_override
+WHERE id = ? RETURNING is_anonymous, balance, weight_override, weight
 """
 SET_WEIGHT_OVERRIDE = """
-UPDATE users SET weight_override = ? WHERE id = ? RETURNING is_anonymous, balance, weight_override
+UPDATE users SET weight_override = ? WHERE id = ? RETURNING is_anonymous, balance, weight_override, weight
 """
 
 
@@ -301,25 +322,42 @@ class UserStore:
         return int(found)
 
     @staticmethod
-    def place(tx: Transaction, user_id: int, group_key: str) -> Placement:
+    def place(
+        tx: Transaction, user_id: int, group_key: str,
+        reads: Callable[[int], Sequence[tuple[str, Sequence[Any]]]] | None = None,
+    ) -> Placement:
         """Lock the group the user's next job joins, then the user, always in this order
         (claims lock a group before charging its person, so nothing waits in a circle).
 
         A user with jobs queued stays in their group; one with nothing queued joins the group
         `group_key` names. Submits of one user, and caps of one group, then count one after
-        another on PostgreSQL (SQLite's write transactions run one at a time anyway)."""
+        another on PostgreSQL (SQLite's write transactions run one at a time anyway).
+
+        The locks and every read the job's enqueue needs go in one batch (one round trip on
+        PostgreSQL), with `reads(group_id)`, the caller's own reads under those locks (the
+        queue caps'), whose results come back in `Placement.reads`."""
         for _ in range(5):
-            row = tx.one("SELECT group_id, queued_jobs FROM users WHERE id = ?", (user_id,))
+            row = tx.one(USER_PLACE, (group_key, user_id))
             if row is None:
                 raise ValueError(f"no user with id {user_id}")
             staying = int(row["queued_jobs"]) > 0 and row["group_id"] is not None
-            wanted = int(row["group_id"]) if staying else UserStore.group_id(tx, group_key)
-            group = tx.one(LOCK_GROUP, (wanted,))
-            user = tx.one(USER_QUEUE, (user_id,))
-            assert group is not None and user is not None
+            if staying:
+                wanted = int(row["group_id"])
+            elif row["keyed"] is not None:
+                wanted = int(row["keyed"])
+            else:
+                wanted = UserStore.group_id(tx, group_key)
+            results = tx.batch([
+                (LOCK_GROUP, (wanted,)), (USER_QUEUE, (user_id,)),
+                (LIFT_BOUNDS, ()), (GROUP_MEMBERS_MIN_COUNTER, (wanted,)),
+                *(reads(wanted) if reads is not None else ()),
+            ])
+            group, user, bounds = results[0].one(), results[1].one(), results[2].one()
+            assert group is not None and user is not None and bounds is not None
             queued = int(user["queued_jobs"]) > 0 and user["group_id"] is not None
             if (queued and int(user["group_id"]) == wanted) or (not queued and group["key"] == group_key):
-                return Placement(user_id, wanted, group["key"])
+                floors = {**bounds, "members": results[3].scalar()}
+                return Placement(user_id, wanted, group["key"], group, user, floors, tuple(results[4:]))
             # the user's queue filled or drained between the two reads: place again
         raise RuntimeError(f"could not place user {user_id}'s job in a group")
 
@@ -336,25 +374,53 @@ class UserStore:
         group weighs `network_weight`; a person's own group weighs what the person weighs."""
         if placement is None:
             placement = UserStore.place(tx, user_id, group_key or f"{OWN}:{user_id}")
+        for sql, params in UserStore.enqueue_statements(tx, placement, cost, network_weight=network_weight):
+            tx.run(sql, params)
+        return placement.group_id
+
+    @staticmethod
+    def enqueue_statements(
+        tx: Transaction, placement: Placement, cost: float, *, network_weight: float = 1.0
+    ) -> list[tuple[str, tuple]]:
+        """`enqueue`'s writes, for the caller to run (in a batch with its own)."""
         weight = network_weight if is_network_group(placement.group_key) else None
-        return UserStore._join(tx, placement.user_id, placement.group_id, cost, weight, own_weight=weight is None)
+        return UserStore._join_statements(
+            tx, placement.user_id, placement.group_id, cost, weight, own_weight=weight is None,
+            group=placement.group, user=placement.user, floors=placement.floors)
 
     @staticmethod
     def _join(
         tx: Transaction, user_id: int, group_id: int, cost: float, weight: float | None, *,
         own_weight: bool, lift: bool = True,
     ) -> int:
-        group = tx.one("SELECT virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ?", (group_id,))
-        user = tx.one(USER_QUEUE, (user_id,))
+        for sql, params in UserStore._join_statements(tx, user_id, group_id, cost, weight,
+                                                       own_weight=own_weight, lift=lift):
+            tx.run(sql, params)
+        return group_id
+
+    @staticmethod
+    def _join_statements(
+        tx: Transaction, user_id: int, group_id: int, cost: float, weight: float | None, *,
+        own_weight: bool, lift: bool = True, group: dict | None = None, user: dict | None = None,
+        floors: dict | None = None,
+    ) -> list[tuple[str, tuple]]:
+        """The writes that queue a job of `cost` for the user in the group. `group`, `user` and
+        `floors`: the rows and lift bounds as read under their locks in this transaction, if the
+        caller has them (UserStore.place); read here otherwise."""
+        if group is None:
+            group = tx.one("SELECT virtual_counter, queued_jobs, member_max FROM fair_groups WHERE id = ?", (group_id,))
+        if user is None:
+            user = tx.one(USER_QUEUE, (user_id,))
         if group is None or user is None:
             raise ValueError(f"no user {user_id} or group {group_id}")
         group_counter = float(group["virtual_counter"])
         if lift and int(group["queued_jobs"]) == 0:
-            lowest, highest = tx.scalar(BACKLOGGED_MIN_COUNTER), tx.scalar(SYSTEM_MAX_COUNTER)
-            group_counter = shares.lifted_counter(group_counter, lowest, highest)
+            bounds = floors if floors is not None else tx.one(LIFT_BOUNDS)
+            assert bounds is not None
+            group_counter = shares.lifted_counter(group_counter, bounds["lowest"], bounds["highest"])
         counter = float(user["virtual_counter"])
         if lift and int(user["queued_jobs"]) == 0:
-            floor = tx.scalar(GROUP_MEMBERS_MIN_COUNTER, (group_id,))
+            floor = floors["members"] if floors is not None else tx.scalar(GROUP_MEMBERS_MIN_COUNTER, (group_id,))
             floor = float(group["member_max"]) if floor is None else float(floor)
             # Counters of different groups are not comparable: a person new to the group
             # starts at its floor; one coming back to it cannot go below where they were.
@@ -362,16 +428,22 @@ class UserStore:
             counter = max(counter, floor) if same else floor
         if own_weight:
             weight = float(user["weight"])
-        tx.run(ENQUEUE_GROUP_JOB, (cost, group_counter, weight, counter, counter, group_id))
-        tx.run(ENQUEUE_JOB, (cost, counter, group_id, user_id))
-        return group_id
+        return [(ENQUEUE_JOB, (cost, counter, group_id, user_id)),
+                (ENQUEUE_GROUP_JOB, (cost, group_counter, weight, counter, counter, group_id))]
 
     @staticmethod
     def charge(tx: Transaction, user_id: int, group_id: int, cost: float, charged: float, group_charged: float) -> None:
         """A queued job of `cost` was claimed: it leaves the queue and both counters advance."""
-        counter = tx.scalar(DEQUEUE_JOB, (charged, cost, user_id))
-        counter = 0.0 if counter is None else float(counter)
-        tx.run(DEQUEUE_GROUP_JOB, (group_charged, cost, counter, counter, group_id))
+        for sql, params in UserStore.charge_statements(user_id, group_id, cost, charged, group_charged):
+            tx.run(sql, params)
+
+    @staticmethod
+    def charge_statements(
+        user_id: int, group_id: int, cost: float, charged: float, group_charged: float
+    ) -> list[tuple[str, tuple]]:
+        """`charge`'s two writes, in this order, for the caller to run (in a batch with its own)."""
+        return [(DEQUEUE_JOB, (charged, cost, user_id)),
+                (DEQUEUE_GROUP_JOB, (group_charged, cost, user_id, user_id, group_id))]
 
     @staticmethod
     def dequeue(tx: Transaction, user_id: int, group_id: int, cost: float) -> None:
@@ -406,9 +478,13 @@ class UserStore:
     def add_to_totals(tx: Transaction, user_id: int, amount: float, *, undo_spend: bool = False) -> dict | None:
         """Move the running totals by one ledger row; the row the weight is computed from
         (None: no such user). `undo_spend`: the row gives back spending (a refund)."""
+        return tx.one(*UserStore.totals_statement(user_id, amount, undo_spend=undo_spend))
+
+    @staticmethod
+    def totals_statement(user_id: int, amount: float, *, undo_spend: bool = False) -> tuple[str, tuple]:
         if undo_spend:
-            return tx.one(ADD_TO_TOTALS, (amount, 0.0, -amount, user_id))
-        return tx.one(ADD_TO_TOTALS, (amount, max(0.0, amount), max(0.0, -amount), user_id))
+            return ADD_TO_TOTALS, (amount, 0.0, -amount, user_id)
+        return ADD_TO_TOTALS, (amount, max(0.0, amount), max(0.0, -amount), user_id)
 
     @staticmethod
     def write_weight(tx: Transaction, user_id: int, weight: float) -> None:

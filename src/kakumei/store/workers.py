@@ -245,7 +245,8 @@ class WorkerStore:
             return tx.run("UPDATE workers SET status = ?, streak = 0 WHERE name = ?", (status.value, name)) == 1
 
     def seen(self, worker_id: int, capabilities: dict[str, Any] | None = None) -> None:
-        with self.db.transaction() as tx:
+        # Not durable (every claim writes it): a visit a crash loses is the next claim's to write.
+        with self.db.transaction(durable=False) as tx:
             if capabilities is None:
                 tx.run("UPDATE workers SET last_seen_at = ? WHERE id = ?", (self.clock(), worker_id))
             else:
