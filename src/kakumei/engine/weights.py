@@ -126,10 +126,14 @@ class WeightCache:
         if cached.is_file():
             try:
                 tensors = map_tensors(cached)
-                os.utime(cached)  # least recently used goes first
-                return tensors
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 log.debug("weight cache file %s unreadable (%s); converting again", cached.name, exc)
+            else:
+                try:
+                    os.utime(cached)  # least recently used goes first
+                except OSError:
+                    pass
+                return tensors
         tensors = read_tensors(source, dtype, channels_last)
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if size <= self.max_bytes:
