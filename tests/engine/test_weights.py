@@ -142,8 +142,11 @@ def test_weight_cache_maps_the_converted_tensors(tiny_folder: Path, tmp_path: Pa
     conv = next(k for k, v in mapped.items() if v.dim() == 4)
     mapped[conv].add_(1)  # copy-on-write: only this process's page changes
     assert torch.equal(cache.load(source, dtype, True)[conv], converted[conv])
-    # another dtype or layout is another file
+    # another dtype or layout is another file, and a contiguous one maps contiguous
     assert cache.path_for(source, torch.float16, True) != cached != cache.path_for(source, dtype, False)
+    cache.load(source, dtype, False)
+    plain = cache.load(source, dtype, False)
+    assert all(t.is_contiguous() and torch.equal(t, converted[k]) for k, t in plain.items())
 
 
 def test_weight_cache_follows_the_source_and_its_bound(tiny_folder: Path, tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ class WeightCache:
         if size <= self.max_bytes:
             try:
                 self._make_room(size)
-                write_tensors(cached, tensors)
+                write_tensors(cached, tensors, channels_last)
             except OSError as exc:  # a full or read-only disk: the run goes on without it
                 log.info("could not write the weight cache (%s)", exc)
         return tensors
@@ -162,19 +162,20 @@ class WeightCache:
             old.unlink(missing_ok=True)
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """A .safetensors file of `tensors` in their memory layout: a channels-last 4-D tensor is
-    stored as its NHWC bytes with the NHWC shape (metadata "layout": "channels_last" says so).
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], channels_last: bool) -> None:
+    """A .safetensors file of `tensors`; with `channels_last` every 4-D tensor is stored as its
+    NHWC bytes with the NHWC shape (metadata "layout": "channels_last" says so).
     Written to a temporary name and renamed, so a reader never sees half a file."""
     # widest elements first: every tensor's offset stays aligned to its element size
     names = sorted(tensors, key=lambda n: -tensors[n].element_size())
-    header: dict[str, Any] = {"__metadata__": {"format": _CACHE_FORMAT, "layout": "channels_last"}}
+    layout = "channels_last" if channels_last else "contiguous"
+    header: dict[str, Any] = {"__metadata__": {"format": _CACHE_FORMAT, "layout": layout}}
     stored = {}
     offset = 0
     for name in names:
         tensor = tensors[name]
-        if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
-            tensor = tensor.permute(0, 2, 3, 1)
+        if channels_last and tensor.dim() == 4:
+            tensor = tensor.permute(0, 2, 3, 1)  # a view where the tensor is channels-last
         tensor = tensor.contiguous()
         nbytes = tensor.numel() * tensor.element_size()
         header[name] = {"dtype": _TORCH_TO_SAFETENSORS[tensor.dtype], "shape": list(tensor.shape),
@@ -205,6 +206,7 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
     meta = header.get("__metadata__") or {}
     if meta.get("format") != _CACHE_FORMAT:
         raise ValueError(f"{path.name} is not a kakumei weight cache file")
+    channels_last = meta.get("layout") == "channels_last"
     with path.open("rb") as fh:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
     if len(mapped) < base + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
@@ -217,7 +219,7 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
         start, end = info["data_offsets"]
         dtype = _SAFETENSORS_DTYPES[info["dtype"]]
         tensor = data[base + start: base + end].view(dtype).reshape(info["shape"])
-        if tensor.dim() == 4:
+        if channels_last and tensor.dim() == 4:
             tensor = tensor.permute(0, 3, 1, 2)  # NHWC bytes seen as an NCHW tensor, channels-last
         tensors[name] = tensor
     return tensors
