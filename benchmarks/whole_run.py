@@ -7,6 +7,11 @@ same seed); plain diffusers runs in fp32 as users run it out of the box. Runs al
 A B A B so that a busy machine slows both alike; medians and the spread (min..max) are
 printed with the PSNR of kakumei's image against the fp32 image of the same request.
 
+The `kakumei` command sets OMP_WAIT_POLICY=PASSIVE for itself (torch's CPU threads sleep
+between operations instead of spinning; most of the CPU-time gain on a CPU); plain diffusers
+runs with OpenMP's default. `--plain-env OMP_WAIT_POLICY=PASSIVE` gives the plain script the
+same policy, to see how much of the difference that one setting is.
+
 Peak memory is the child's maximum resident set size as the kernel counts it
 (`os.wait4`'s ru_maxrss), which includes mapped file pages.
 
@@ -93,6 +98,8 @@ def main() -> None:
     parser.add_argument("--before-src", type=Path, metavar="DIR",
                         help="also run kakumei from this source tree (e.g. `git archive` of an older commit) as a "
                              "third side, 'before'")
+    parser.add_argument("--plain-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the plain-diffusers side only")
     parser.add_argument("--fresh-home", action="store_true",
                         help="a new kakumei data dir per run: every run pays the first run's hashing")
     args = parser.parse_args()
@@ -124,6 +131,8 @@ def main() -> None:
                             shutil.rmtree(home, ignore_errors=True)
                         cmd = kakumei_cmd(folder, args.size, steps, out, args.kakumei_arg)
                     side_env = env
+                    if side == "diffusers" and args.plain_env:
+                        side_env = {**env, **dict(kv.split("=", 1) for kv in args.plain_env)}
                     src = {"before": args.before_src, "kakumei": args.kakumei_src}.get(side)
                     if src is not None:
                         side_env = {**env, "PYTHONPATH": str(src.resolve())}

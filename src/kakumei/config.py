@@ -42,6 +42,9 @@ class Settings(BaseModel):
     dtype: DtypeName = "auto"
     low_memory: bool = False
     compile: bool = False
+    # GiB of converted UNet/VAE weights of local diffusers folders kept in <home>/cache/weights,
+    # so that repeat runs map them instead of converting (0: no cache).
+    weight_cache_gb: float = Field(8.0, ge=0)
     output_dir: Path | None = None
     hf_offline: bool = False
     allow_pickle: bool = False
@@ -243,6 +246,7 @@ _ENV_FIELDS = {
     "KAKUMEI_DTYPE": "dtype",
     "KAKUMEI_LOW_MEMORY": "low_memory",
     "KAKUMEI_COMPILE": "compile",
+    "KAKUMEI_WEIGHT_CACHE_GB": "weight_cache_gb",
     "KAKUMEI_OUTPUT_DIR": "output_dir",
     "KAKUMEI_ALLOW_PICKLE": "allow_pickle",
     "KAKUMEI_TRANSLATOR": "translator",

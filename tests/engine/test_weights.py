@@ -106,8 +106,8 @@ def test_bf16_is_decided_before_loading(tiny_settings, monkeypatch) -> None:
     loaded_as = []
     real = models._load_folder
 
-    def spy(folder, dtype, channels_last):
-        pipe = real(folder, dtype, channels_last)
+    def spy(folder, dtype, channels_last, *rest):
+        pipe = real(folder, dtype, channels_last, *rest)
         loaded_as.append((pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype))
         return pipe
 
@@ -120,3 +120,67 @@ def test_model_index_without_streamable_parts(tmp_path: Path) -> None:
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     assert weights.streamed_components(tmp_path, torch.float32, True) == {}
     assert weights.streamed_components(tmp_path / "missing", torch.float32, True) == {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_cache_maps_the_converted_tensors(tiny_folder: Path, tmp_path: Path, dtype: torch.dtype) -> None:
+    """The first load converts and writes the cache file; the second maps it: the same
+    values, dtype and layout as converting, and writing into a mapped weight (a LoRA merge)
+    changes neither the file nor the next load."""
+    source = tiny_folder / "unet" / weights.WEIGHTS_FILE
+    cache = weights.WeightCache(tmp_path / "weights", 1 << 30)
+    converted = weights.read_tensors(source, dtype, True)
+    first = cache.load(source, dtype, True)
+    cached = cache.path_for(source, dtype, True)
+    assert cached.is_file() and cached.stat().st_size < source.stat().st_size + (1 << 20)
+    mapped = cache.load(source, dtype, True)
+    assert mapped.keys() == converted.keys() == first.keys()
+    for key, value in converted.items():
+        assert torch.equal(mapped[key], value) and mapped[key].dtype == value.dtype, key
+        if value.dim() == 4:
+            assert mapped[key].is_contiguous(memory_format=torch.channels_last), key
+    conv = next(k for k, v in mapped.items() if v.dim() == 4)
+    mapped[conv].add_(1)  # copy-on-write: only this process's page changes
+    assert torch.equal(cache.load(source, dtype, True)[conv], converted[conv])
+    # another dtype or layout is another file, and a contiguous one maps contiguous
+    assert cache.path_for(source, torch.float16, True) != cached != cache.path_for(source, dtype, False)
+    cache.load(source, dtype, False)
+    plain = cache.load(source, dtype, False)
+    assert all(t.is_contiguous() and torch.equal(t, converted[k]) for k, t in plain.items())
+
+
+def test_weight_cache_follows_the_source_and_its_bound(tiny_folder: Path, tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    unet, vae = (folder / n / weights.WEIGHTS_FILE for n in ("unet", "vae"))
+    size = sum(t.numel() * t.element_size() for t in weights.read_tensors(unet, torch.float32, True).values())
+    cache = weights.WeightCache(tmp_path / "weights", size + (64 << 10))
+    cache.load(unet, torch.float32, True)
+    old = cache.path_for(unet, torch.float32, True)
+    # an edited source (new mtime) is not answered by the old copy
+    stat = unet.stat()
+    os.utime(unet, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.path_for(unet, torch.float32, True) != old
+    # the bound: the newcomer pushes out the least recently used file
+    cache.load(vae, torch.float32, True)
+    files = list((tmp_path / "weights").glob("*.safetensors"))
+    assert files == [cache.path_for(vae, torch.float32, True)] and not old.exists()
+    # a cache of 0 bytes writes nothing
+    off = weights.WeightCache(tmp_path / "off", 0)
+    off.load(vae, torch.float32, True)
+    assert not (tmp_path / "off").exists()
+
+
+def test_a_damaged_cache_file_is_converted_again(tiny_folder: Path, tmp_path: Path) -> None:
+    source = tiny_folder / "vae" / weights.WEIGHTS_FILE
+    cache = weights.WeightCache(tmp_path / "weights", 1 << 30)
+    cache.load(source, torch.bfloat16, True)
+    cached = cache.path_for(source, torch.bfloat16, True)
+    with cached.open("r+b") as fh:
+        fh.truncate(cached.stat().st_size // 2)
+    again = cache.load(source, torch.bfloat16, True)
+    expected = weights.read_tensors(source, torch.bfloat16, True)
+    assert all(torch.equal(again[k], v) for k, v in expected.items())
+    assert cached.stat().st_size > source.stat().st_size // 3  # rewritten whole

@@ -247,11 +247,13 @@ def _load_pipeline(location: str, dtype: torch.dtype, local_only: bool, streamed
     )
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, channels_last: bool) -> Any:
-    """A local diffusers folder, its UNet and VAE read straight into `dtype` and layout."""
+def _load_folder(folder: Path, dtype: torch.dtype, channels_last: bool, weight_cache: Any = None) -> Any:
+    """A local diffusers folder, its UNet and VAE read straight into `dtype` and layout
+    (from `weight_cache`, a weights.WeightCache, on repeat runs)."""
     from kakumei.engine.weights import streamed_components
 
-    return _load_pipeline(str(folder), dtype, local_only=True, streamed=streamed_components(folder, dtype, channels_last))
+    streamed = streamed_components(folder, dtype, channels_last, weight_cache)
+    return _load_pipeline(str(folder), dtype, local_only=True, streamed=streamed)
 
 
 def _unet_parameters(source: ModelSource, location: str, allow_pickle: bool) -> int | None:
@@ -283,9 +285,11 @@ def load_model(
     allow_pickle: bool = False,
     auto_dtype: bool = False,
     compile_model: bool = False,
+    weight_cache_bytes: int = 0,
 ) -> LoadedModel:
     """Load a resolved model onto `device`. Errors are ModelNotFound/ModelLoadError with a
-    sentence saying what to do."""
+    sentence saying what to do. `weight_cache_bytes` bounds the converted copies of local
+    folders' UNet and VAE kept in `<home>/cache/weights` (weights.WeightCache; 0: none)."""
     location = source.location
     if source.kind == "tiny":
         location = str(ensure_tiny_model(models_dir))
@@ -309,7 +313,10 @@ def load_model(
         else:
             with ThreadPoolExecutor(1) as pool:
                 hashing = pool.submit(hashes.folder_sha256, Path(location))
-                pipe = _load_folder(Path(location), dtype, layout)
+                from kakumei.engine.weights import WeightCache
+
+                cache = WeightCache(models_dir.parent / "cache" / "weights", weight_cache_bytes)
+                pipe = _load_folder(Path(location), dtype, layout, cache)
                 sha = hashing.result()
     except KakumeiError:
         raise

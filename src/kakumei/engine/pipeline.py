@@ -124,6 +124,7 @@ class Engine:
                 allow_pickle=self.settings.allow_pickle,
                 auto_dtype=self.settings.dtype == "auto",
                 compile_model=self.settings.compile,
+                weight_cache_bytes=int(self.settings.weight_cache_gb * (1 << 30)),
             ),
         )
 

@@ -6,46 +6,79 @@ samplers take a sigma schedule live in kakumei.schemas (pure data, no torch).
 
 from __future__ import annotations
 
-from typing import Any
-
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    DPMSolverSinglestepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+import importlib
+import importlib.util
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from kakumei.errors import InvalidRequest
 from kakumei.schemas import SAMPLERS, SCHEDULE_NAMES, SIGMA_SCHEDULES
 
-# sampler name -> (scheduler class, extra config)
-_SAMPLER_TABLE: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "Euler": (EulerDiscreteScheduler, {}),
-    "Euler a": (EulerAncestralDiscreteScheduler, {}),
-    "Heun": (HeunDiscreteScheduler, {}),
-    "LMS": (LMSDiscreteScheduler, {}),
-    "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "DPM++ 3M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
-    "DPM++ SDE": (DPMSolverSDEScheduler, {}),
-    "DPM++ 2S a": (DPMSolverSinglestepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "DPM2": (KDPM2DiscreteScheduler, {}),
-    "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
-    "DDIM": (DDIMScheduler, {"set_alpha_to_one": False}),
-    "PLMS": (PNDMScheduler, {"skip_prk_steps": True}),
-    "UniPC": (UniPCMultistepScheduler, {}),
-    "LCM": (LCMScheduler, {}),
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in sys.modules for a module until an attribute it lacks is read; then imports
+    the real module in its place and answers from it."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name != "__path__":
+            # what inspect and the import system ask of every module in sys.modules
+            raise AttributeError(name)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+# Imported at the top of diffusers' scheduler modules, all of which a scheduler's from_config
+# imports (its "compatibles"), for the beta sigma schedule and LMS's coefficients alone.
+_DEFERRED = ("scipy.stats", "scipy.integrate")
+
+
+def defer_scipy() -> None:
+    """Make diffusers' `import scipy.stats` and `from scipy import integrate` cheap until
+    something uses them (half a second of CPU otherwise: scipy.sparse, scipy.linalg,
+    scipy.special and more). The stand-in imports the real module on the first use
+    (`scipy.stats.beta`, `integrate.quad`), so "Beta" and LMS compute as before."""
+    if importlib.util.find_spec("scipy") is None:
+        return
+    for name in _DEFERRED:
+        if name not in sys.modules:
+            sys.modules[name] = _DeferredModule(name)
+
+
+defer_scipy()  # before any diffusers scheduler module, the model's own included
+
+# sampler name -> (diffusers scheduler class name, extra config); classes are imported when
+# first used, so a run imports the one scheduler module it needs, not fifteen.
+_SAMPLER_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "DPM++ 3M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
+    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DDIM": ("DDIMScheduler", {"set_alpha_to_one": False}),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
 }
+
+
+def scheduler_class(sampler_name: str) -> type[SchedulerMixin]:
+    defer_scipy()
+    import diffusers
+
+    return getattr(diffusers, _SAMPLER_TABLE[sampler_name][0])
+
+
 assert set(_SAMPLER_TABLE) == set(SAMPLERS), "schemas.SAMPLERS and samplers._SAMPLER_TABLE disagree"
 
 _SCHEDULE_CONFIG: dict[str, dict[str, Any]] = {
@@ -66,7 +99,7 @@ def calls_per_step(sampler_name: str) -> int:
     """Denoising-loop iterations (UNet calls) per step: 2 for second-order samplers (Heun,
     DPM2, DPM++ SDE), whose diffusers loop visits every step twice, else 1. Prompt schedules
     count these, as A1111's count its sampler's model calls."""
-    return int(_SAMPLER_TABLE[sampler_name][0].order) if sampler_name in _SAMPLER_TABLE else 1
+    return int(scheduler_class(sampler_name).order) if sampler_name in _SAMPLER_TABLE else 1
 
 
 def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]) -> SchedulerMixin:
@@ -78,7 +111,7 @@ def make_scheduler(sampler_name: str, schedule: str, base_config: dict[str, Any]
         raise InvalidRequest(f"unknown schedule {schedule!r}; known: {', '.join(_SCHEDULE_CONFIG)}")
     if schedule in SIGMA_SCHEDULES and not SAMPLERS[sampler_name]:
         raise InvalidRequest(f"schedule {schedule!r} does not apply to sampler {sampler_name!r}")
-    cls, extra = _SAMPLER_TABLE[sampler_name]
+    cls, extra = scheduler_class(sampler_name), _SAMPLER_TABLE[sampler_name][1]
     config = {k: v for k, v in dict(base_config).items() if k not in _DROP_KEYS and not k.startswith("_")}
     config.update(extra)
     config.update(_SCHEDULE_CONFIG[schedule])

@@ -7,6 +7,13 @@ the fp32 copy and the converted one. Here a component's model is built on the me
 whose touched pages would count as the process's memory), converted and laid out
 channels-last at once, so the peak is the converted weights plus one tensor.
 
+Repeat runs skip the conversion: the first load writes the converted tensors to a cache file
+(`<home>/cache/weights/`, keyed by the source file's path, size and mtime and the dtype and
+layout), and later loads map that file copy-on-write (`mmap.ACCESS_COPY`) and view its bytes as
+the tensors, in place: no read, no conversion, no allocation; pages come in as the first step
+touches them, and a LoRA merged into a weight copies just that page, never the file. The
+cache keeps at most `weight_cache_bytes`, least recently used files going first.
+
 Only the layout diffusers writes itself (one `diffusion_pytorch_model.safetensors` per
 component, keys as the model names them) takes this path; anything else (sharded or pickle
 files, variants, legacy key names) returns None and the library's loader runs as before.
@@ -14,9 +21,13 @@ files, variants, legacy key names) returns None and the library's loader runs as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import mmap
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +79,13 @@ def read_tensors(path: Path, dtype: torch.dtype, channels_last: bool) -> dict[st
     header, base = safetensors_header(path)
     entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
     tensors: dict[str, torch.Tensor] = {}
+    # One read buffer for all tensors: a fresh one per tensor costs a page fault per 4 KiB of
+    # the file (2 s of system time for SD 1.5's UNet), every tensor is copied out of it anyway.
+    buffer = torch.empty(max((v["data_offsets"][1] - v["data_offsets"][0] for _, v in entries), default=0), dtype=torch.uint8)
     with path.open("rb", buffering=0) as fh:
         for name, info in entries:
             start, end = info["data_offsets"]
-            raw = torch.empty(end - start, dtype=torch.uint8)
+            raw = buffer[: end - start]
             fh.seek(base + start)
             view = memoryview(raw.numpy())
             done = 0
@@ -84,12 +98,136 @@ def read_tensors(path: Path, dtype: torch.dtype, channels_last: bool) -> dict[st
             if tensor.is_floating_point():
                 layout = torch.channels_last if channels_last and tensor.dim() == 4 else torch.contiguous_format
                 # one copy: the file's bytes become the run's dtype and layout together
-                tensor = tensor.to(dtype=dtype, memory_format=layout)
+                tensor = tensor.to(dtype=dtype, memory_format=layout, copy=True)
+            else:
+                tensor = tensor.clone()
             tensors[name] = tensor
     return tensors
 
 
-def load_component(folder: Path, name: str, cls: Any, dtype: torch.dtype, channels_last: bool) -> Any | None:
+_TORCH_TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+# Bumped when the cache files' layout changes: older files are then never matched again.
+_CACHE_FORMAT = "kakumei-weights-1"
+
+
+class WeightCache:
+    """Converted copies of weight files (see the module's docstring), in `folder`, bounded by
+    `max_bytes` (0: no cache)."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+
+    def path_for(self, source: Path, dtype: torch.dtype, channels_last: bool) -> Path:
+        stat = source.stat()
+        key = f"{_CACHE_FORMAT}\0{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{dtype}\0{channels_last}"
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+    def load(self, source: Path, dtype: torch.dtype, channels_last: bool) -> dict[str, torch.Tensor]:
+        """The tensors of `source` as read_tensors gives them, from the cache where it has them."""
+        if self.max_bytes <= 0:
+            return read_tensors(source, dtype, channels_last)
+        cached = self.path_for(source, dtype, channels_last)
+        if cached.is_file():
+            try:
+                tensors = map_tensors(cached)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                log.debug("weight cache file %s unreadable (%s); converting again", cached.name, exc)
+            else:
+                try:
+                    os.utime(cached)  # least recently used goes first
+                except OSError:
+                    pass
+                return tensors
+        tensors = read_tensors(source, dtype, channels_last)
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size <= self.max_bytes:
+            try:
+                self._make_room(size)
+                write_tensors(cached, tensors, channels_last)
+            except OSError as exc:  # a full or read-only disk: the run goes on without it
+                log.info("could not write the weight cache (%s)", exc)
+        return tensors
+
+    def _make_room(self, size: int) -> None:
+        try:
+            files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            return
+        total = sum(p.stat().st_size for p in files) + size
+        for old in files:
+            if total <= self.max_bytes:
+                break
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], channels_last: bool) -> None:
+    """A .safetensors file of `tensors`; with `channels_last` every 4-D tensor is stored as its
+    NHWC bytes with the NHWC shape (metadata "layout": "channels_last" says so).
+    Written to a temporary name and renamed, so a reader never sees half a file."""
+    # widest elements first: every tensor's offset stays aligned to its element size
+    names = sorted(tensors, key=lambda n: -tensors[n].element_size())
+    layout = "channels_last" if channels_last else "contiguous"
+    header: dict[str, Any] = {"__metadata__": {"format": _CACHE_FORMAT, "layout": layout}}
+    stored = {}
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        if channels_last and tensor.dim() == 4:
+            tensor = tensor.permute(0, 2, 3, 1)  # a view where the tensor is channels-last
+        tensor = tensor.contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _TORCH_TO_SAFETENSORS[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        stored[name] = tensor
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 64)  # data starts 64-byte aligned
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            for name in names:
+                tensor = stored[name]
+                if tensor.numel():
+                    fh.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def map_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a file write_tensors wrote, as views of a copy-on-write mapping of it."""
+    header, base = safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != _CACHE_FORMAT:
+        raise ValueError(f"{path.name} is not a kakumei weight cache file")
+    channels_last = meta.get("layout") == "channels_last"
+    with path.open("rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    if len(mapped) < base + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
+        raise ValueError(f"{path.name} is truncated")
+    data = torch.frombuffer(mapped, dtype=torch.uint8)  # keeps the mapping alive
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        tensor = data[base + start: base + end].view(dtype).reshape(info["shape"])
+        if channels_last and tensor.dim() == 4:
+            tensor = tensor.permute(0, 3, 1, 2)  # NHWC bytes seen as an NCHW tensor, channels-last
+        tensors[name] = tensor
+    return tensors
+
+
+def load_component(
+    folder: Path, name: str, cls: Any, dtype: torch.dtype, channels_last: bool, cache: WeightCache | None = None
+) -> Any | None:
     """One diffusers model of a pipeline folder (e.g. "unet", UNet2DConditionModel) in
     `dtype`, or None where the library's loader has to do it."""
     sub = folder / name
@@ -100,7 +238,8 @@ def load_component(folder: Path, name: str, cls: Any, dtype: torch.dtype, channe
         config = cls.load_config(sub)
         with torch.device("meta"):
             model = cls.from_config(config)
-        model.load_state_dict(read_tensors(weights, dtype, channels_last), strict=True, assign=True)
+        tensors = cache.load(weights, dtype, channels_last) if cache is not None else read_tensors(weights, dtype, channels_last)
+        model.load_state_dict(tensors, strict=True, assign=True)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         log.debug("%s: streamed load refused (%s); the library's loader reads it", name, exc)
         return None
@@ -110,7 +249,9 @@ def load_component(folder: Path, name: str, cls: Any, dtype: torch.dtype, channe
     return model.eval()
 
 
-def streamed_components(folder: Path, dtype: torch.dtype, channels_last: bool) -> dict[str, Any]:
+def streamed_components(
+    folder: Path, dtype: torch.dtype, channels_last: bool, cache: WeightCache | None = None
+) -> dict[str, Any]:
     """The components of a diffusers folder that this module can read, by name, for
     DiffusionPipeline.from_pretrained(folder, **components)."""
     try:
@@ -127,7 +268,7 @@ def streamed_components(folder: Path, dtype: torch.dtype, channels_last: bool) -
         cls = getattr(diffusers, str(entry[1]), None)
         if cls is None:
             continue
-        model = load_component(folder, name, cls, dtype, channels_last)
+        model = load_component(folder, name, cls, dtype, channels_last, cache)
         if model is not None:
             loaded[name] = model
     return loaded
