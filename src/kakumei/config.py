@@ -42,6 +42,9 @@ class Settings(BaseModel):
     dtype: DtypeName = "auto"
     low_memory: bool = False
     compile: bool = False
+    # DeepCache (engine/deepcache.py): the whole UNet runs every N-th step, the steps between
+    # reuse its deep features; 0 is off. Faster, but the image changes (benchmarks/accelerations.py).
+    deepcache_interval: int = 0
     output_dir: Path | None = None
     hf_offline: bool = False
     allow_pickle: bool = False
@@ -201,6 +204,15 @@ class Settings(BaseModel):
             return [line for line in value.splitlines() if line.strip()]
         return value
 
+    @field_validator("deepcache_interval")
+    @classmethod
+    def _deepcache_interval(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("deepcache_interval 1 would run the whole UNet at every step: use 0 for off, or 2 to 10")
+        if not (value == 0 or 2 <= value <= 10):
+            raise ValueError(f"deepcache_interval must be 0 (off) or 2 to 10, got {value}")
+        return value
+
     @field_validator("prompt_blocklist")
     @classmethod
     def _blocklist_compiles(cls, value: list[str]) -> list[str]:
@@ -232,6 +244,7 @@ _ENV_FIELDS = {
     "KAKUMEI_DTYPE": "dtype",
     "KAKUMEI_LOW_MEMORY": "low_memory",
     "KAKUMEI_COMPILE": "compile",
+    "KAKUMEI_DEEPCACHE_INTERVAL": "deepcache_interval",
     "KAKUMEI_OUTPUT_DIR": "output_dir",
     "KAKUMEI_ALLOW_PICKLE": "allow_pickle",
     "KAKUMEI_TRANSLATOR": "translator",
