@@ -10,7 +10,14 @@ from kakumei.engine.deepcache import deep_cache
 from kakumei.engine.tiny import build_tiny_components
 from kakumei.schemas import GenerationRequest
 
-REQ = GenerationRequest(prompt="a red fox in snow", steps=6, width=64, height=64, seed=11)
+REQ = GenerationRequest(prompt="a red fox in snow", steps=4, width=64, height=64, seed=11)
+
+
+@pytest.fixture(scope="module")
+def cached_engine(tiny_settings):
+    from kakumei.engine.pipeline import Engine
+
+    return Engine(tiny_settings.model_copy(update={"deepcache_interval": 3}))
 
 
 def _unet_inputs(unet: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -20,26 +27,22 @@ def _unet_inputs(unet: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, tor
     return sample, torch.tensor(500), context
 
 
-def test_off_by_default_and_the_engine_image_is_unchanged(engine, tiny_settings) -> None:
+def test_off_by_default_and_the_engine_image_is_unchanged(engine, cached_engine, tiny_settings) -> None:
     from kakumei.engine.pipeline import Engine
 
     assert tiny_settings.deepcache_interval == 0
     exact = engine.generate(REQ).images[0]
     assert "deepcache_interval" not in exact.metadata
     # an engine that used DeepCache leaves its UNet as it found it
-    cached = Engine(tiny_settings.model_copy(update={"deepcache_interval": 3}))
-    cached.generate(REQ)
-    unet = cached.load().pipe.unet
+    cached_engine.generate(REQ)
+    unet = cached_engine.load().pipe.unet
     assert "forward" not in vars(unet) and all("forward" not in vars(b) for b in unet.up_blocks)
     assert Engine(tiny_settings.model_copy(update={"deepcache_interval": 0})).generate(REQ).images[0].png == exact.png
 
 
-def test_on_changes_the_image_deterministically(engine, tiny_settings) -> None:
-    from kakumei.engine.pipeline import Engine
-
+def test_on_changes_the_image_deterministically(engine, cached_engine) -> None:
     exact = engine.generate(REQ).images[0]
-    cached = Engine(tiny_settings.model_copy(update={"deepcache_interval": 3}))
-    a, b = cached.generate(REQ).images[0], cached.generate(REQ).images[0]
+    a, b = cached_engine.generate(REQ).images[0], cached_engine.generate(REQ).images[0]
     assert a.png == b.png
     assert a.image.tobytes() != exact.image.tobytes()
     assert a.metadata["deepcache_interval"] == 3
