@@ -45,6 +45,9 @@ class Settings(BaseModel):
     # GiB of converted UNet/VAE weights of local diffusers folders kept in <home>/cache/weights,
     # so that repeat runs map them instead of converting (0: no cache).
     weight_cache_gb: float = Field(8.0, ge=0)
+    # DeepCache (engine/deepcache.py): the whole UNet runs every N-th step, the steps between
+    # reuse its deep features; 0 is off. Faster, but the image changes (benchmarks/accelerations.py).
+    deepcache_interval: int = 0
     output_dir: Path | None = None
     hf_offline: bool = False
     allow_pickle: bool = False
@@ -215,6 +218,15 @@ class Settings(BaseModel):
             return [line for line in value.splitlines() if line.strip()]
         return value
 
+    @field_validator("deepcache_interval")
+    @classmethod
+    def _deepcache_interval(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("deepcache_interval 1 would run the whole UNet at every step: use 0 for off, or 2 to 10")
+        if not (value == 0 or 2 <= value <= 10):
+            raise ValueError(f"deepcache_interval must be 0 (off) or 2 to 10, got {value}")
+        return value
+
     @field_validator("prompt_blocklist")
     @classmethod
     def _blocklist_compiles(cls, value: list[str]) -> list[str]:
@@ -247,6 +259,7 @@ _ENV_FIELDS = {
     "KAKUMEI_LOW_MEMORY": "low_memory",
     "KAKUMEI_COMPILE": "compile",
     "KAKUMEI_WEIGHT_CACHE_GB": "weight_cache_gb",
+    "KAKUMEI_DEEPCACHE_INTERVAL": "deepcache_interval",
     "KAKUMEI_OUTPUT_DIR": "output_dir",
     "KAKUMEI_ALLOW_PICKLE": "allow_pickle",
     "KAKUMEI_TRANSLATOR": "translator",

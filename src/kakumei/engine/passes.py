@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from kakumei.engine.deepcache import deep_cache
 from kakumei.engine.imageops import fill_masked, paste_over
 from kakumei.engine.models import LoadedModel
 from kakumei.engine.plan import BatchPlan, PromptTimeline
@@ -36,10 +37,13 @@ def run_plan(
     plan: BatchPlan,
     on_step: Callable[[StepProgress], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    deepcache_interval: int = 0,
 ) -> list[Image.Image]:
     """Denoise and decode the plan's images (one pass, or base + hires / refiner pass), in
-    the plan's image order. Raises GenerationCancelled at the next step once `cancelled()`."""
-    return _PlanRun(plan, on_step, cancelled).images()
+    the plan's image order. Raises GenerationCancelled at the next step once `cancelled()`.
+    `deepcache_interval` N >= 2 reuses the UNet's deep features for N-1 of every N UNet
+    calls of each pass (deepcache.py); 0 runs the exact UNet."""
+    return _PlanRun(plan, on_step, cancelled, deepcache_interval).images()
 
 
 NAN_IMAGE = (
@@ -105,7 +109,9 @@ class _PlanRun:
         plan: BatchPlan,
         on_step: Callable[[StepProgress], None] | None,
         cancelled: Callable[[], bool] | None,
+        deepcache_interval: int = 0,
     ) -> None:
+        self.deepcache_interval = deepcache_interval
         self.plan, self.request, self.model, self.refiner = plan, plan.request, plan.model, plan.refiner
         self.seeds, self.offset = plan.seeds, plan.offset
         self.on_step, self.cancelled = on_step, cancelled
@@ -166,7 +172,7 @@ class _PlanRun:
             extra["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"] + (
                 ["add_text_embeds"] if hasattr(pipe, "text_encoder_2") else []
             )
-        with torch.inference_mode(), _refusing_nan_decodes(pipe):
+        with torch.inference_mode(), _refusing_nan_decodes(pipe), deep_cache(getattr(pipe, "unet", None), self.deepcache_interval):
             out = pipe(
                 guidance_scale=self.plan.guidance,
                 # CPU generators: img2img noise and ancestral/SDE noise are device-independent too

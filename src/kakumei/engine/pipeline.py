@@ -224,7 +224,7 @@ class Engine:
                     plan = build_plan([prepared[i] for i in group], batch)
                     # 3. denoise (one pass, or base + hires / refiner pass) and decode
                     try:
-                        images = run_plan(plan, on_step, cancelled)
+                        images = run_plan(plan, on_step, cancelled, self.settings.deepcache_interval)
                     except GenerationCancelled as exc:
                         # the stopped batch, as far as it got, for the requests that keep it
                         for image, owner, index, seed in zip(exc.partial, plan.owners, plan.indices, plan.seeds):
@@ -306,6 +306,9 @@ class Engine:
             "dtype": dtype_name(model.dtype),
             "software": versions,
         }
+        if self.settings.deepcache_interval:
+            # not the exact image of the request: DeepCache changed it (deepcache.py)
+            meta["deepcache_interval"] = self.settings.deepcache_interval
         meta.update(extras.metadata())
         if prepared.user is not None:
             meta["user"] = prepared.user
