@@ -113,3 +113,17 @@ def test_hub_unreachable_is_the_same_two_lines_without_diffusers_text(monkeypatc
     assert len(message.splitlines()) <= 2
     assert "stacktrace" not in message and "could not be reached" in message
     assert "kakumei models pull" in message and "--model kakumei:tiny" in message
+
+
+@pytest.mark.parametrize("argv", [
+    ["worker", "--server", "http://127.0.0.1:9", "--key", "k"],
+    ["worker", "--horde", "http://127.0.0.1:9", "--key", "k" * 22],
+    ["serve", "--port", "0"],
+])
+def test_servers_and_workers_refuse_deepcache(bare_env, argv: list[str]) -> None:
+    # Their images are judged against exact re-runs: DeepCache would quarantine honest workers.
+    done = subprocess.run([sys.executable, "-m", "kakumei.cli", *argv], env={**bare_env, "KAKUMEI_DEEPCACHE_INTERVAL": "3"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "deepcache_interval" in done.stderr and "set deepcache_interval to 0" in done.stderr, done.stderr
+    assert "serving http" not in done.stderr and "Traceback" not in done.stderr

@@ -53,3 +53,16 @@ def open_database(settings: Settings) -> Any:
 def add_database_option(parser: argparse.ArgumentParser) -> None:
     """`--database URL` for the operator's commands, which work on the server's database."""
     parser.add_argument("--database", metavar="URL", help="as for serve")
+
+
+def refuse_inexact(settings: Settings, command: str) -> None:
+    """Servers and workers make images that are checked by exact re-runs (a server's own engine
+    is a verifier; a worker's results are re-run elsewhere): an inexact speed-up there would
+    quarantine honest workers or get this one quarantined, so it is for `kakumei generate`."""
+    if settings.deepcache_interval:
+        raise ConfigError(
+            f"{command} makes images that are checked against exact re-runs, and deepcache_interval "
+            f"{settings.deepcache_interval} changes them: set deepcache_interval to 0 here "
+            "(it is for kakumei generate)"
+        )
+

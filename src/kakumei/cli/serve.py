@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from kakumei.cli.common import open_database, setup_logging, with_overrides
+from kakumei.cli.common import open_database, refuse_inexact, setup_logging, with_overrides
 from kakumei.config import Settings
 from kakumei.errors import ConfigError
 
@@ -39,6 +39,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         database=args.database,
         local_worker=False if args.no_local_worker else None,
     )
+    if settings.local_worker:
+        refuse_inexact(settings, "kakumei serve's local worker")
     open_database(settings).close()  # fail here, with a sentence, rather than inside uvicorn
     _raise_open_files_limit()
     # Bound before the banner: a busy port is one sentence, not a success line and an Errno.

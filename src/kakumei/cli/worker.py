@@ -15,6 +15,7 @@ from typing import Any
 from kakumei.cli.common import (
     add_database_option,
     open_database,
+    refuse_inexact,
     setup_logging,
     with_overrides,
 )
@@ -73,6 +74,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         settings, worker_server=args.server, worker_key=args.key, device=args.device, dtype=args.dtype,
         low_memory=args.low_memory,
     )
+    refuse_inexact(settings, "kakumei worker")
     if args.horde:
         return _horde_worker(args, settings)
     if not settings.worker_server or not settings.worker_key:
