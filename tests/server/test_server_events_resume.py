@@ -80,15 +80,20 @@ def events(client: httpx.Client, url: str, last_event_id: int | None = None, unt
     return 200, seen
 
 
-def test_a_resume_replays_what_was_missed_and_ends_on_any_server(servers: list[str], database_url: str) -> None:
-    a, b = servers
+def user_and_worker(database_url: str, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The auth headers of a new user `name` and of a worker key (of another user) driven by hand."""
     db = Database(database_url)
     try:
-        user = UserStore(db).add("carol")[1]
-        worker = WorkerStore(db).add(UserStore(db).add("owner")[0].id, "by-hand")[1]
+        user = UserStore(db).add(name)[1]
+        worker = WorkerStore(db).add(UserStore(db).add(f"owner-of-{name}")[0].id, "by-hand")[1]
     finally:
         db.close()
-    me, w = {"Authorization": f"Bearer {user}"}, {"Authorization": f"Bearer {worker}"}
+    return {"Authorization": f"Bearer {user}"}, {"Authorization": f"Bearer {worker}"}
+
+
+def test_a_resume_replays_what_was_missed_and_ends_on_any_server(servers: list[str], database_url: str) -> None:
+    a, b = servers
+    me, w = user_and_worker(database_url, "carol")
     with httpx.Client(timeout=TIMEOUT, headers=me) as client:
         job = client.post(f"{a}/api/v1/jobs", json=JOB)
         assert job.status_code == 201, job.text
@@ -124,13 +129,7 @@ def test_a_resume_replays_what_was_missed_and_ends_on_any_server(servers: list[s
 
 def test_a_queued_stream_hears_its_position_move_when_the_job_ahead_is_taken(servers: list[str], database_url: str) -> None:
     a, b = servers
-    db = Database(database_url)
-    try:
-        user = UserStore(db).add("dave")[1]
-        worker = WorkerStore(db).add(UserStore(db).add("owner")[0].id, "by-hand")[1]
-    finally:
-        db.close()
-    me, w = {"Authorization": f"Bearer {user}"}, {"Authorization": f"Bearer {worker}"}
+    me, w = user_and_worker(database_url, "dave")
     with httpx.Client(timeout=TIMEOUT, headers=me) as client:
         first, second = (client.post(f"{a}/api/v1/jobs", json=JOB).json() for _ in range(2))
         with client.stream("GET", a + second["events_url"]) as reply:
