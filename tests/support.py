@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -147,3 +147,17 @@ class ServeProcesses:
             stop(proc)
         for sock in self.sockets:
             sock.close()
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[int | None, str]]:
+    """(id, kind) of each event of a server-sent event stream's lines (id None when it has none)."""
+    event_id: int | None = None
+    kind: str | None = None
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line == "" and kind is not None:
+            yield event_id, kind
+            event_id = kind = None

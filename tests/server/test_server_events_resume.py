@@ -22,7 +22,7 @@ from PIL import Image
 from kakumei.store.db import Database
 from kakumei.store.users import UserStore
 from kakumei.store.workers import WorkerStore
-from tests.support import listening_socket, start_serve, stop, url_of
+from tests.support import listening_socket, sse_events, start_serve, stop, url_of
 
 JOB = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 3}
 # A hang is a failure, not a test that never ends.
@@ -65,18 +65,11 @@ def events(client: httpx.Client, url: str, last_event_id: int | None = None, unt
     with client.stream("GET", url, headers=headers) as reply:
         if reply.status_code != 200:
             return reply.status_code, seen
-        event_id = kind = None
-        for line in reply.iter_lines():
-            if line.startswith("id: "):
-                event_id = int(line[4:])
-            elif line.startswith("event: "):
-                kind = line[7:]
-            elif line == "" and kind is not None:
-                if event_id is not None:
-                    seen.append((event_id, kind))
-                    if until is not None and len(seen) >= until:
-                        break
-                event_id = kind = None
+        for event_id, kind in sse_events(reply.iter_lines()):
+            if event_id is not None:
+                seen.append((event_id, kind))
+                if until is not None and len(seen) >= until:
+                    break
     return 200, seen
 
 

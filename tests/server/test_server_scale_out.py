@@ -26,7 +26,7 @@ from kakumei.store.db import Database
 from kakumei.store.migrate import migrate
 from kakumei.store.users import UserStore
 from kakumei.store.workers import WorkerStore
-from tests.support import listening_socket, log_text, spawn, stop, url_of, wait_for
+from tests.support import listening_socket, log_text, spawn, sse_events, stop, url_of, wait_for
 
 JOB = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 BURST = 10
@@ -213,18 +213,11 @@ def test_one_keys_burst_and_stream_places_hold_across_servers(cluster: Cluster) 
 
 def read_events(lines: Iterator[str], until_kinds: set[str], seen: list[tuple[int, str]]) -> None:
     """Append (id, kind) of events read until one of `until_kinds` (or the stream ends)."""
-    event_id = kind = None
-    for line in lines:
-        if line.startswith("id: "):
-            event_id = int(line[4:])
-        elif line.startswith("event: "):
-            kind = line[7:]
-        elif line == "" and kind is not None:
-            if event_id is not None:
-                seen.append((event_id, kind))
-            if kind in until_kinds:
-                return
-            event_id = kind = None
+    for event_id, kind in sse_events(lines):
+        if event_id is not None:
+            seen.append((event_id, kind))
+        if kind in until_kinds:
+            return
 
 
 def test_events_progress_and_interrupt_through_any_server_and_a_killed_one(cluster: Cluster) -> None:
