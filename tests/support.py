@@ -76,7 +76,13 @@ def start_serve(sock: socket.socket, options: Sequence[str], env: dict[str, str]
     restart serves on the same socket) and closes it when done."""
     args = [sys.executable, "-m", "kakumei.cli", "serve", "--fd", str(sock.fileno()), *options]
     proc = spawn(args, env, log, pass_fds=[sock.fileno()])
-    url = url_of(sock)
+    wait_until_serving(proc, url_of(sock), log, seconds)
+    return proc
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
+    """Wait until the server `proc` (however it was started) answers /healthz at `url`; if it
+    dies or never answers, kill it and fail with its log."""
 
     def healthy() -> bool:
         assert proc.poll() is None, log_text(log)
@@ -92,7 +98,6 @@ def start_serve(sock: socket.socket, options: Sequence[str], env: dict[str, str]
             proc.kill()
             proc.wait()
         raise AssertionError(f"kakumei serve did not start: {exc}\n{log_text(log)}") from None
-    return proc
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:

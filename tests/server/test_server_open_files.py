@@ -9,9 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import httpx
 
-from tests.support import listening_socket, log_text, spawn, stop, url_of, wait_for
+from tests.support import listening_socket, spawn, stop, url_of, wait_until_serving
 
 
 def test_serve_raises_its_open_files_limit(kakumei_home: Path, tmp_path: Path) -> None:
@@ -23,14 +22,7 @@ def test_serve_raises_its_open_files_limit(kakumei_home: Path, tmp_path: Path) -
     env = {**os.environ, "KAKUMEI_HOME": str(kakumei_home), "KAKUMEI_DEVICE": "cpu"}
     proc = spawn(["sh", "-c", f"ulimit -Sn {low} && exec {shlex.join(serve)}"], env, log, pass_fds=[sock.fileno()])
     try:
-        def healthy() -> bool:
-            assert proc.poll() is None, log_text(log)
-            try:
-                return httpx.get(f"{url_of(sock)}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, "kakumei serve", 60, interval=0.1)
+        wait_until_serving(proc, url_of(sock), log, 60)
         line = next(li for li in Path(f"/proc/{proc.pid}/limits").read_text().splitlines() if li.startswith("Max open files"))
         soft = line.split()[3]
         assert soft == str(max(low, 1 << 20) if hard == resource.RLIM_INFINITY else hard), line

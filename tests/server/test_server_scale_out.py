@@ -26,7 +26,7 @@ from kakumei.store.db import Database
 from kakumei.store.migrate import migrate
 from kakumei.store.users import UserStore
 from kakumei.store.workers import WorkerStore
-from tests.support import listening_socket, log_text, spawn, sse_events, stop, url_of, wait_for
+from tests.support import listening_socket, spawn, sse_events, stop, url_of, wait_for, wait_until_serving
 
 JOB = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 BURST = 10
@@ -88,15 +88,7 @@ class Cluster:
         log = self.root / f"{name}.log"
         proc = spawn(args, environ, log, pass_fds=[sock.fileno()])
         self.procs[name] = proc
-
-        def healthy() -> bool:
-            assert proc.poll() is None, log_text(log)
-            try:
-                return httpx.get(f"{self.url(name)}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, f"server {name}", 120, interval=0.1)
+        wait_until_serving(proc, self.url(name), log)
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
