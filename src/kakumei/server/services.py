@@ -122,27 +122,32 @@ class Services:
     @classmethod
     def open(cls, settings: Settings, engine: Any | None) -> Services:
         db = Database(settings.database_url)
-        open_bucket(settings, db)
-        migrate(db)
-        images = ImageStore(db, settings.home / "images", image_store_kind(settings, db))
-        from kakumei.server.admission import merit_policy
+        try:
+            open_bucket(settings, db)
+            migrate(db)
+            images = ImageStore(db, settings.home / "images", image_store_kind(settings, db))
+            from kakumei.server.admission import merit_policy
 
-        jobs = JobStore(
-            db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-            ledger=Ledger(db, merit_policy(settings)),
-            calibration_min_samples=settings.cost_calibration_min_samples,
-        )
-        policy = TrustPolicy(
-            sample_rate=settings.verify_sample_rate,
-            trusted_sample_rate=settings.verify_sample_rate / 10,
-            trust_after=settings.verify_trust_after,
-            quarantine_after=settings.verify_quarantine_after,
-            check_first=settings.verify_check_first,
-            max_keys_per_user=settings.worker_keys_per_user,
-            max_new_per_network_day=settings.worker_keys_per_network_day,
-        )
-        workers = WorkerStore(db, policy, ledger=jobs.ledger)  # the server's merit policy
-        return cls(settings, db, UserStore(db), jobs, images, engine, workers=workers)
+            jobs = JobStore(
+                db, images, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+                ledger=Ledger(db, merit_policy(settings)),
+                calibration_min_samples=settings.cost_calibration_min_samples,
+            )
+            policy = TrustPolicy(
+                sample_rate=settings.verify_sample_rate,
+                trusted_sample_rate=settings.verify_sample_rate / 10,
+                trust_after=settings.verify_trust_after,
+                quarantine_after=settings.verify_quarantine_after,
+                check_first=settings.verify_check_first,
+                max_keys_per_user=settings.worker_keys_per_user,
+                max_new_per_network_day=settings.worker_keys_per_network_day,
+            )
+            workers = WorkerStore(db, policy, ledger=jobs.ledger)  # the server's merit policy
+            return cls(settings, db, UserStore(db), jobs, images, engine, workers=workers)
+        except BaseException:
+            # a refused start (no bucket, no Redis, a bad image_store) keeps no connection open
+            db.close()
+            raise
 
     def cost_factor(self) -> Callable[[str], float]:
         """The per-model cost factors now: the fixed ones, calibrated from the observed run
