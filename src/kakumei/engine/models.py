@@ -339,6 +339,11 @@ def load_model(
     dtype = apply_fast_path(pipe, device, dtype, auto)
     if compile_model:
         compile_unet(pipe, device)
+    elif not low_memory and isinstance(getattr(pipe, "unet", None), torch.nn.Module):
+        from kakumei.engine.packing import pack_unet, wants_packing
+
+        if wants_packing(device, pipe.unet.dtype):
+            pack_unet(pipe.unet)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(source, pipe, sha, device, dtype, base_config, architecture_of(pipe))
 

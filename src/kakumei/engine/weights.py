@@ -28,6 +28,8 @@ import math
 import mmap
 import os
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,47 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], channels_last: b
         raise
 
 
+# The weight cache's live mappings: (first address, length, the mapping). A weak reference,
+# so that an entry dies with its mapping and an address range reused for ordinary memory is
+# never taken for one.
+_MAPPINGS: list[tuple[int, int, weakref.ref[mmap.mmap]]] = []
+_MAPPINGS_LOCK = threading.Lock()
+
+
+def _mapping_of(start: int, end: int) -> tuple[int, mmap.mmap] | None:
+    with _MAPPINGS_LOCK:
+        _MAPPINGS[:] = [m for m in _MAPPINGS if m[2]() is not None]
+        for first, length, ref in _MAPPINGS:
+            mapped = ref()
+            if mapped is not None and first <= start and end <= first + length:
+                return first, mapped
+    return None
+
+
+def release_mapped_pages(tensor: torch.Tensor) -> int:
+    """Hand the pages of `tensor` back to the kernel where it is a view of a weight cache
+    mapping (map_tensors); returns the bytes released. Only for a tensor never written since
+    it was mapped (`_version` 0, shared by every view of one file): its private pages then
+    equal the file's, and reading the tensor again reads them from the file. A written page
+    is the only copy of what was written, so a written tensor is left alone."""
+    if tensor._version != 0 or tensor.device.type != "cpu":
+        return 0
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    found = _mapping_of(start, end)
+    if found is None:
+        return 0
+    first, mapped = found
+    page = mmap.PAGESIZE
+    # only whole pages of this tensor: a page it shares with a neighbour stays
+    lo = -(-(start - first) // page) * page
+    hi = (end - first) // page * page
+    if hi <= lo:
+        return 0
+    mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return hi - lo
+
+
 def map_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a file write_tensors wrote, as views of a copy-on-write mapping of it."""
     header, base = safetensors_header(path)
@@ -212,6 +255,8 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
     if len(mapped) < base + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
         raise ValueError(f"{path.name} is truncated")
     data = torch.frombuffer(mapped, dtype=torch.uint8)  # keeps the mapping alive
+    with _MAPPINGS_LOCK:
+        _MAPPINGS.append((data.data_ptr(), len(mapped), weakref.ref(mapped)))
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
