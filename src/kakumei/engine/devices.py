@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from kakumei.engine.deferred import defer_diffusers_imports
 from kakumei.errors import ConfigError
+
+defer_diffusers_imports()  # every engine path that reaches diffusers imports this module first
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -6,47 +6,14 @@ samplers take a sigma schedule live in kakumei.schemas (pure data, no torch).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
+from kakumei.engine.deferred import defer_scipy
 from kakumei.errors import InvalidRequest
 from kakumei.schemas import SAMPLERS, SCHEDULE_NAMES, SIGMA_SCHEDULES
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
-
-class _DeferredModule(types.ModuleType):
-    """Stands in sys.modules for a module until an attribute it lacks is read; then imports
-    the real module in its place and answers from it."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name != "__path__":
-            # what inspect and the import system ask of every module in sys.modules
-            raise AttributeError(name)
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), name)
-
-
-# Imported at the top of diffusers' scheduler modules, all of which a scheduler's from_config
-# imports (its "compatibles"), for the beta sigma schedule and LMS's coefficients alone.
-_DEFERRED = ("scipy.stats", "scipy.integrate")
-
-
-def defer_scipy() -> None:
-    """Make diffusers' `import scipy.stats` and `from scipy import integrate` cheap until
-    something uses them (half a second of CPU otherwise: scipy.sparse, scipy.linalg,
-    scipy.special and more). The stand-in imports the real module on the first use
-    (`scipy.stats.beta`, `integrate.quad`), so "Beta" and LMS compute as before."""
-    if importlib.util.find_spec("scipy") is None:
-        return
-    for name in _DEFERRED:
-        if name not in sys.modules:
-            sys.modules[name] = _DeferredModule(name)
 
 
 defer_scipy()  # before any diffusers scheduler module, the model's own included
