@@ -133,3 +133,18 @@ def test_ctrl_c_stops_between_steps_and_keeps_finished_images(cli_env) -> None:
     assert "stopped: kept" in err and "Traceback" not in err
     for path in kept:  # every kept file is a complete PNG
         Image.open(path).load()
+
+
+def test_the_process_ends_with_the_commands_code_and_all_its_output(cli_env) -> None:
+    """`kakumei generate` leaves without the interpreter's teardown (cli.run): what it printed
+    and wrote is all there, and the exit code is the command's."""
+    out_dir = Path(cli_env["KAKUMEI_OUTPUT_DIR"])
+    done = subprocess.run([sys.executable, "-m", "kakumei.cli", "generate", "a fox", *SMALL, "--seed", "4"],
+                          env=cli_env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.rstrip().endswith(f"1 image(s) in {out_dir}")
+    [image] = out_dir.glob("*-4.png")
+    Image.open(image).load()
+    refused = subprocess.run([sys.executable, "-m", "kakumei.cli", "generate", "a fox", "--model", "./no/such/model"],
+                             env=cli_env, capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2 and "error: no model at './no/such/model'" in refused.stderr

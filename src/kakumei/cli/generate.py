@@ -164,7 +164,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--from", dest="from_image", metavar="IMAGE", help="regenerate a PNG from its metadata; other flags override its fields")
     p.add_argument("--out", "-o", type=Path, help="output folder (default: <data dir>/outputs)")
     _engine_flags(p)
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, exit_without_teardown=True)
 
 
 def _add_info(sub: Any) -> None:
