@@ -46,6 +46,25 @@ def test_streamed_component_equals_the_library_one(tiny_folder: Path, name: str,
     assert ours.config == theirs.config or dict(ours.config) | {"_name_or_path": ""} == dict(theirs.config) | {"_name_or_path": ""}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_text_encoder_equals_the_library_one(tiny_folder: Path, tmp_path: Path, dtype: torch.dtype) -> None:
+    """Read through the weight cache (converted, then mapped), the text encoder gives the
+    encodings transformers' own loader gives, bit for bit."""
+    from transformers import CLIPTextModel
+
+    library = CLIPTextModel.from_pretrained(tiny_folder / "text_encoder", dtype=dtype).eval()
+    cache = weights.WeightCache(tmp_path / "weights", 1 << 30)
+    ids = torch.tensor([[49406, 320, 1929, 49407] + [49407] * 73])
+    for _ in range(2):  # the second load maps the cache file the first one wrote
+        ours = weights.load_text_encoder(tiny_folder, "text_encoder", CLIPTextModel, dtype, cache)
+        assert ours is not None and ours.dtype == dtype and not ours.training
+        with torch.inference_mode():
+            a, b = library(ids, output_hidden_states=True), ours(ids, output_hidden_states=True)
+        assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+        assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
+    assert len(list((tmp_path / "weights").glob("*.safetensors"))) == 1
+
+
 def test_other_layouts_go_to_the_library_loader(tiny_folder: Path, tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
@@ -84,6 +103,7 @@ def _image(settings, monkeypatch, streamed: bool) -> bytes:
     from kakumei.schemas import GenerationRequest
 
     monkeypatch.setattr(weights, "STREAMED_COMPONENTS", weights.STREAMED_COMPONENTS if streamed else ())
+    monkeypatch.setattr(weights, "STREAMED_TEXT_ENCODERS", weights.STREAMED_TEXT_ENCODERS if streamed else ())
     engine = Engine(settings)
     png = engine.generate(GenerationRequest(prompt="a fox", steps=2, width=64, height=64, seed=11)).images[0].png
     assert engine.load().pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

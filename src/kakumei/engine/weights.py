@@ -38,10 +38,14 @@ import torch
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-# The components kakumei reads itself: the large convolution-heavy diffusers models. Text
-# encoders (transformers models, with non-persistent buffers built at init) load through
-# transformers, which converts as it reads.
+# The components kakumei reads itself: the large convolution-heavy diffusers models, built on
+# the meta device, and the text encoders (transformers models, whose constructors compute
+# buffers the file lacks, so built on the CPU without initialising).
 STREAMED_COMPONENTS = ("unet", "vae")
+# The CLIP text encoders of SD 1.x, 2.x and SDXL, from transformers' one-file layout.
+STREAMED_TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TEXT_ENCODER_FILE = "model.safetensors"
+TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -298,6 +302,35 @@ def load_component(
     return model.eval()
 
 
+def load_text_encoder(folder: Path, name: str, cls: Any, dtype: torch.dtype, cache: WeightCache | None = None) -> Any | None:
+    """A transformers text encoder of a pipeline folder (e.g. "text_encoder", CLIPTextModel)
+    in `dtype` from one `model.safetensors`, or None where transformers' loader has to do it.
+    Built on the CPU without initialising (allocated, never touched: no memory), so that the
+    buffers its constructor computes (position ids) are real, then given the file's tensors."""
+    from transformers import AutoConfig
+    from transformers.initialization import no_init_weights as no_transformers_init
+
+    sub = folder / name
+    weights = sub / TEXT_ENCODER_FILE
+    if not weights.is_file() or not (sub / "config.json").is_file():
+        return None
+    try:
+        config = AutoConfig.from_pretrained(sub, local_files_only=True)
+        with no_transformers_init():
+            model = cls(config)
+        tensors = cache.load(weights, dtype, False) if cache is not None else read_tensors(weights, dtype, False)
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except (RuntimeError, ValueError, KeyError, OSError, TypeError) as exc:
+        log.debug("%s: streamed load refused (%s); transformers' loader reads it", name, exc)
+        return None
+    floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if any(t.dtype != dtype for t in floating):
+        return None  # a float buffer the file does not hold stayed in the constructor's dtype
+    model.config.dtype = dtype
+    model.config._name_or_path = str(sub)
+    return model.eval()
+
+
 def streamed_components(
     folder: Path, dtype: torch.dtype, channels_last: bool, cache: WeightCache | None = None
 ) -> dict[str, Any]:
@@ -310,14 +343,20 @@ def streamed_components(
     import diffusers
 
     loaded = {}
-    for name in STREAMED_COMPONENTS:
+    for name in (*STREAMED_COMPONENTS, *STREAMED_TEXT_ENCODERS):
         entry = index.get(name)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in ("diffusers", "transformers")):
             continue
-        cls = getattr(diffusers, str(entry[1]), None)
-        if cls is None:
-            continue
-        model = load_component(folder, name, cls, dtype, channels_last, cache)
+        if entry[0] == "diffusers" and name in STREAMED_COMPONENTS:
+            cls = getattr(diffusers, str(entry[1]), None)
+            model = None if cls is None else load_component(folder, name, cls, dtype, channels_last, cache)
+        elif entry[0] == "transformers" and str(entry[1]) in TEXT_ENCODER_CLASSES:
+            import transformers
+
+            cls = getattr(transformers, str(entry[1]))
+            model = load_text_encoder(folder, name, cls, dtype, cache)
+        else:
+            model = None
         if model is not None:
             loaded[name] = model
     return loaded
