@@ -107,3 +107,37 @@ def test_sgm_names_map_to_diffusers() -> None:
     assert sgm_to_diffusers("output_blocks_2_0_in_layers_2") == "up_blocks_0_resnets_2_conv1"
     assert sgm_to_diffusers("middle_block_1_proj_in") == "mid_block_attentions_0_proj_in"
     assert sgm_to_diffusers("input_blocks_3_0_op") == "down_blocks_0_downsamplers_0_conv"
+
+
+def _bf16_images(breadth_home: Path, monkeypatch, pack: bool) -> tuple[list[bytes], int]:
+    from kakumei.config import load_settings
+    from kakumei.engine import packing
+    from kakumei.engine.pipeline import Engine
+
+    released = []
+    if pack:
+        real = packing.release_mapped_pages
+        monkeypatch.setattr(packing, "release_mapped_pages", lambda t: released.append(real(t)) or released[-1])
+    else:
+        monkeypatch.setattr(packing, "pack_unet", lambda unet: 0)
+    settings = load_settings({"model": "kakumei:tiny", "device": "cpu", "dtype": "bfloat16"},
+                             environ={"KAKUMEI_HOME": str(breadth_home), "HF_HUB_OFFLINE": "1"})
+    engine = Engine(settings, cache_size=1)
+    ref = family_ref(breadth_home, "sd1")
+    prompts = [BASE["prompt"], BASE["prompt"] + " <lora:furry:0.8>", BASE["prompt"]]
+    pngs = [engine.generate(GenerationRequest(**{**BASE, "prompt": p}, model=ref)).images[0].png for p in prompts]
+    packed = [m for m in engine.load(ref).pipe.unet.modules() if hasattr(m, packing._PACKED)]
+    assert bool(packed) == pack
+    monkeypatch.undo()
+    return pngs, sum(released)
+
+
+def test_a_lora_on_packed_bf16_weights_gives_eager_modes_images(breadth_home, loras, monkeypatch) -> None:
+    """bf16 on a CPU packs the UNet's weights from the weight cache's mapping and hands their
+    pages back; a LoRA merge writes those weights and its restore writes them back: both
+    repack, and every image equals the unpacked engine's."""
+    eager, _ = _bf16_images(breadth_home, monkeypatch, False)  # converts and writes the cache
+    packed, released = _bf16_images(breadth_home, monkeypatch, True)  # maps it
+    assert released > 0
+    assert packed == eager
+    assert packed[0] != packed[1] and packed[0] == packed[2]
