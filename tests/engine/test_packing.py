@@ -4,7 +4,6 @@ weight cache's file still holds them."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,18 @@ def tiny_folder(tmp_path_factory) -> Path:
     return ensure_tiny_model(tmp_path_factory.mktemp("models"))
 
 
-def _bf16_unet(folder: Path) -> torch.nn.Module:
+def _bf16_unet(folder: Path, cache: weights.WeightCache | None = None) -> torch.nn.Module:
+    """The tiny UNet in bf16, channels-last: mapped from `cache`, or in ordinary memory."""
     from diffusers import UNet2DConditionModel
 
+    if cache is not None:
+        return weights.load_component(folder, "unet", UNet2DConditionModel, torch.bfloat16, True, cache)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.bfloat16).eval()
     return unet.to(memory_format=torch.channels_last)
+
+
+def _layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in unet.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
 
 
 def _step(unet: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -41,15 +47,15 @@ def _latents(batch: int, side: int) -> torch.Tensor:
     return latents.to(memory_format=torch.channels_last)
 
 
-def test_packed_unet_computes_what_eager_mode_does(tiny_folder: Path) -> None:
+def test_packed_unet_computes_what_eager_mode_does(tiny_folder: Path, tmp_path: Path) -> None:
     eager = _bf16_unet(tiny_folder)
-    packed = copy.deepcopy(eager)
+    packed = _bf16_unet(tiny_folder, weights.WeightCache(tmp_path / "weights", 1 << 30))
     layers = packing.pack_unet(packed)
-    assert layers == sum(type(m) in (torch.nn.Conv2d, torch.nn.Linear) for m in packed.modules()) > 0
+    assert layers == len(_layers(packed)) > 0
     for batch, side in ((2, 8), (1, 16), (2, 8)):  # a second shape packs again, the first again
         assert torch.equal(_step(packed, _latents(batch, side)), _step(eager, _latents(batch, side)))
     # the packed path really ran: every layer holds a packed copy keyed by its last input
-    assert all(hasattr(m, packing._PACKED) for m in packed.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear))
+    assert all(hasattr(m, packing._PACKED) for m in _layers(packed))
     # an in-place change of the weights (what a LoRA merge does) is seen at the next call
     with torch.no_grad():
         for model in (eager, packed):
@@ -60,8 +66,16 @@ def test_packed_unet_computes_what_eager_mode_does(tiny_folder: Path) -> None:
     assert not torch.equal(after, _step(_bf16_unet(tiny_folder), _latents(2, 8)))
 
 
-def test_outside_inference_the_layers_run_eager_mode(tiny_folder: Path) -> None:
+def test_weights_in_ordinary_memory_stay_in_eager_mode(tiny_folder: Path) -> None:
+    """Packing weights that are their only copy would double their memory."""
     unet = _bf16_unet(tiny_folder)
+    packing.pack_unet(unet)
+    assert torch.equal(_step(unet, _latents(2, 8)), _step(_bf16_unet(tiny_folder), _latents(2, 8)))
+    assert not any(hasattr(m, packing._PACKED) for m in _layers(unet))
+
+
+def test_outside_inference_the_layers_run_eager_mode(tiny_folder: Path, tmp_path: Path) -> None:
+    unet = _bf16_unet(tiny_folder, weights.WeightCache(tmp_path / "weights", 1 << 30))
     packing.pack_unet(unet)
     latents = _latents(1, 8)
     text = torch.zeros(1, 77, unet.config.cross_attention_dim, dtype=torch.bfloat16)
@@ -104,8 +118,9 @@ def test_only_unwritten_mapped_pages_are_released(tiny_folder: Path, tmp_path: P
     with torch.no_grad():
         mapped[big[1]].add_(1)  # written: the private pages are the only copy
     assert weights.release_mapped_pages(mapped[big[1]]) == 0
-    assert weights.release_mapped_pages(tensor) == 0  # one file shares one version counter
+    assert weights.release_mapped_pages(tensor) > 0  # each tensor has its own version counter
     assert torch.equal(mapped[big[1]], converted[big[1]] + 1)
+    assert weights.is_mapped(tensor) and weights.is_mapped(mapped[big[1]]) and not weights.is_mapped(converted[big[0]])
 
 
 def _png(settings, monkeypatch, pack: bool) -> tuple[bytes, int]:

@@ -7,14 +7,16 @@ weight on its first call and compute from the packed copy afterwards, through th
 primitives eager mode uses, so the pixels do not change (tests/engine/test_packing.py holds
 them equal to eager mode's, bit for bit).
 
-A packed copy is as large as the weight. Where the weight is a view of the weight cache's
-copy-on-write mapping and has never been written, the dense pages are handed back to the
-kernel once packed (`weights.release_mapped_pages`): they are read again from the file if
-anything reads the weight later, so memory stays at one copy. Where the weights live in
-ordinary memory (a first run, hub ids, single files) both copies stay.
+A packed copy is as large as the weight, so only weights that are views of the weight cache's
+copy-on-write mapping are packed (a diffusers folder's UNet, first run included): once packed,
+a never-written weight's dense pages are handed back to the kernel
+(`weights.release_mapped_pages`) and read again from the file if anything reads the weight
+later, so memory stays at one copy. Weights in ordinary memory (hub ids, single files, the
+cache turned off) are their only copy; those layers stay in eager mode.
 
-A packed copy is valid for one weight version: a LoRA merge writes the weights in place,
-which bumps the version, and the next call packs again (as eager mode would reorder anyway).
+A packed copy is valid for one weight version: a LoRA merge writes the weights it changes in
+place, which bumps their version, and their next call packs again (as eager mode would
+reorder anyway); those layers then hold both copies.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kakumei.engine.weights import release_mapped_pages
+from kakumei.engine.weights import is_mapped, release_mapped_pages
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,20 @@ def _inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == weight.dtype == torch.bfloat16
 
 
+_EAGER = "_kakumei_eager"
+
+
 def _packed(module: torch.nn.Module, key: tuple[Any, ...], pack: Any) -> Any:
+    """The packed weight for `key`, or None where this layer runs in eager mode."""
     entry = getattr(module, _PACKED, None)
     if entry is not None and entry[0] == key:
         return entry[1]
     weight = module.weight
+    if getattr(module, _EAGER, False) or not is_mapped(weight):
+        # ordinary memory (hub ids, single files, no weight cache): a packed copy would double
+        # the weights' memory, since these pages are the only copy
+        object.__setattr__(module, _EAGER, True)
+        return None
     packed = pack(weight)
     object.__setattr__(module, _PACKED, (key, packed))  # not a buffer: never saved or moved
     if weight._version == 0:  # never written: its pages equal the file's
@@ -76,6 +87,8 @@ def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     key = (weight.data_ptr(), weight._version, tuple(x.shape))
     packed = _packed(self, key, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
         w, padding, stride, dilation, self.groups, list(x.shape)))
+    if packed is None:
+        return torch.nn.Conv2d.forward(self, x)
     return torch.ops.mkldnn._convolution_pointwise(
         x, packed, self.bias, padding, stride, dilation, self.groups, "none", [], "")
 
@@ -87,6 +100,8 @@ def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     key = (weight.data_ptr(), weight._version, rows)
     packed = _packed(self, key, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows))
+    if packed is None:
+        return torch.nn.Linear.forward(self, x)
     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
 

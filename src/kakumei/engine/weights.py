@@ -151,7 +151,11 @@ class WeightCache:
             try:
                 self._make_room(size)
                 write_tensors(cached, tensors, channels_last)
-            except OSError as exc:  # a full or read-only disk: the run goes on without it
+                # the file's pages are in the page cache now: mapped, the run's weights are
+                # those pages (counted as they are touched, given back once packed) instead
+                # of a private copy
+                return map_tensors(cached)
+            except (OSError, ValueError) as exc:  # a full or read-only disk: the run goes on without it
                 log.info("could not write the weight cache (%s)", exc)
         return tensors
 
@@ -223,10 +227,16 @@ def _mapping_of(start: int, end: int) -> tuple[int, mmap.mmap] | None:
     return None
 
 
+def is_mapped(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a view of a live weight cache mapping (map_tensors)."""
+    start = tensor.data_ptr()
+    return tensor.device.type == "cpu" and _mapping_of(start, start + tensor.numel() * tensor.element_size()) is not None
+
+
 def release_mapped_pages(tensor: torch.Tensor) -> int:
     """Hand the pages of `tensor` back to the kernel where it is a view of a weight cache
     mapping (map_tensors); returns the bytes released. Only for a tensor never written since
-    it was mapped (`_version` 0, shared by every view of one file): its private pages then
+    it was mapped (`_version` 0; each mapped tensor has its own counter): its private pages then
     equal the file's, and reading the tensor again reads them from the file. A written page
     is the only copy of what was written, so a written tensor is left alone."""
     if tensor._version != 0 or tensor.device.type != "cpu":
@@ -258,16 +268,23 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
     if len(mapped) < base + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
         raise ValueError(f"{path.name} is truncated")
-    data = torch.frombuffer(mapped, dtype=torch.uint8)  # keeps the mapping alive
+    first = torch.frombuffer(mapped, dtype=torch.uint8, count=1).data_ptr() if len(mapped) else 0
     with _MAPPINGS_LOCK:
-        _MAPPINGS.append((data.data_ptr(), len(mapped), weakref.ref(mapped)))
+        _MAPPINGS.append((first, len(mapped), weakref.ref(mapped)))
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         start, end = info["data_offsets"]
         dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        tensor = data[base + start: base + end].view(dtype).reshape(info["shape"])
+        if end == start:
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        # One buffer view per tensor (each keeps the mapping alive): each tensor then has a
+        # version counter of its own, so a write to one (a LoRA merge) leaves the others
+        # known unwritten (release_mapped_pages).
+        tensor = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
+        tensor = tensor.reshape(info["shape"])
         if channels_last and tensor.dim() == 4:
             tensor = tensor.permute(0, 3, 1, 2)  # NHWC bytes seen as an NCHW tensor, channels-last
         tensors[name] = tensor
