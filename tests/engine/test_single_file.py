@@ -39,6 +39,32 @@ def test_single_file_round_trip_gives_the_folders_image(breadth_engine, breadth_
     assert "Model: tiny-single," in from_file.infotext
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_repeat_load_maps_the_converted_components(breadth_home, single_file, dtype: str) -> None:
+    """The first load converts the original layout and keeps each component in the weight
+    cache; a later process builds the pipeline from those mapped files (and, in bf16 on a
+    CPU, packs the UNet), and every image is the first load's, the folder's in fp32."""
+    from kakumei.config import load_settings
+    from kakumei.engine import packing, weights
+    from kakumei.engine.pipeline import Engine
+
+    settings = load_settings({"model": "kakumei:tiny", "device": "cpu", "dtype": dtype},
+                             environ={"KAKUMEI_HOME": str(breadth_home), "HF_HUB_OFFLINE": "1"})
+    images, mapped, packed = [], [], []
+    for _ in range(2):  # a new engine each time: what a new process does
+        engine = Engine(settings, cache_size=1)
+        images.append(engine.generate(GenerationRequest(**BASE, model=str(single_file))).images[0].image.tobytes())
+        pipe = engine.load(str(single_file)).pipe
+        mapped.append([weights.is_mapped(next(getattr(pipe, n).parameters())) for n in ("unet", "vae", "text_encoder")])
+        packed.append(hasattr(pipe.unet.conv_in, packing._PACKED))
+    assert mapped[1] == [True, True, True]
+    assert images[0] == images[1]
+    assert packed[1] == (dtype == "bfloat16")
+    if dtype == "float32":
+        folder = Engine(settings).generate(GenerationRequest(**BASE, model=family_ref(breadth_home, "sd1"))).images[0]
+        assert images[1] == folder.image.tobytes()
+
+
 def test_checkpoint_is_found_by_name_in_an_a1111_layout(breadth_engine, breadth_home, single_file) -> None:
     a1111 = breadth_home / "models" / "Stable-diffusion"
     a1111.mkdir(exist_ok=True)

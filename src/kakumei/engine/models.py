@@ -308,7 +308,10 @@ def load_model(
             # release the GIL); later runs find the hash in the cache by (path, size, mtime).
             with ThreadPoolExecutor(1) as pool:
                 hashing = pool.submit(hashes.file_sha256, Path(location))
-                pipe, _ = load_single_file(Path(location), models_dir.parent / "cache", dtype, allow_pickle)
+                from kakumei.engine.weights import WeightCache
+
+                cache = WeightCache(models_dir.parent / "cache" / "weights", weight_cache_bytes)
+                pipe, _ = load_single_file(Path(location), models_dir.parent / "cache", dtype, allow_pickle, cache, layout)
                 sha = hashing.result()
         else:
             with ThreadPoolExecutor(1) as pool:

@@ -16,6 +16,13 @@ from typing import Any
 import torch
 
 from kakumei.engine.checkpoints import PICKLE_SUFFIXES, _pickle_refused, read_state_dict, safetensors_keys
+from kakumei.engine.weights import (
+    STREAMED_COMPONENTS,
+    STREAMED_TEXT_ENCODERS,
+    WeightCache,
+    build_component,
+    build_text_encoder,
+)
 from kakumei.errors import ModelLoadError
 
 ARCHITECTURES = ("sd1", "sd1-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint", "sdxl-refiner")
@@ -243,8 +250,16 @@ def tiny_config(arch: str, cache_dir: Path) -> Path:
     return target
 
 
-def load_single_file(path: Path, cache_dir: Path, dtype: torch.dtype, allow_pickle: bool) -> tuple[Any, str]:
-    """Load a single-file checkpoint offline; return (pipeline, architecture)."""
+def load_single_file(
+    path: Path, cache_dir: Path, dtype: torch.dtype, allow_pickle: bool,
+    weight_cache: WeightCache | None = None, channels_last: bool = False,
+) -> tuple[Any, str]:
+    """Load a single-file checkpoint offline; return (pipeline, architecture).
+
+    With `weight_cache`, the first load keeps each converted component (UNet, VAE, text
+    encoders, in `dtype` and layout) there, keyed by the file and the component, and later
+    loads build the pipeline from those mapped files: no conversion of the original layout,
+    no fp32 copy, and weights the CPU fast path can pack (packing.py)."""
     from diffusers import DiffusionPipeline
 
     shapes = checkpoint_shapes(path, allow_pickle)
@@ -254,6 +269,12 @@ def load_single_file(path: Path, cache_dir: Path, dtype: torch.dtype, allow_pick
     import diffusers
 
     cls: type[DiffusionPipeline] = getattr(diffusers, index["_class_name"])
+    parts = [name for name in (*STREAMED_COMPONENTS, *STREAMED_TEXT_ENCODERS)
+             if isinstance(index.get(name), list) and index[name][0] is not None]
+    if weight_cache is not None:
+        pipe = _from_weight_cache(cls, config, index, path, parts, dtype, channels_last, weight_cache)
+        if pipe is not None:
+            return pipe, arch
     source = path
     if path.suffix.lower() in PICKLE_SUFFIXES:
         # Unpickle once, with the user's permission, and hand diffusers safe tensors.
@@ -270,7 +291,40 @@ def load_single_file(path: Path, cache_dir: Path, dtype: torch.dtype, allow_pick
             f"checkpoint {path.name} looks like {arch} but lacks some of its weights or has them in other shapes, "
             "so it is damaged or only part of a model; download or copy it again"
         ) from exc
+    if weight_cache is not None:
+        for name in parts:
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+                weight_cache.store(path, dtype, channels_last and name in STREAMED_COMPONENTS, state, part=name)
     return pipe, arch
+
+
+def _from_weight_cache(
+    cls: Any, config: Path, index: dict[str, Any], path: Path, parts: list[str],
+    dtype: torch.dtype, channels_last: bool, cache: WeightCache,
+) -> Any | None:
+    """The pipeline of a single file from its components in the weight cache, or None where
+    one of them is missing or does not fit (then the file is converted as on a first load)."""
+    import diffusers
+    import transformers
+
+    components = {}
+    for name in parts:
+        layout = channels_last and name in STREAMED_COMPONENTS
+        tensors = cache.mapped(path, dtype, layout, part=name)
+        if tensors is None:
+            return None
+        library, class_name = index[name]
+        if library == "diffusers":
+            model = build_component(getattr(diffusers, class_name), config / name, tensors)
+        else:
+            model = build_text_encoder(getattr(transformers, class_name), config / name, tensors, dtype)
+        if model is None:
+            return None
+        components[name] = model
+    extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+    return cls.from_pretrained(str(config), local_files_only=True, dtype=dtype, **extra, **components)
 
 
 # --- writing (tests, `kakumei models export`) -----------------------------------------------

@@ -124,39 +124,56 @@ class WeightCache:
         self.folder = folder
         self.max_bytes = max_bytes
 
-    def path_for(self, source: Path, dtype: torch.dtype, channels_last: bool) -> Path:
+    def path_for(self, source: Path, dtype: torch.dtype, channels_last: bool, part: str = "") -> Path:
+        """The cache file of `source` (or of one `part` of it: a component of a single file)."""
         stat = source.stat()
         key = f"{_CACHE_FORMAT}\0{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{dtype}\0{channels_last}"
+        if part:
+            key += f"\0{part}"
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+    def mapped(self, source: Path, dtype: torch.dtype, channels_last: bool, part: str = "") -> dict[str, torch.Tensor] | None:
+        """The cached tensors of `source` (or `part`), mapped, or None where the cache lacks them."""
+        if self.max_bytes <= 0:
+            return None
+        cached = self.path_for(source, dtype, channels_last, part)
+        if not cached.is_file():
+            return None
+        try:
+            tensors = map_tensors(cached)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.debug("weight cache file %s unreadable (%s); converting again", cached.name, exc)
+            return None
+        try:
+            os.utime(cached)  # least recently used goes first
+        except OSError:
+            pass
+        return tensors
+
+    def store(
+        self, source: Path, dtype: torch.dtype, channels_last: bool, tensors: dict[str, torch.Tensor], part: str = ""
+    ) -> dict[str, torch.Tensor]:
+        """Keep `tensors` (converted from `source`, or its `part`) in the cache; returns them
+        mapped from the file just written (its pages are in the page cache now, and mapped
+        they are counted as they are touched and can be given back once packed), or as they
+        are where the cache cannot take them."""
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.max_bytes <= 0 or size > self.max_bytes:
+            return tensors
+        cached = self.path_for(source, dtype, channels_last, part)
+        try:
+            self._make_room(size)
+            write_tensors(cached, tensors, channels_last)
+            return map_tensors(cached)
+        except (OSError, ValueError) as exc:  # a full or read-only disk: the run goes on without it
+            log.info("could not write the weight cache (%s)", exc)
+            return tensors
 
     def load(self, source: Path, dtype: torch.dtype, channels_last: bool) -> dict[str, torch.Tensor]:
         """The tensors of `source` as read_tensors gives them, from the cache where it has them."""
-        if self.max_bytes <= 0:
-            return read_tensors(source, dtype, channels_last)
-        cached = self.path_for(source, dtype, channels_last)
-        if cached.is_file():
-            try:
-                tensors = map_tensors(cached)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                log.debug("weight cache file %s unreadable (%s); converting again", cached.name, exc)
-            else:
-                try:
-                    os.utime(cached)  # least recently used goes first
-                except OSError:
-                    pass
-                return tensors
-        tensors = read_tensors(source, dtype, channels_last)
-        size = sum(t.numel() * t.element_size() for t in tensors.values())
-        if size <= self.max_bytes:
-            try:
-                self._make_room(size)
-                write_tensors(cached, tensors, channels_last)
-                # the file's pages are in the page cache now: mapped, the run's weights are
-                # those pages (counted as they are touched, given back once packed) instead
-                # of a private copy
-                return map_tensors(cached)
-            except (OSError, ValueError) as exc:  # a full or read-only disk: the run goes on without it
-                log.info("could not write the weight cache (%s)", exc)
+        tensors = self.mapped(source, dtype, channels_last)
+        if tensors is None:
+            tensors = self.store(source, dtype, channels_last, read_tensors(source, dtype, channels_last))
         return tensors
 
     def _make_room(self, size: int) -> None:
@@ -291,6 +308,51 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def build_component(cls: Any, config_dir: Path, tensors: dict[str, torch.Tensor]) -> Any | None:
+    """A diffusers model (e.g. UNet2DConditionModel) of the config in `config_dir`, built on
+    the meta device and given `tensors` (every one of its weights, strict), or None where it
+    does not fit them or keeps a buffer they lack."""
+    from diffusers.models.modeling_utils import no_init_weights
+
+    try:
+        config = cls.load_config(config_dir)
+        # every parameter comes from the tensors: initialising them, even on the meta device,
+        # only costs time (a tenth of a second or two for SD 1.5's UNet and VAE)
+        with torch.device("meta"), no_init_weights():
+            model = cls.from_config(config)
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        log.debug("%s: streamed load refused (%s); the library's loader reads it", config_dir.name, exc)
+        return None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None  # a buffer the file does not hold: only the library knows how to build it
+    model.register_to_config(_name_or_path=str(config_dir))
+    return model.eval()
+
+
+def build_text_encoder(cls: Any, config_dir: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> Any | None:
+    """A transformers text encoder (e.g. CLIPTextModel) of the config in `config_dir`, given
+    `tensors` in `dtype`, or None where they do not fit. Built on the CPU without
+    initialising (allocated, never touched: no memory), so that the buffers its constructor
+    computes (position ids) are real."""
+    from transformers.initialization import no_init_weights as no_transformers_init
+
+    try:
+        config = cls.config_class.from_pretrained(config_dir, local_files_only=True)
+        with no_transformers_init():
+            model = cls(config)
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except (RuntimeError, ValueError, KeyError, OSError, TypeError) as exc:
+        log.debug("%s: streamed load refused (%s); transformers' loader reads it", config_dir.name, exc)
+        return None
+    floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if any(t.dtype != dtype for t in floating):
+        return None  # a float buffer the file does not hold stayed in the constructor's dtype
+    model.config.dtype = dtype
+    model.config._name_or_path = str(config_dir)
+    return model.eval()
+
+
 def load_component(
     folder: Path, name: str, cls: Any, dtype: torch.dtype, channels_last: bool, cache: WeightCache | None = None
 ) -> Any | None:
@@ -301,51 +363,26 @@ def load_component(
     if not weights.is_file() or not (sub / "config.json").is_file():
         return None
     try:
-        from diffusers.models.modeling_utils import no_init_weights
-
-        config = cls.load_config(sub)
-        # every parameter comes from the file (strict): initialising them, even on the meta
-        # device, only costs time (a tenth of a second or two for SD 1.5's UNet and VAE)
-        with torch.device("meta"), no_init_weights():
-            model = cls.from_config(config)
         tensors = cache.load(weights, dtype, channels_last) if cache is not None else read_tensors(weights, dtype, channels_last)
-        model.load_state_dict(tensors, strict=True, assign=True)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         log.debug("%s: streamed load refused (%s); the library's loader reads it", name, exc)
         return None
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        return None  # a buffer the file does not hold: only the library knows how to build it
-    model.register_to_config(_name_or_path=str(sub))
-    return model.eval()
+    return build_component(cls, sub, tensors)
 
 
 def load_text_encoder(folder: Path, name: str, cls: Any, dtype: torch.dtype, cache: WeightCache | None = None) -> Any | None:
     """A transformers text encoder of a pipeline folder (e.g. "text_encoder", CLIPTextModel)
-    in `dtype` from one `model.safetensors`, or None where transformers' loader has to do it.
-    Built on the CPU without initialising (allocated, never touched: no memory), so that the
-    buffers its constructor computes (position ids) are real, then given the file's tensors."""
-    from transformers import AutoConfig
-    from transformers.initialization import no_init_weights as no_transformers_init
-
+    in `dtype` from one `model.safetensors`, or None where transformers' loader has to do it."""
     sub = folder / name
     weights = sub / TEXT_ENCODER_FILE
     if not weights.is_file() or not (sub / "config.json").is_file():
         return None
     try:
-        config = AutoConfig.from_pretrained(sub, local_files_only=True)
-        with no_transformers_init():
-            model = cls(config)
         tensors = cache.load(weights, dtype, False) if cache is not None else read_tensors(weights, dtype, False)
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except (RuntimeError, ValueError, KeyError, OSError, TypeError) as exc:
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
         log.debug("%s: streamed load refused (%s); transformers' loader reads it", name, exc)
         return None
-    floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    if any(t.dtype != dtype for t in floating):
-        return None  # a float buffer the file does not hold stayed in the constructor's dtype
-    model.config.dtype = dtype
-    model.config._name_or_path = str(sub)
-    return model.eval()
+    return build_text_encoder(cls, sub, tensors, dtype)
 
 
 def streamed_components(
