@@ -296,7 +296,9 @@ def load_single_file(
             module = getattr(pipe, name, None)
             if isinstance(module, torch.nn.Module):
                 state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in module.state_dict().items()}
-                weight_cache.store(path, dtype, channels_last and name in STREAMED_COMPONENTS, state, part=name)
+                kept = weight_cache.store(path, dtype, channels_last and name in STREAMED_COMPONENTS, state, part=name)
+                if kept is not state:  # mapped from the file just written: the private copy goes
+                    module.load_state_dict(kept, strict=True, assign=True)
     return pipe, arch
 
 
