@@ -204,3 +204,27 @@ def test_a_damaged_cache_file_is_converted_again(tiny_folder: Path, tmp_path: Pa
     expected = weights.read_tensors(source, torch.bfloat16, True)
     assert all(torch.equal(again[k], v) for k, v in expected.items())
     assert cached.stat().st_size > source.stat().st_size // 3  # rewritten whole
+
+
+def test_a_hub_model_in_the_local_cache_loads_as_its_folder(tiny_settings, tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """A hub id whose snapshot is in the Hugging Face cache takes the folder path: its UNet,
+    VAE and text encoder come mapped from the weight cache, and the image is the folder's."""
+    from huggingface_hub import constants
+
+    from kakumei.engine.pipeline import Engine
+    from kakumei.schemas import GenerationRequest
+
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--kakumei-test--tiny"
+    shutil.copytree(tiny_folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    request = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 3}
+    engine = Engine(tiny_settings)
+    hub = engine.generate(GenerationRequest(**request, model="kakumei-test/tiny"))
+    loaded = engine.load("kakumei-test/tiny")
+    assert loaded.source.kind == "hub"
+    assert all(weights.is_mapped(next(getattr(loaded.pipe, n).parameters())) for n in ("unet", "vae", "text_encoder"))
+    folder = engine.generate(GenerationRequest(**request, model=str(tiny_folder)))
+    assert hub.images[0].image.tobytes() == folder.images[0].image.tobytes()

@@ -258,8 +258,8 @@ def _load_folder(folder: Path, dtype: torch.dtype, channels_last: bool, weight_c
 
 def _unet_parameters(source: ModelSource, location: str, allow_pickle: bool) -> int | None:
     """The UNet's parameter count read from the files' headers, before loading anything;
-    None where that is not cheap (hub ids, pickle files)."""
-    if source.kind in ("folder", "tiny"):
+    None where that is not cheap (hub ids not in the local cache, pickle files)."""
+    if source.kind in ("folder", "tiny") or (source.kind == "hub" and Path(location).is_dir()):
         from kakumei.engine.weights import folder_unet_parameters
 
         return folder_unet_parameters(Path(location))
@@ -296,11 +296,16 @@ def load_model(
     auto = auto_dtype and not low_memory
     # Decided before loading, from the files' headers, so that the weights are read once
     # into the dtype and layout the run computes in (no fp32 copy beside the bf16 one).
+    # A hub model in the local cache is a diffusers folder there (its snapshot): loaded as one,
+    # it takes the weight cache and the CPU fast path like any folder.
+    snapshot = hub_snapshot(location) if source.kind == "hub" else None
+    if snapshot is not None:
+        location = str(snapshot)
     if wants_cpu_bf16(device, dtype, auto, _unet_parameters(source, location, allow_pickle)):
         dtype = torch.bfloat16
     layout = wants_channels_last(device)
     try:
-        if source.kind == "hub":
+        if source.kind == "hub" and snapshot is None:
             pipe = _load_hub(source, dtype, offline)
             sha = _hub_sha256(source.location, hashes)
         elif source.kind == "file":
@@ -319,7 +324,13 @@ def load_model(
                 from kakumei.engine.weights import WeightCache
 
                 cache = WeightCache(models_dir.parent / "cache" / "weights", weight_cache_bytes)
-                pipe = _load_folder(Path(location), dtype, layout, cache)
+                try:
+                    pipe = _load_folder(Path(location), dtype, layout, cache)
+                except Exception:
+                    if snapshot is None:
+                        raise
+                    # a snapshot with files missing: the hub loader fetches them where it may
+                    pipe = _load_hub(source, dtype, offline)
                 sha = hashing.result()
     except KakumeiError:
         raise
@@ -360,11 +371,18 @@ def missing_model_message(ref: str, why: str) -> str:
     )
 
 
-def hub_model_cached(repo_id: str) -> bool:
-    """Whether a hub model's pipeline index is in the local Hugging Face cache (no network)."""
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's folder of a hub model (its snapshot holding the
+    pipeline index), or None where the model is not there (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+    index = try_to_load_from_cache(repo_id, "model_index.json")
+    return Path(index).parent if isinstance(index, str) else None
+
+
+def hub_model_cached(repo_id: str) -> bool:
+    """Whether a hub model's pipeline index is in the local Hugging Face cache (no network)."""
+    return hub_snapshot(repo_id) is not None
 
 
 def missing_model(source: ModelSource, offline: bool) -> str | None:
