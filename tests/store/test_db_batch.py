@@ -156,3 +156,46 @@ def test_a_transaction_is_one_whatever_runs_first_in_it(db: Database) -> None:
     with db.transaction(write=False) as tx:
         assert tx.scalar("SELECT count(*) AS n FROM batch_probe") == 0
     assert db.connection().info.transaction_status == 0
+
+
+def test_a_last_batch_commits_with_it_and_nothing_runs_after(db: Database) -> None:
+    class Stop(Exception):
+        pass
+
+    with pytest.raises(Stop):
+        with db.transaction() as tx:
+            tx.batch([("INSERT INTO batch_probe (id, v) VALUES (?, ?)", (1, 1))], last=True)
+            with pytest.raises(RuntimeError):
+                tx.execute("INSERT INTO batch_probe (id, v) VALUES (?, ?)", (2, 2))
+            raise Stop  # too late to roll back: the batch committed
+    # A failing last batch rolls everything back, the statements before it included.
+    with pytest.raises(db.integrity_errors):
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO batch_probe (id, v) VALUES (?, ?)", (3, 3))
+            tx.batch([("INSERT INTO batch_probe (id, v) VALUES (?, ?)", (1, 9))], last=True)
+    # In a savepoint it is an ordinary batch: the outer transaction still decides.
+    with pytest.raises(Stop):
+        with db.transaction():
+            with db.transaction() as inner:
+                inner.batch([("INSERT INTO batch_probe (id, v) VALUES (?, ?)", (4, 4))], last=True)
+            raise Stop
+    with db.transaction(write=False) as tx:
+        assert [r["id"] for r in tx.all("SELECT id FROM batch_probe ORDER BY id")] == [1]
+    with db.transaction() as tx:  # the connection is usable again
+        tx.batch([("UPDATE batch_probe SET v = 5 WHERE id = ?", (1,))], last=True)
+    with db.transaction(write=False) as tx:
+        assert tx.scalar("SELECT v FROM batch_probe WHERE id = 1") == 5
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_last_batch_sends_its_commit_in_the_same_round_trip(db: Database, round_trips) -> None:
+    round_trips()
+    with db.transaction() as tx:
+        tx.batch([("INSERT INTO batch_probe (id, v) VALUES (?, ?)", (1, 1))], last=True)
+    assert round_trips() == 1
+    with db.transaction(durable=False) as tx:
+        assert tx.scalar("SELECT v FROM batch_probe WHERE id = 1") == 1
+        tx.batch([("UPDATE batch_probe SET v = 2 WHERE id = ?", (1,))], last=True)
+    assert round_trips() == 2
+    assert db.connection().info.transaction_status == 0

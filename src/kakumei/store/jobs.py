@@ -640,7 +640,7 @@ class JobStore:
                 (json.dumps(data), now, *held)))
         # Not durable: a heartbeat a crash loses only shortens the lease it extended.
         with self.db.transaction(durable=False) as tx:
-            row = tx.batch(statements)[0].one()
+            row = tx.batch(statements, last=True)[0].one()  # writes that need no decision: COMMIT with them
         if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
             return HeartbeatReply(ok=False, cancel_requested=True)
         return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
