@@ -63,10 +63,10 @@ def queue_counts(db: Database, user_id: int, group_key: str) -> QueueCounts:
     with db.transaction(write=False) as tx:
         user, keyed, queued = tx.batch([(USER_QUEUE, (user_id,)), (GROUP_OF_KEY, (group_key,)),
                                         (QUEUED_ALL_AND_ANONYMOUS, ())])
-        row, own = user.one(), 0
-        if row is not None and int(row["queued_jobs"]) > 0 and row["group_id"] is not None:
+        row = user.one()
+        own = 0 if row is None else int(row["queued_jobs"])
+        if row is not None and own > 0 and row["group_id"] is not None:
             group_id: int | None = int(row["group_id"])
-            own = int(row["queued_jobs"])
         else:
             found = keyed.scalar()
             group_id = None if found is None else int(found)
