@@ -725,8 +725,7 @@ class JobStore:
 
     def _record_speed(self, row: dict, run_seconds: float, now: float) -> None:
         try:
-            with self.db.transaction(durable=False) as tx:  # a sample a crash loses is one sample
-                speeds.record(tx, row, run_seconds, now)
+            speeds.record(self.db, row, run_seconds, now)
         except Exception:  # the job is complete; a lost sample only delays calibration
             log.warning("could not record the speed sample of job %s", row["id"], exc_info=True)
 
