@@ -167,6 +167,11 @@ def test_bans_and_timeouts_hold_across_a_restart(stores, tmp_path) -> None:
         assert "your account is banned" in banned.message and "spam" in banned.message
         ranged = assert_explained(restarted.check(eve, "198.51.100.77", SMALL))
         assert "your address is banned" in ranged.message and ranged.retry_after == pytest.approx(3600.0)
+        # Banned twice over: the address's ban is the one told, as before.
+        both = assert_explained(restarted.check(mallory, "198.51.100.78", SMALL))
+        assert "your address is banned" in both.message and "scraping" in both.message
+        assert restarted.moderation.ban_of("not an address", mallory.id).reason == "spam"
+        assert restarted.moderation.ban_of(None, None) is None
         stores.clock.advance(61)
         assert restarted.check(eve, "192.0.2.9", SMALL) is None
         # the next offence within the window doubles the timeout

@@ -221,6 +221,21 @@ def test_healthz_answers_while_a_submit_is_being_validated(make_server, monkeypa
     assert result["status"] == 201
 
 
+def test_only_small_bodies_that_decode_no_image_are_parsed_on_the_event_loop() -> None:
+    from kakumei.server.bodies import INLINE_BODY_BYTES, parses_inline
+
+    plain = json.dumps({"prompt": "a fox", "width": 64, "init_images": []}).encode()
+    assert parses_inline(plain, schemas.IMAGE_FIELDS)
+    assert parses_inline(plain, ())
+    assert not parses_inline(plain, None)  # routes that did not ask stay in the pool
+    with_image = json.dumps({"prompt": "a fox", "init_images": [noise_b64(8, 1)]}).encode()
+    assert not parses_inline(with_image, schemas.IMAGE_FIELDS)
+    # A name spelled with escapes is the same field once parsed.
+    assert not parses_inline(b'{"\\u006dask": "x"}', schemas.IMAGE_FIELDS)
+    assert not parses_inline(b" " * (INLINE_BODY_BYTES + 1), ())
+    assert not parses_inline(b'{"prompt": ', schemas.IMAGE_FIELDS)
+
+
 @pytest.fixture(scope="module")
 def huge_flat_png() -> str:
     """A 4096x4096 PNG of one colour: tiny to send, the most pixels one input may have."""

@@ -82,3 +82,29 @@ def test_a_user_coming_back_starts_where_the_others_are(stores) -> None:
     stores.jobs.submit(NewJob(bob.id, SMALL, "m", cost))  # bob was idle: no banked time
     # people in groups of their own: their groups' counters are the ones compared
     assert stores.users.group(user_id=bob.id).virtual_counter == stores.users.group(user_id=alice.id).virtual_counter
+
+
+def test_queue_counts_read_in_a_batch_match_the_reads_one_by_one(stores) -> None:
+    from kakumei.store.quotas import count_queue, group_of_next_job, queue_counts
+
+    alice, bob, carol = (stores.users.add(name)[0] for name in ("alice", "bob", "carol"))
+
+    def one_by_one(user_id: int, key: str):
+        with stores.db.transaction(write=False) as tx:
+            return count_queue(tx, user_id, group_of_next_job(tx, user_id, key))
+
+    def same(user_id: int, key: str) -> None:
+        assert queue_counts(stores.db, user_id, key) == one_by_one(user_id, key)
+
+    same(alice.id, "net:198.51.100.0/24")  # nothing queued anywhere, no such group
+    stores.jobs.submit(NewJob(alice.id, SMALL, "m", 1.0, group="net:198.51.100.0/24"))
+    stores.jobs.submit(NewJob(bob.id, SMALL, "m", 1.0, group="net:198.51.100.0/24"))
+    stores.jobs.submit(NewJob(bob.id, LARGE, "m", 2.0, group="net:198.51.100.0/24"))
+    for user in (alice, bob, carol):
+        same(user.id, "net:198.51.100.0/24")  # their group, or the keyed one for carol
+        same(user.id, f"user:{user.id}")
+    # A person counted with jobs but in no group (rows of older releases): own jobs still count.
+    with stores.db.transaction() as tx:
+        tx.run("UPDATE users SET group_id = NULL WHERE id = ?", (bob.id,))
+    assert queue_counts(stores.db, bob.id, f"user:{bob.id}").own == 2
+    same(bob.id, f"user:{bob.id}")

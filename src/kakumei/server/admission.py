@@ -125,9 +125,7 @@ class Admission:
     def standing(self, user: User, addr: str | None) -> Refusal | None:
         """Bans, timeouts and terms: whether this caller may submit anything now."""
         now = self.clock()
-        ban = self.moderation.ip_ban(addr)
-        if ban is None and not user.is_anonymous:
-            ban = self.moderation.user_ban(user.id)
+        ban = self.moderation.ban_of(addr, None if user.is_anonymous else user.id)
         if ban is not None:
             who = "your address" if ban.kind == "ip" else "your account"
             if ban.expires_at is None:

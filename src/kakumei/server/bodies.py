@@ -93,17 +93,45 @@ async def read_body(request: Request) -> bytearray:
     return raw
 
 
-def json_body(model: type[M], *, optional: bool = False, release: bool = True) -> Callable[[Request], Awaitable[M]]:
+# A body up to this size whose model decodes nothing is parsed on the event loop: that takes
+# tens of microseconds, less than handing it to a pool thread and back (a queue, a wake-up and
+# GIL switches on the server's one core), e.g. every worker's small report.
+INLINE_BODY_BYTES = 64 * 1024
+
+
+def parses_inline(raw: bytes | bytearray, decoding: tuple[str, ...] | None) -> bool:
+    """Whether json_body parses `raw` on the event loop: small, and (when `decoding` names
+    fields) a JSON object that fills none of them, whatever escapes spell their names."""
+    if decoding is None or len(raw) > INLINE_BODY_BYTES:
+        return False
+    if not decoding:
+        return True
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # the pool's parse gives the error
+        return False
+    return isinstance(data, dict) and not any(data.get(name) for name in decoding)
+
+
+def json_body(
+    model: type[M], *, optional: bool = False, release: bool = True, decoding: tuple[str, ...] | None = None
+) -> Callable[[Request], Awaitable[M]]:
     """A FastAPI dependency: the request body as `model`, parsed in the parse pool. With
     `optional`, no body at all is `model()` (its defaults). With `release` False the body keeps
     its share of the byte budget until the route calls release_body (it decodes images after
-    parsing) or the request ends."""
+    parsing) or the request ends. `decoding`: the fields whose validation decodes images (a
+    small image may decode to many pixels); a body of at most INLINE_BODY_BYTES that is a JSON
+    object filling none of them is parsed on the event loop. None (the default): always in
+    the pool."""
 
     async def body(request: Request) -> M:
         raw = await read_body(request)
         if optional and not raw:
             return model()
-        result = await in_parse_pool(request, validated, raw, model)
+        if parses_inline(raw, decoding):
+            result = validated(raw, model)
+        else:
+            result = await in_parse_pool(request, validated, raw, model)
         del raw
         if release:
             release_body(request)

@@ -56,7 +56,10 @@ class Caller:
         return user_id == self.user.id or (self.shared_id is not None and user_id == self.shared_id)
 
 
-def plain_request(request: Request) -> None:
+# plain_request, services_dep and worker_access.active_worker are async although they never
+# wait: FastAPI runs a sync dependency in a worker thread, and each such hand-off (a queue, a
+# wake-up, a GIL switch) costs the server's one core more than the check itself.
+async def plain_request(request: Request) -> None:
     """Every route's guard: ids and names in the path, and query parameters, hold no control
     character. No job, image, user or worker is named with one, and PostgreSQL cannot even
     compare text with a NUL, so a path with one is not found (404) and a query is refused (422)
@@ -78,6 +81,11 @@ def plain_request(request: Request) -> None:
 
 
 def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def services_dep(request: Request) -> Services:
+    """`services` as a dependency (Svc), run on the event loop: it only reads an attribute."""
     return request.app.state.services
 
 
@@ -174,7 +182,7 @@ def workers_admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
 
 
 # The dependencies as route parameter types.
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(services_dep)]
 Who = Annotated[Caller, Depends(caller)]
 Visitor = Annotated[Caller, Depends(visitor)]
 Address = Annotated[str | None, Depends(address)]

@@ -38,7 +38,7 @@ def current_worker(request: Request) -> WorkerRecord:
     raise HTTPException(401, "unknown worker key", {"WWW-Authenticate": "Bearer"})
 
 
-def active_worker(worker: Annotated[WorkerRecord, Depends(current_worker)]) -> WorkerRecord:
+async def active_worker(worker: Annotated[WorkerRecord, Depends(current_worker)]) -> WorkerRecord:
     if worker.status == WorkerStatus.QUARANTINED:
         raise HTTPException(
             403,

@@ -79,12 +79,12 @@ class DatabaseBuckets:
         return None if wait_until is None else float(wait_until)
 
     def count_offence(self, scope: str, caller: str, now: float) -> bool:
-        with self.db.transaction() as tx:
-            return tx.run(COUNT_OFFENCE, (True, scope, caller, now, False)) == 1
+        with self.db.transaction() as tx:  # one round trip: the COMMIT goes with the statement
+            return tx.batch([(COUNT_OFFENCE, (True, scope, caller, now, False))], last=True)[0].rowcount == 1
 
     def give_back(self, scope: str, key: str, now: float, burst: float, rate: float) -> None:
         with self.db.transaction() as tx:
-            tx.run(GIVE_BACK, (burst, burst, now, rate, now, scope, key))
+            tx.batch([(GIVE_BACK, (burst, burst, now, rate, now, scope, key))], last=True)
 
     def prune(self, scope: str, now: float, burst: float, rate: float) -> None:
         full_since = now - burst / rate if rate > 0 else now

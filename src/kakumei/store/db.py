@@ -84,22 +84,56 @@ def render(sql: str, dialect: Dialect) -> str:
 class Transaction:
     """An open transaction: run statements, read rows as dicts."""
 
-    def __init__(self, conn: Any, dialect: Dialect, db: Database | None = None, first: str | None = None) -> None:
-        self._conn = conn
+    def __init__(
+        self, conn: Any, dialect: Dialect, db: Database | None = None, first: Sequence[str] = (), *,
+        outermost: bool = False,
+    ) -> None:
+        self._raw = conn
         self.dialect = dialect
         # The database it runs on, for what a row read here must reach later (image chunks).
         self.db = db
-        # A statement (PostgreSQL, rendered, no parameters) sent with the first one: a SET
-        # LOCAL costs no round trip of its own.
-        self._first = first
+        # Statements (PostgreSQL, rendered, no parameters) sent with the first one, in the
+        # same round trip: the BEGIN of an outermost transaction and its SET LOCAL cost none
+        # of their own, and a transaction that runs nothing sends nothing.
+        self._first = list(first)
+        # Whether `first` (a BEGIN) went out: then the transaction needs its COMMIT.
+        self.begun = False
+        # Whether this transaction is not a savepoint in another, so that it may commit with
+        # its last batch (`batch(..., last=True)`), and whether it did.
+        self.outermost = outermost
+        self.committed = False
+
+    @property
+    def _conn(self) -> Any:
+        """The driver's connection, for statements sent past execute (a migration's function
+        bodies): whatever is to go first goes now, so they run inside the transaction."""
+        self.send_first()
+        return self._raw
+
+    def send_first(self) -> None:
+        """Send the pending first statements (the BEGIN) alone: a savepoint nested in this
+        transaction needs it begun."""
+        if self._first:
+            first, self._first = self._first, []
+            self.begun = True
+            if len(first) == 1:
+                self._raw.execute(first[0])
+                return
+            with self._raw.pipeline():
+                for statement in first:
+                    self._raw.execute(statement)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._first is not None:
-            first, self._first = self._first, None
-            with self._conn.pipeline():
-                self._conn.execute(first)
-                return self._conn.execute(render(sql, self.dialect), tuple(params))
-        return self._conn.execute(render(sql, self.dialect), tuple(params))
+        if self.committed:
+            raise RuntimeError("this transaction committed with its last batch; nothing may run in it after")
+        if self._first:
+            first, self._first = self._first, []
+            self.begun = True
+            with self._raw.pipeline():
+                for statement in first:
+                    self._raw.execute(statement)
+                return self._raw.execute(render(sql, self.dialect), tuple(params))
+        return self._raw.execute(render(sql, self.dialect), tuple(params))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         row = self.execute(sql, params).fetchone()
@@ -116,25 +150,43 @@ class Transaction:
         row = self.execute(sql, params).fetchone()
         return None if row is None else next(iter(dict(row).values()))
 
-    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Result]:
+    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]], *, last: bool = False) -> list[Result]:
         """Run `statements` in order, as `execute` would, and return each one's rows and row
         count. On PostgreSQL they go in one round trip (pipeline mode): a transaction that
         holds a busy row (a fair-share group's) then holds it for one wait on the server
-        instead of one per statement. An error in one raises here, as `execute` would."""
+        instead of one per statement. An error in one raises here, as `execute` would.
+
+        `last`: nothing else runs in this transaction, and the caller decides nothing from
+        these results that would roll it back: an outermost transaction commits here (on
+        PostgreSQL its COMMIT in the same round trip, releasing its locks one wait sooner),
+        and returns once committed as its `with` block would. Anything run in it afterwards
+        raises. In a savepoint it is an ordinary batch (the outer transaction commits)."""
+        if self.committed:
+            raise RuntimeError("this transaction committed with its last batch; nothing may run in it after")
+        commit = last and self.outermost
         if self.dialect == "sqlite" or not statements:
             results = []
             for sql, params in statements:
                 cur = self.execute(sql, params)
                 rows = [dict(r) for r in cur.fetchall()] if cur.description is not None else []
                 results.append(Result(rows, cur.rowcount))
+            if commit and (self.dialect == "sqlite" or self.begun):
+                self._raw.execute("COMMIT")
+                self.committed = True
             return results
         cursors = []
-        with self._conn.pipeline():
-            if self._first is not None:
-                first, self._first = self._first, None
-                self._conn.execute(first)
+        with self._raw.pipeline():
+            if self._first:
+                first, self._first = self._first, []
+                self.begun = True
+                for statement in first:
+                    self._raw.execute(statement)
             for sql, params in statements:
-                cursors.append(self._conn.execute(render(sql, self.dialect), tuple(params)))
+                cursors.append(self._raw.execute(render(sql, self.dialect), tuple(params)))
+            if commit:
+                self._raw.execute("COMMIT")
+        # Past the pipeline without an error: every statement ran, and the COMMIT too.
+        self.committed = commit
         return [Result([dict(r) for r in cur.fetchall()] if cur.description is not None else [], cur.rowcount)
                 for cur in cursors]
 
@@ -282,16 +334,20 @@ class Database:
             conn.execute("RELEASE nested")
         elif self.dialect == "sqlite":
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            tx = Transaction(conn, self.dialect, self, outermost=True)
             try:
-                yield Transaction(conn, self.dialect, self)
+                yield tx
             except BaseException:
-                conn.execute("ROLLBACK")
+                if not tx.committed:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            if not tx.committed:
+                conn.execute("COMMIT")
         else:
-            # Only an outermost transaction may give up durability: inside another one
-            # (a savepoint) SET LOCAL would reach the outer commit too.
-            outermost = conn.info.transaction_status == 0  # psycopg.pq.TransactionStatus.IDLE
+            # This thread's outermost transaction while it is open: its BEGIN may not have
+            # gone out yet, so the connection alone cannot tell that one is open.
+            outer: Transaction | None = getattr(self._local, "open", None)
+            outermost = outer is None and conn.info.transaction_status == 0  # psycopg.pq.TransactionStatus.IDLE
             try:
                 if not write and outermost:
                     # Reads alone need no BEGIN and COMMIT (two round trips): under READ
@@ -299,9 +355,32 @@ class Database:
                     # too, and reads take no locks that a transaction would hold.
                     yield Transaction(conn, self.dialect, self)
                     return
-                with conn.transaction():
-                    first = "SET LOCAL synchronous_commit TO OFF" if not durable and outermost else None
-                    yield Transaction(conn, self.dialect, self, first)
+                if not outermost:
+                    # A savepoint in the open transaction (psycopg's nesting), which must
+                    # have begun. Only an outermost transaction may give up durability: here
+                    # SET LOCAL would reach the outer commit too.
+                    if outer is not None:
+                        outer.send_first()
+                    with conn.transaction():
+                        yield Transaction(conn, self.dialect, self)
+                    return
+                # BEGIN (and SET LOCAL) go with the first statement, COMMIT on its own.
+                first = ["BEGIN"] if durable else ["BEGIN", "SET LOCAL synchronous_commit TO OFF"]
+                tx = Transaction(conn, self.dialect, self, first, outermost=True)
+                self._local.open = tx
+                try:
+                    yield tx
+                except BaseException:
+                    self._local.open = None
+                    if tx.begun and not tx.committed and not conn.broken and conn.info.transaction_status != 0:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except Exception:  # the connection broke meanwhile: the error above tells
+                            pass
+                    raise
+                self._local.open = None
+                if tx.begun and not tx.committed:
+                    conn.execute("COMMIT")
             except Exception:
                 if conn.broken:
                     self._local.held = None

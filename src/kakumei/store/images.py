@@ -108,13 +108,17 @@ def _write_object(bucket: Any, png: bytes) -> ObjectBlob:
     return blob
 
 
-def write_chunks(tx: Transaction, key: str, data: bytes) -> None:
+def chunk_statements(key: str, data: bytes) -> list[tuple[str, tuple[Any, ...]]]:
+    """The inserts of `data`'s chunks under `key`, for one batch."""
     view = memoryview(data)
-    for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES)):
-        tx.execute(
-            "INSERT INTO image_blobs (blob_key, seq, data) VALUES (?, ?, ?)",
-            (key, seq, bytes(view[start:start + CHUNK_BYTES])),
-        )
+    return [
+        ("INSERT INTO image_blobs (blob_key, seq, data) VALUES (?, ?, ?)", (key, seq, bytes(view[start:start + CHUNK_BYTES])))
+        for seq, start in enumerate(range(0, max(len(view), 1), CHUNK_BYTES))
+    ]
+
+
+def write_chunks(tx: Transaction, key: str, data: bytes) -> None:
+    tx.batch(chunk_statements(key, data))
 
 
 def delete_blob(tx: Transaction, key: str) -> None:
@@ -144,7 +148,7 @@ def _write_blob(db: Database, image_id: str, png: bytes) -> DbBlob:
     # Not durable: no row names these bytes until a later commit does, and a durable commit
     # flushes the WAL before it, these bytes included.
     with db.transaction(durable=False) as tx:
-        write_chunks(tx, key, png)
+        tx.batch(chunk_statements(key, png), last=True)  # the COMMIT in the same round trip
     return DbBlob(db, key)
 
 

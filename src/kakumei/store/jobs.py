@@ -640,7 +640,7 @@ class JobStore:
                 (json.dumps(data), now, *held)))
         # Not durable: a heartbeat a crash loses only shortens the lease it extended.
         with self.db.transaction(durable=False) as tx:
-            row = tx.batch(statements)[0].one()
+            row = tx.batch(statements, last=True)[0].one()  # writes that need no decision: COMMIT with them
         if row is None or row["state"] not in (JobState.LEASED, JobState.RUNNING):
             return HeartbeatReply(ok=False, cancel_requested=True)
         return HeartbeatReply(ok=True, cancel_requested=bool(row["cancel_requested"]))
@@ -725,8 +725,7 @@ class JobStore:
 
     def _record_speed(self, row: dict, run_seconds: float, now: float) -> None:
         try:
-            with self.db.transaction(durable=False) as tx:  # a sample a crash loses is one sample
-                speeds.record(tx, row, run_seconds, now)
+            speeds.record(self.db, row, run_seconds, now)
         except Exception:  # the job is complete; a lost sample only delays calibration
             log.warning("could not record the speed sample of job %s", row["id"], exc_info=True)
 

@@ -122,6 +122,23 @@ class DatabaseOffences:
         return bool(tx.run(f"DELETE FROM {table} WHERE {column} = ?", (_key(kind, offender),)))
 
 
+def _address(addr: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not addr:
+        return None
+    try:
+        return ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+
+
+def _matching(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, rows: list[dict[str, Any]]) -> Ban | None:
+    """The first of the active ip ban `rows` whose range holds `ip`."""
+    for row in rows:
+        if ip in ipaddress.ip_network(row["target"], strict=False):
+            return _ban(row)
+    return None
+
+
 def _key(kind: str, offender: str) -> str | int:
     return int(offender) if kind == USER else offender
 
@@ -194,21 +211,37 @@ class Moderation:
                          "ORDER BY id LIMIT 1", (str(user_id), self.clock()))
         return None if row is None else _ban(row)
 
+    def ban_of(self, addr: str | None, user_id: int | None) -> Ban | None:
+        """`ip_ban(addr)`, else `user_ban(user_id)` (None: no account to look at), read in one
+        round trip."""
+        ip = _address(addr)
+        now = self.clock()
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if ip is not None:
+            statements.append((f"SELECT {_BAN_COLUMNS} FROM bans WHERE kind = 'ip' AND {_ACTIVE}", (now,)))
+        if user_id is not None:
+            statements.append((f"SELECT {_BAN_COLUMNS} FROM bans WHERE kind = 'user' AND target = ? AND {_ACTIVE} "
+                               "ORDER BY id LIMIT 1", (str(user_id), now)))
+        if not statements:
+            return None
+        with self.db.transaction(write=False) as tx:
+            results = tx.batch(statements)
+        if ip is not None:
+            ban = _matching(ip, results.pop(0).rows)
+            if ban is not None:
+                return ban
+        row = results[0].one() if results else None
+        return None if row is None else _ban(row)
+
     def ip_ban(self, addr: str | None) -> Ban | None:
         """The active ban whose range holds `addr`, if any. Range bans are few; matching
         them in Python keeps the SQL the same on both databases."""
-        if not addr:
-            return None
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
+        ip = _address(addr)
+        if ip is None:
             return None
         with self.db.transaction(write=False) as tx:
             rows = tx.all(f"SELECT {_BAN_COLUMNS} FROM bans WHERE kind = 'ip' AND {_ACTIVE}", (self.clock(),))
-        for row in rows:
-            if ip in ipaddress.ip_network(row["target"], strict=False):
-                return _ban(row)
-        return None
+        return _matching(ip, rows)
 
     # -- offences and timeouts ----------------------------------------------------------
     # The offender is a registered user (by id) or, for keyless callers, an address: a

@@ -58,8 +58,22 @@ def group_of_next_job(tx: Transaction, user_id: int, group_key: str) -> int | No
 
 
 def queue_counts(db: Database, user_id: int, group_key: str) -> QueueCounts:
+    """The counts for the group the user's next job joins (group_of_next_job), in two round
+    trips: the user's row, the keyed group and the totals together, then the group's people."""
     with db.transaction(write=False) as tx:
-        return count_queue(tx, user_id, group_of_next_job(tx, user_id, group_key))
+        user, keyed, queued = tx.batch([(USER_QUEUE, (user_id,)), (GROUP_OF_KEY, (group_key,)),
+                                        (QUEUED_ALL_AND_ANONYMOUS, ())])
+        row = user.one()
+        own = 0 if row is None else int(row["queued_jobs"])
+        if row is not None and own > 0 and row["group_id"] is not None:
+            group_id: int | None = int(row["group_id"])
+        else:
+            found = keyed.scalar()
+            group_id = None if found is None else int(found)
+        in_group = tx.all(QUEUED_IN_GROUP_BY_USER, (group_id,)) if group_id is not None else []
+        totals = queued.one()
+        assert totals is not None
+        return _counts(totals, own, in_group, group_id)
 
 
 def queued_total(db: Database) -> int:

@@ -61,20 +61,26 @@ def _worker(tx: Transaction, worker_id: str | None) -> tuple[str, bool]:
     return name, row["status"] == "trusted"
 
 
-def record(tx: Transaction, row: dict[str, Any], run_seconds: float, now: float) -> None:
+def record(db: Database, row: dict[str, Any], run_seconds: float, now: float) -> None:
     """Add the completed job `row` (request, model, worker_id, cancel_requested) as a sample.
     Jobs cut short by a cancel, instant runs, refiner jobs (two models in one run) and the
-    runs of workers not trusted yet are not samples."""
+    runs of workers not trusted yet are not samples.
+
+    The worker's status is read on its own (no lock: it could change right after a read
+    inside the transaction too), so that an untrusted worker's run costs one read and a
+    sample one non-durable write with its COMMIT: a sample a crash loses is one sample."""
     if run_seconds < MIN_RUN_SECONDS or row.get("cancel_requested"):
         return
-    name, believed = _worker(tx, row.get("worker_id"))
+    with db.transaction(write=False) as tx:
+        name, believed = _worker(tx, row.get("worker_id"))
     if not believed:
         return
     request = GenerationRequest.model_validate_json(row["request"], context=STORED)
     units = base_units(request, row["model"])
     if units is None or units <= 0:
         return
-    tx.run(_UPSERT, (row["model"], name, run_seconds / units, now))
+    with db.transaction(durable=False) as tx:
+        tx.batch([(_UPSERT, (row["model"], name, run_seconds / units, now))], last=True)
 
 
 def observed(db: Database) -> Observed:

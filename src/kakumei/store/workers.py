@@ -246,14 +246,14 @@ class WorkerStore:
 
     def seen(self, worker_id: int, capabilities: dict[str, Any] | None = None) -> None:
         # Not durable (every claim writes it): a visit a crash loses is the next claim's to write.
+        if capabilities is None:
+            statement: tuple[str, tuple[Any, ...]] = (
+                "UPDATE workers SET last_seen_at = ? WHERE id = ?", (self.clock(), worker_id))
+        else:
+            statement = ("UPDATE workers SET last_seen_at = ?, capabilities = ? WHERE id = ?",
+                         (self.clock(), json.dumps(capabilities), worker_id))
         with self.db.transaction(durable=False) as tx:
-            if capabilities is None:
-                tx.run("UPDATE workers SET last_seen_at = ? WHERE id = ?", (self.clock(), worker_id))
-            else:
-                tx.run(
-                    "UPDATE workers SET last_seen_at = ?, capabilities = ? WHERE id = ?",
-                    (self.clock(), json.dumps(capabilities), worker_id),
-                )
+            tx.batch([statement], last=True)  # with its COMMIT: one round trip
 
     # -- results ------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
-from kakumei.schemas import GenerationRequest
+from kakumei.schemas import IMAGE_FIELDS, GenerationRequest
 from kakumei.server.bodies import documented, json_body
 from kakumei.server.deps import Svc, Who, owned_job
 from kakumei.server.models import JobList, JobOut
@@ -26,7 +26,7 @@ def submit_job(
     svc: Svc,
     who: Who,
     # After the caller: a request is authenticated before its images are decoded.
-    request: Annotated[GenerationRequest, Depends(json_body(GenerationRequest))],
+    request: Annotated[GenerationRequest, Depends(json_body(GenerationRequest, decoding=IMAGE_FIELDS))],
     idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> JobOut:
     """Queue a generation. With the same Idempotency-Key, a retry returns the same job."""
