@@ -1,7 +1,8 @@
 """Images in an S3-compatible bucket (settings s3_*), from outside: two real `kakumei serve`
 processes with separate data folders, one PostgreSQL database and one bucket on a real
 S3-protocol HTTP server (moto's). Each serves the images the other made, input images reach
-the worker through the bucket, and deleting an image removes its object.
+the worker through the bucket, deleting an image removes its object, and images stored before
+the bucket (files, chunks in the database) move into it when a server starts.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import httpx
 import pytest
 
 from imagehelpers import noise_b64
+from kakumei.fairness.cost import request_cost
+from kakumei.schemas import GenerationRequest
 from kakumei.store.db import Database
-from kakumei.store.migrate import migrate
+from kakumei.store.images import CHUNK_BYTES, ImageResult, ImageStore
+from kakumei.store.jobs import JobStore, NewJob
 from kakumei.store.users import UserStore
+from tests.fixtures.db import migrated
 from tests.support import ServeProcesses, wait_done
 
 pytestmark = pytest.mark.postgres
@@ -49,16 +54,21 @@ def servers(s3_place, tmp_path: Path) -> Iterator[ServeProcesses]:
         running.close()
 
 
+@pytest.fixture
+def db(postgres_url: str) -> Iterator[Database]:
+    """The servers' database, from the test's side."""
+    with migrated(postgres_url) as shared:
+        yield shared
+
+
 def files_under(folder: Path) -> list[Path]:
     images = folder / "images"
     return [p for p in images.rglob("*") if p.is_file()] if images.exists() else []
 
 
 def test_two_servers_serve_each_others_images_from_one_bucket(
-    servers: ServeProcesses, s3_place, homes: list[Path], postgres_url: str
+    servers: ServeProcesses, s3_place, homes: list[Path], db: Database, postgres_url: str
 ) -> None:
-    db = Database(postgres_url)
-    migrate(db)
     _, key = UserStore(db).add("alice")
     alice = {"Authorization": f"Bearer {key}"}
     options = ["--database", postgres_url, "--model", "kakumei:tiny"]
@@ -100,4 +110,46 @@ def test_two_servers_serve_each_others_images_from_one_bucket(
         assert on_b.delete(f"/api/v1/images/{image_id}").status_code == 204
         assert row["path"].removeprefix("s3:") not in s3_place.keys()
         assert on_a.get(url).status_code == on_b.get(url).status_code == 404
-    db.close()
+
+
+def test_images_stored_before_the_bucket_move_into_it_when_servers_start(
+    servers: ServeProcesses, s3_place, homes: list[Path], db: Database, postgres_url: str
+) -> None:
+    alice, key = UserStore(db).add("alice")
+    request = GenerationRequest(prompt="a fox", width=64, height=64, steps=2, seed=1)
+    made: dict[str, bytes] = {}
+    # Before the bucket: images in server a's data folder, and images in chunks.
+    for where, count in (("files", 3), ("database", 2)):
+        images = ImageStore(db, homes[0] / "images", where)
+        jobs = JobStore(db, images)
+        for n in range(count):
+            jobs.submit(NewJob(alice.id, request, "m", request_cost(request, "m")))
+            lease = jobs.claim("w")
+            png = PNG_MAGIC + bytes([n]) * (CHUNK_BYTES + 1000)  # more than one chunk
+            [pending] = images.write_files(lease.job.id, [ImageResult(png=png, seed=1, index=0)])
+            assert jobs.complete(lease.job.id, lease.lease_id, [pending], seed=1)
+            made[pending.id] = png
+    assert len(files_under(homes[0])) == 3
+
+    options = ["--database", postgres_url, "--model", "kakumei:tiny", "--no-local-worker"]
+    # b first: it cannot reach a's files from its own folder, so it moves the chunks only.
+    b = servers.start(options, KAKUMEI_HOME=str(homes[1]))
+    assert len(files_under(homes[0])) == 3
+    with db.transaction(write=False) as tx:
+        assert tx.scalar("SELECT count(*) AS n FROM image_blobs") == 0
+        assert tx.scalar("SELECT count(*) AS n FROM images WHERE path LIKE 's3:%'") == 2
+    # a's start moves its files; then a goes, and its folder with it.
+    a = servers.start(options, KAKUMEI_HOME=str(homes[0]))
+    assert files_under(homes[0]) == []
+    servers.close()
+    homes[0].rename(homes[0].with_name("a-gone"))
+    b = servers.start(options, KAKUMEI_HOME=str(homes[1]))
+    assert a != b
+    with db.transaction(write=False) as tx:
+        rows = {r["id"]: r["path"] for r in tx.all("SELECT id, path FROM images")}
+    assert set(rows) == set(made) and all(path.startswith("s3:") for path in rows.values())
+    assert s3_place.keys() == sorted(path.removeprefix("s3:") for path in rows.values())
+    with httpx.Client(base_url=b, headers={"Authorization": f"Bearer {key}"}, timeout=60) as on_b:
+        for image_id, png in made.items():
+            served = on_b.get(f"/api/v1/images/{image_id}")
+            assert served.status_code == 200 and served.content == png

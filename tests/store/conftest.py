@@ -7,13 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from kakumei.store.db import Database
-from kakumei.store.migrate import migrate
+from tests.fixtures.db import migrated
 
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     """The test's database, migrated."""
-    database = Database(database_url)
-    migrate(database)
-    yield database
-    database.close()
+    with migrated(database_url) as database:
+        yield database

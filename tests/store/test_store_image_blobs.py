@@ -12,7 +12,7 @@ from kakumei.store.db import Database
 from kakumei.store.images import CHUNK_BYTES, MOVE_RECORD, ORPHAN_GRACE_SECONDS, DbBlob, ImageResult, ImageStore
 from kakumei.store.jobs import NewJob
 
-from tests.store.test_store_images import REQUEST, leased
+from tests.store.test_store_images import REQUEST, completed, leased
 
 
 def blob_rows(stores) -> int:
@@ -65,21 +65,14 @@ class CountingDatabase(Database):
         super().__init__(url)
         self.transactions = 0
 
-    def transaction(self, write: bool = True):  # type: ignore[override]
+    def transaction(self, write: bool = True, **options):  # type: ignore[override]
         self.transactions += 1
-        return super().transaction(write)
+        return super().transaction(write, **options)
 
 
 @pytest.mark.parametrize("stores", ["files"], indirect=True)
 def test_moving_files_in_costs_nothing_once_nothing_is_left(stores, database_url) -> None:
-    made = []
-    for n in range(2):
-        user = stores.users.add(f"u{n}")[0]
-        stores.jobs.submit(NewJob(user.id, REQUEST, "m", request_cost(REQUEST, "m")))
-        lease = stores.jobs.claim("w")
-        files = stores.images.write_files(lease.job.id, [ImageResult(png=b"png %d" % n, seed=1, index=0)])
-        assert stores.jobs.complete(lease.job.id, lease.lease_id, files, seed=1)
-        made.append(files[0])
+    made = completed(stores, [b"png 0", b"png 1"])
     stray = stores.images.root / "ab" / "left-by-hand.png"  # a file no row names
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"stray")
@@ -140,3 +133,50 @@ def test_chunks_no_row_names_are_collected_after_the_grace(stores) -> None:
     stale = leased_by("stale")
     again = stores.images.write_files(stale.job.id, [ImageResult(png=b"again", seed=1, index=0)])
     assert stores.images.collect_orphans(0, now=now - 10) == 0 and again[0].path.exists()
+
+
+@pytest.mark.parametrize("stores", ["files", "database"], indirect=True)
+def test_a_row_changed_between_upload_and_repoint_keeps_its_state(stores, s3_place) -> None:
+    """Moving into a bucket: an image deleted after its copy was uploaded stays deleted, one
+    replaced meanwhile keeps its replacement, and neither's uploaded copy is left behind."""
+    stores.db.objects = s3_place.bucket()
+    kept, deleted, replaced = completed(stores, [b"png 0", b"png 1", b"png 2"])
+    into_bucket = ImageStore(stores.db, stores.images.root, "s3")
+    upload = into_bucket._write_keyed
+    uploaded = {}
+    to_change = {deleted.id, replaced.id}
+
+    def then_change(image_id: str, data):  # the real upload, then another server's change
+        copy = upload(image_id, data)
+        uploaded.setdefault(image_id, copy)  # the first copy of each
+        assert str(copy).removeprefix("s3:") in s3_place.keys()
+        if image_id not in to_change:
+            return copy
+        to_change.remove(image_id)
+        if image_id == deleted.id:
+            assert stores.images.delete(image_id)
+        else:
+            [current] = stores.images.for_job(stores.images.get(image_id).job_id)
+            written = ImageStore.write_replacements([current], {0: (b"fixed", "fixed", {})})
+            with stores.db.transaction() as tx:
+                applied = ImageStore.replace_rows(tx, written)
+            ImageStore.settle_replacements(written, applied)
+        return copy
+
+    into_bucket._write_keyed = then_change  # type: ignore[method-assign]
+    first = into_bucket.move_files_in(batch=10)
+    assert set(uploaded) == {kept.id, deleted.id, replaced.id}
+    assert into_bucket.get(deleted.id) is None and not deleted.path.exists()
+    moved = into_bucket.get(kept.id)
+    assert moved.path == uploaded[kept.id] and moved.path.read_bytes() == b"png 0"
+    assert not kept.path.exists()
+    # The replacement keeps its row. Written as chunks, it comes after the pass's keys and
+    # moves in the same pass; written as a file, at the next start.
+    later = into_bucket.move_files_in()
+    assert (first, later) == ((2, 0) if stores.images.where == "database" else (1, 1))
+    after = into_bucket.get(replaced.id)
+    assert after.infotext == "fixed" and after.path.read_bytes() == b"fixed"
+    # the copies made for the rows that changed went; so did the old bytes
+    assert s3_place.keys() == sorted(str(i.path).removeprefix("s3:") for i in (moved, after))
+    assert uploaded[replaced.id] != after.path  # the copy made before the replacement is gone
+    assert blob_rows(stores) == 0 and [p for p in stores.images.root.rglob("*") if p.is_file()] == []

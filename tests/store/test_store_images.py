@@ -4,11 +4,19 @@ does not commit leaves no bytes behind."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from kakumei.fairness.cost import request_cost
 from kakumei.schemas import GenerationRequest
-from kakumei.store.images import ImageResult, ImageStore, StoredImage
+from kakumei.store.images import (
+    CHUNK_BYTES,
+    ImageResult,
+    ImageStore,
+    PendingImage,
+    StoredImage,
+)
 from kakumei.store.jobs import JobState, NewJob
 from kakumei.store.workers import TrustPolicy, Verification, WorkerStatus, WorkerStore
 
@@ -25,6 +33,19 @@ def leased(stores, worker_id: str = "w"):
     lease = stores.jobs.claim(worker_id)
     assert lease is not None
     return lease
+
+
+def completed(stores, pngs: list[bytes]) -> list[PendingImage]:
+    """One finished job per PNG, each of a new user: their images as written."""
+    made = []
+    for png in pngs:
+        user = stores.users.add(f"maker-{uuid.uuid4().hex[:8]}")[0]
+        stores.jobs.submit(NewJob(user.id, REQUEST, "m", request_cost(REQUEST, "m")))
+        lease = stores.jobs.claim("w")
+        files = stores.images.write_files(lease.job.id, [ImageResult(png=png, seed=1, index=0)])
+        assert stores.jobs.complete(lease.job.id, lease.lease_id, files, seed=1)
+        made.extend(files)
+    return made
 
 
 def test_files_are_written_before_the_completing_transaction_commits(stores) -> None:
@@ -127,3 +148,30 @@ def test_a_failed_verification_transaction_keeps_the_old_image(stores, monkeypat
     assert after == before and after.path.read_bytes() == b"worker png"
     assert written and not any(p.exists() for p in written)
 
+
+
+def test_images_stored_before_move_into_the_bucket(stores, request) -> None:
+    """A server started with a bucket moves what it wrote to files or to chunks there; what
+    is already in the bucket stays as it is."""
+    place = request.getfixturevalue("s3_place")  # the same bucket as the stores' with "s3"
+    before = stores.images.where
+    stores.db.objects = stores.db.objects or place.bucket()
+    big = bytes(range(256)) * (CHUNK_BYTES // 256 * 2 + 3)  # more than two chunks
+    pngs = [big, b"small", b""]
+    made = {image.id: png for image, png in zip(completed(stores, pngs), pngs)}
+    keys_before = place.keys()
+    into_bucket = ImageStore(stores.db, stores.images.root, "s3")
+    assert into_bucket.move_files_in(batch=2) == (0 if before == "s3" else 3)
+    rows = {image_id: into_bucket.get(image_id) for image_id in made}
+    assert all(str(image.path).startswith("s3:") for image in rows.values())
+    assert {image_id: image.path.read_bytes() for image_id, image in rows.items()} == made
+    assert place.keys() == sorted(str(image.path).removeprefix("s3:") for image in rows.values())
+    if before == "s3":
+        assert place.keys() == keys_before  # nothing copied again
+    else:
+        assert keys_before == []
+    # the old bytes are gone: no file left in the folder, no chunk in the database
+    assert [p for p in stores.images.root.rglob("*") if p.is_file()] == []
+    with stores.db.transaction(write=False) as tx:
+        assert tx.scalar("SELECT count(*) AS n FROM image_blobs") == 0
+    assert into_bucket.move_files_in() == 0

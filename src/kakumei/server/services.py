@@ -176,8 +176,9 @@ class Services:
                 log.info("requeued %d job(s) the local worker held before a restart", recovered)
             self.workers.recover_verifier(local_worker_id(self.settings))
         self.jobs.expire_leases()
-        if self.images.where == "database":
-            # Files of this server's data folder move in, so that every server can serve them.
+        if self.images.where != "files":
+            # Files of this server's data folder (and, into a bucket, chunks in the database)
+            # move to where new images go, so that every server can serve them.
             self.images.move_files_in()
         self.job_changes.start()
         self._spawn("lease-reaper", self._reap)

@@ -9,6 +9,8 @@ never points at missing or half-written bytes: a completion that loses its race 
 and its bytes are deleted (`discard`), and a verifier's replacement is a new blob that its row
 names from the commit on (`write_replacements`). Both kinds are reached through the same few
 Path methods (`read_bytes`, `is_file`, `exists`, `unlink`), so callers do not care which.
+Bytes only one server can reach (its files; with a bucket, also chunks) move at its start to
+where new images go (`move_files_in`), each copied before the row that names it commits.
 
 A blob's key is `t<write time, ms, 12 hex digits>.<image id>` (`blob_key`): keys sort by write
 time and name the one row that may use them, so `collect_orphans` finds chunks no row names
@@ -19,6 +21,7 @@ of either table. Keys of the first release of 0012 (32 hex digits, no time) are 
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -26,7 +29,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Union
 
 from kakumei.store.blobs import OBJECT_PREFIX, KeyedBlob
 from kakumei.store.db import Database, Transaction
@@ -99,7 +102,7 @@ def blob_at(db: Database | None, location: str) -> Blob:
     return Path(location)
 
 
-def _write_object(bucket: Any, png: bytes) -> ObjectBlob:
+def _write_object(bucket: Any, png: bytes | BinaryIO) -> ObjectBlob:
     """A new object in `bucket`: a fresh name, so no row names it before it is whole."""
     from kakumei.store.objects import ObjectBlob
 
@@ -117,8 +120,59 @@ def chunk_statements(key: str, data: bytes) -> list[tuple[str, tuple[Any, ...]]]
     ]
 
 
-def write_chunks(tx: Transaction, key: str, data: bytes) -> None:
-    tx.batch(chunk_statements(key, data))
+def write_chunks(tx: Transaction, key: str, data: bytes | BinaryIO) -> None:
+    """`data` (bytes, or a file read a chunk at a time) as chunk rows; an empty image is one
+    empty chunk, so that it exists."""
+    reader = io.BytesIO(data) if isinstance(data, bytes) else data
+    seq = 0
+    while True:
+        chunk = reader.read(CHUNK_BYTES)
+        if not chunk and seq:
+            return
+        tx.execute("INSERT INTO image_blobs (blob_key, seq, data) VALUES (?, ?, ?)", (key, seq, chunk))
+        seq += 1
+        if not chunk:
+            return
+
+
+class _ChunkReader(io.RawIOBase):
+    """A keyed blob's chunks as a file read front to back (what an upload or `write_chunks`
+    reads), one chunk in memory at a time. A blob with no chunk at all is not there:
+    FileNotFoundError, as a missing file's open() would say."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = memoryview(b"")
+        self._any = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                if not self._any:
+                    raise FileNotFoundError("no bytes stored under this key")
+                return 0
+            self._any, self._left = True, memoryview(chunk)
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()  # a download's body goes back to its connection pool
+        super().close()
+
+
+def _open(blob: Blob) -> BinaryIO:
+    """`blob`'s bytes as a file to read (and close)."""
+    if isinstance(blob, KeyedBlob):
+        return io.BufferedReader(_ChunkReader(blob.chunks()), CHUNK_BYTES)  # type: ignore[return-value]
+    return blob.open("rb")
 
 
 def delete_blob(tx: Transaction, key: str) -> None:
@@ -129,8 +183,12 @@ def delete_blob(tx: Transaction, key: str) -> None:
 # replacement commits its row within seconds of writing its bytes.
 ORPHAN_GRACE_SECONDS = 3600.0
 # Written in the images folder by move_files_in: files it found in no row, so that the next
-# start does not scan the images table for them again.
+# start does not scan the images table for them again. What it lists does not depend on where
+# the images go (database or bucket), so it stays true when that setting changes.
 MOVE_RECORD = ".not-in-database.json"
+# Repoints a row at its moved bytes, only if it still names the old place: a row deleted or
+# replaced meanwhile keeps its state.
+MOVE_IMAGE = "UPDATE images SET path = ? WHERE id = ? AND path = ?"
 
 
 def blob_key(image_id: str, at: float | None = None) -> str:
@@ -143,12 +201,15 @@ def _key_floor(at: float) -> str:
     return f"t{int(at * 1000):012x}"
 
 
-def _write_blob(db: Database, image_id: str, png: bytes) -> DbBlob:
+def _write_blob(db: Database, image_id: str, png: bytes | BinaryIO) -> DbBlob:
     key = blob_key(image_id)
     # Not durable: no row names these bytes until a later commit does, and a durable commit
     # flushes the WAL before it, these bytes included.
     with db.transaction(durable=False) as tx:
-        tx.batch(chunk_statements(key, png), last=True)  # the COMMIT in the same round trip
+        if isinstance(png, bytes):
+            tx.batch(chunk_statements(key, png), last=True)  # the COMMIT in the same round trip
+        else:
+            write_chunks(tx, key, png)  # a file moving in: read a chunk at a time
     return DbBlob(db, key)
 
 
@@ -241,17 +302,23 @@ class ImageStore:
         for image in images:
             image_id = uuid.uuid4().hex
             path: Blob
-            if self.where == "database":
-                path = _write_blob(self.db, image_id, image.png)
-            elif self.where == "s3":
-                path = _write_object(self.db.objects, image.png)
-            else:
+            if self.where == "files":
                 path = folder / f"{image_id}.png"
                 _write_atomically(path, image.png)
+            else:
+                path = self._write_keyed(image_id, image.png)
             pending.append(
                 PendingImage(image_id, image.index, image.seed, path, image.infotext, image.metadata)
             )
         return pending
+
+    def _write_keyed(self, image_id: str, data: bytes | BinaryIO) -> Blob:
+        """New bytes of image `image_id` in the database or the bucket, where images go."""
+        if self.where == "database":
+            return _write_blob(self.db, image_id, data)
+        if self.where == "s3":
+            return _write_object(self.db.objects, data)
+        raise ValueError(f"images go to {self.where}, not to keyed blobs")
 
     @staticmethod
     def discard(pending: Sequence[PendingImage]) -> None:
@@ -365,18 +432,32 @@ class ImageStore:
         return True
 
     def move_files_in(self, batch: int = 100) -> int:
-        """Move the images whose file this server can read into the database; return how many.
+        """Move the images whose bytes not every server can reach to where new images go (the
+        database or the bucket); return how many.
 
-        Run at start when images go to the database: each server moves what is in its own data
-        folder, a batch per transaction; a file goes only after the row naming its copy commits.
-        A row changed meanwhile (deleted, replaced) keeps its state and the copy is dropped.
+        Run at start when images go to the database or a bucket: each server moves the files
+        of its own data folder, and with a bucket the chunks in the database go too. A batch
+        at a time: each image's copy is written (uploaded) first, then one transaction points
+        the batch's rows at their copies, only those still naming the old place (a row
+        deleted or replaced meanwhile keeps its state and its copy is deleted), and the old
+        bytes go with that commit (chunks) or after it (files).
 
         It costs nothing once nothing is left: it first lists the PNGs of the images folder
         (moved ones are gone, with their emptied folders) and with none asks the database
-        nothing. Files named after their row (`<image id>.png`) are found by primary key; only
-        files that are not, and that the last start did not already find in no row
-        (MOVE_RECORD, in the images folder), cost a scan of the images table.
+        nothing about files. Files named after their row (`<image id>.png`) are found by
+        primary key; only files that are not, and that the last start did not already find
+        in no row (MOVE_RECORD, in the images folder), cost a scan of the images table.
+        Chunks are found from `image_blobs`' keys (a range scan of its primary key: one empty
+        query once none is left), each key's row by primary key.
         """
+        if self.where == "files":
+            raise ValueError("images go to files here: there is nowhere to move them to")
+        moved = self._move_files(batch)
+        if self.where == "s3":
+            moved += self._move_blobs(batch)
+        return moved
+
+    def _move_files(self, batch: int) -> int:
         files = self._image_files()
         if not files:
             (self.root / MOVE_RECORD).unlink(missing_ok=True)
@@ -427,7 +508,8 @@ class ImageStore:
         while True:
             with self.db.transaction(write=False) as tx:
                 rows = tx.all(
-                    "SELECT id, path FROM images WHERE path NOT LIKE 'db:%' AND id > ? ORDER BY id LIMIT ?",
+                    "SELECT id, path FROM images WHERE path NOT LIKE 'db:%' AND path NOT LIKE 's3:%' "
+                    "AND id > ? ORDER BY id LIMIT ?",
                     (after, batch),
                 )
             if not rows:
@@ -435,28 +517,80 @@ class ImageStore:
             after = rows[-1]["id"]
             moved += self._move(rows)
 
+    def _move_blobs(self, batch: int) -> int:
+        """The rows whose bytes are chunks in the database, a batch of blob keys at a time.
+        Chunks no row names are left to `collect_orphans`."""
+        moved = 0
+        for keys in self._blob_keys("", None, batch):
+            with self.db.transaction(write=False) as tx:
+                named = _rows_naming(tx, keys)
+            moved += self._move([{"id": image_id, "path": DB_PREFIX + key} for key, image_id in named.items()])
+        return moved
+
     def _move(self, rows: Sequence[dict]) -> int:
-        """Copy the readable files of `rows` (id, path) into chunks, point the rows at them
-        (unless changed meanwhile), then delete the files."""
-        done: list[Path] = []
-        with self.db.transaction() as tx:
+        """Copy the readable bytes of `rows` (id, path: files, or chunks when moving into the
+        bucket) to where new images go, point the rows at their copies in one transaction
+        (unless changed meanwhile), then remove the old bytes."""
+        copies: list[tuple[dict, Blob, Blob]] = []
+        try:
             for row in rows:
-                path = Path(row["path"])
+                old = blob_at(self.db, row["path"])
                 try:
-                    data = path.read_bytes()
+                    with _open(old) as data:  # read a chunk at a time, never the whole image
+                        copies.append((row, old, self._write_keyed(row["id"], data)))
                 except OSError:
                     continue  # another server's file, or gone: that server moves its own
-                key = blob_key(row["id"])
-                write_chunks(tx, key, data)
-                if tx.run("UPDATE images SET path = ? WHERE id = ? AND path = ?", (DB_PREFIX + key, row["id"], row["path"])):
-                    done.append(path)
-                else:
-                    delete_blob(tx, key)
-        for path in done:
-            path.unlink(missing_ok=True)
-        if done:
-            log.info("moved %d image file(s) into the database", len(done))
-        return len(done)
+            if not copies:
+                return 0
+            repointed = set()
+            with self.db.transaction() as tx:
+                for row, old, new in copies:
+                    if tx.run(MOVE_IMAGE, (str(new), row["id"], row["path"])):
+                        repointed.add(row["id"])
+                        if isinstance(old, DbBlob):
+                            delete_blob(tx, old.key)  # gone exactly when the row names the copy
+        except BaseException:
+            self._drop_copies(copies)
+            raise
+        for row, old, new in copies:
+            if row["id"] not in repointed:
+                new.unlink(missing_ok=True)  # the row went or changed meanwhile
+            elif not isinstance(old, DbBlob):
+                old.unlink(missing_ok=True)
+        if repointed:
+            log.info("moved %d image(s) into the %s", len(repointed), "bucket" if self.where == "s3" else "database")
+        return len(repointed)
+
+    def _drop_copies(self, copies: Sequence[tuple[dict, Blob, Blob]]) -> None:
+        """After a batch failed: delete the copies no row names. A commit whose answer was
+        lost may still have repointed rows, so the rows are asked; a database that does not
+        answer keeps every copy (stray bytes, never a row naming nothing)."""
+        if not copies:
+            return
+        try:
+            with self.db.transaction(write=False) as tx:
+                marks = ", ".join("?" for _ in copies)
+                named = {r["path"] for r in tx.all(
+                    f"SELECT path FROM images WHERE id IN ({marks})", [row["id"] for row, _, _ in copies])}
+            for _, _, new in copies:
+                if str(new) not in named:
+                    new.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - whatever the failure, keeping the copies loses nothing
+            log.warning("could not tell which of %d moved image copies a row names; kept them all", len(copies))
+
+    def _blob_keys(self, low: str, high: str | None, batch: int) -> Iterator[list[str]]:
+        """The blob keys of `image_blobs` after `low` (and before `high`), in order, a batch at
+        a time: a range scan of its primary key, each batch its own short read."""
+        below = "" if high is None else " AND blob_key < ?"
+        while high is None or low < high:
+            with self.db.transaction(write=False) as tx:
+                keys = [r["blob_key"] for r in tx.all(
+                    f"SELECT blob_key FROM image_blobs WHERE blob_key > ?{below} AND seq = 0 "
+                    "ORDER BY blob_key LIMIT ?", (low, *([] if high is None else [high]), batch))]
+            if not keys:
+                return
+            low = keys[-1]
+            yield keys
 
     def collect_orphans(self, since: float, *, now: float | None = None, grace: float = ORPHAN_GRACE_SECONDS,
                         batch: int = 500) -> int:
@@ -465,23 +599,12 @@ class ImageStore:
         cut short); return how many blobs went. Costs a primary-key range scan of
         `image_blobs` over that window and one primary-key read of `images` per blob."""
         now = time.time() if now is None else now
-        low, high = _key_floor(since), _key_floor(now - grace)
         removed = 0
-        while low < high:
-            with self.db.transaction(write=False) as tx:
-                keys = [r["blob_key"] for r in tx.all(
-                    "SELECT blob_key FROM image_blobs WHERE blob_key > ? AND blob_key < ? AND seq = 0 "
-                    "ORDER BY blob_key LIMIT ?", (low, high, batch))]
-            if not keys:
-                break
-            low = keys[-1]
-            ids = {key: key.split(".", 1)[1] for key in keys}
+        for keys in self._blob_keys(_key_floor(since), _key_floor(now - grace), batch):
             with self.db.transaction() as tx:
-                marks = ", ".join("?" for _ in keys)
-                paths = {r["id"]: r["path"] for r in tx.all(
-                    f"SELECT id, path FROM images WHERE id IN ({marks})", list(ids.values()))}
-                for key, image_id in ids.items():
-                    if paths.get(image_id) != DB_PREFIX + key:
+                named = _rows_naming(tx, keys)
+                for key in keys:
+                    if key not in named:
                         delete_blob(tx, key)
                         removed += 1
         if removed:
@@ -489,12 +612,31 @@ class ImageStore:
         return removed
 
 
+def _rows_naming(tx: Transaction, keys: Sequence[str]) -> dict[str, str]:
+    """The id of the image row that names each blob of `keys` (keys no row names are left
+    out): by primary key, the image id being in the key; the 32-hex-digit keys of the first
+    release of 0012, which do not carry it, by path (a scan, for those few)."""
+    ids = {key: key.split(".", 1)[1] for key in keys if "." in key}
+    named = {}
+    if ids:
+        marks = ", ".join("?" for _ in ids)
+        paths = {r["id"]: r["path"] for r in tx.all(
+            f"SELECT id, path FROM images WHERE id IN ({marks})", list(ids.values()))}
+        named = {key: image_id for key, image_id in ids.items() if paths.get(image_id) == DB_PREFIX + key}
+    legacy = [DB_PREFIX + key for key in keys if "." not in key]
+    if legacy:
+        marks = ", ".join("?" for _ in legacy)
+        for r in tx.all(f"SELECT id, path FROM images WHERE path IN ({marks})", legacy):
+            named[r["path"].removeprefix(DB_PREFIX)] = r["id"]
+    return named
+
+
 def _is_image_id(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _same_file(row_path: str, path: Path) -> bool:
-    if row_path.startswith(DB_PREFIX):
+    if row_path.startswith((DB_PREFIX, OBJECT_PREFIX)):
         return False
     if row_path == str(path):
         return True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config
@@ -45,8 +45,10 @@ class Bucket:
         start with images it could not store."""
         self.client.head_bucket(Bucket=self.name)
 
-    def put(self, key: str, data: bytes) -> None:
-        self.client.upload_fileobj(io.BytesIO(data), self.name, key)
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        """Upload `data`, bytes or a file read front to back (boto3 holds a part of it at a
+        time, 8 MiB, not the whole file)."""
+        self.client.upload_fileobj(io.BytesIO(data) if isinstance(data, bytes) else data, self.name, key)
 
     def chunks(self, key: str) -> Iterator[bytes]:
         """The object's bytes a chunk at a time; nothing when there is no such object."""
