@@ -353,36 +353,35 @@ def build_text_encoder(cls: Any, config_dir: Path, tensors: dict[str, torch.Tens
     return model.eval()
 
 
+def _component_tensors(
+    sub: Path, filename: str, dtype: torch.dtype, channels_last: bool, cache: WeightCache | None
+) -> dict[str, torch.Tensor] | None:
+    """The tensors of one component folder's weights file (through `cache` where given), or
+    None where the folder lacks it or its config, or the file does not read."""
+    weights = sub / filename
+    if not weights.is_file() or not (sub / "config.json").is_file():
+        return None
+    try:
+        return cache.load(weights, dtype, channels_last) if cache is not None else read_tensors(weights, dtype, channels_last)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        log.debug("%s: streamed load refused (%s); the library's loader reads it", sub.name, exc)
+        return None
+
+
 def load_component(
     folder: Path, name: str, cls: Any, dtype: torch.dtype, channels_last: bool, cache: WeightCache | None = None
 ) -> Any | None:
     """One diffusers model of a pipeline folder (e.g. "unet", UNet2DConditionModel) in
     `dtype`, or None where the library's loader has to do it."""
-    sub = folder / name
-    weights = sub / WEIGHTS_FILE
-    if not weights.is_file() or not (sub / "config.json").is_file():
-        return None
-    try:
-        tensors = cache.load(weights, dtype, channels_last) if cache is not None else read_tensors(weights, dtype, channels_last)
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        log.debug("%s: streamed load refused (%s); the library's loader reads it", name, exc)
-        return None
-    return build_component(cls, sub, tensors)
+    tensors = _component_tensors(folder / name, WEIGHTS_FILE, dtype, channels_last, cache)
+    return None if tensors is None else build_component(cls, folder / name, tensors)
 
 
 def load_text_encoder(folder: Path, name: str, cls: Any, dtype: torch.dtype, cache: WeightCache | None = None) -> Any | None:
     """A transformers text encoder of a pipeline folder (e.g. "text_encoder", CLIPTextModel)
     in `dtype` from one `model.safetensors`, or None where transformers' loader has to do it."""
-    sub = folder / name
-    weights = sub / TEXT_ENCODER_FILE
-    if not weights.is_file() or not (sub / "config.json").is_file():
-        return None
-    try:
-        tensors = cache.load(weights, dtype, False) if cache is not None else read_tensors(weights, dtype, False)
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        log.debug("%s: streamed load refused (%s); transformers' loader reads it", name, exc)
-        return None
-    return build_text_encoder(cls, sub, tensors, dtype)
+    tensors = _component_tensors(folder / name, TEXT_ENCODER_FILE, dtype, False, cache)
+    return None if tensors is None else build_text_encoder(cls, folder / name, tensors, dtype)
 
 
 def streamed_components(
