@@ -8,11 +8,12 @@ primitives eager mode uses, so the pixels do not change (tests/engine/test_packi
 them equal to eager mode's, bit for bit).
 
 A packed copy is as large as the weight, so only weights that are views of the weight cache's
-copy-on-write mapping are packed (a diffusers folder's UNet, first run included): once packed,
-a never-written weight's dense pages are handed back to the kernel
-(`weights.release_mapped_pages`) and read again from the file if anything reads the weight
-later, so memory stays at one copy. Weights in ordinary memory (hub ids, single files, the
-cache turned off) are their only copy; those layers stay in eager mode.
+copy-on-write mapping are packed (a diffusers folder's, a single file's or a downloaded hub
+model's UNet, first run included): once packed, a never-written weight's dense pages are handed
+back to the kernel (`weights.release_mapped_pages`) and read again from the file if anything
+reads the weight later, so memory stays at one copy. Weights in ordinary memory (a hub model
+loaded before it was in the local cache, `weight_cache_gb` 0) are their only copy; those
+layers stay in eager mode.
 
 A packed copy is valid for one weight version: a LoRA merge writes the weights it changes in
 place, which bumps their version, and their next call packs again (as eager mode would
@@ -65,8 +66,8 @@ def _packed(module: torch.nn.Module, key: tuple[Any, ...], pack: Any) -> Any:
         return entry[1]
     weight = module.weight
     if getattr(module, _EAGER, False) or not is_mapped(weight):
-        # ordinary memory (hub ids, single files, no weight cache): a packed copy would double
-        # the weights' memory, since these pages are the only copy
+        # ordinary memory (no weight cache behind it): a packed copy would double the
+        # weights' memory, since these pages are the only copy
         object.__setattr__(module, _EAGER, True)
         return None
     packed = pack(weight)
